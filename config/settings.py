@@ -1,0 +1,65 @@
+"""Settings shared by every bnlab process; api/ and worker/ subclass `BaseBnlabSettings`.
+
+Embedded default: no BNLAB_DATABASE_URL and no BNLAB_BROKER_URL means a SQLite file and
+kombu's filesystem transport, both under BNLAB_HOME, so nothing needs installing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_data_dir
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept plain `postgresql://` / `postgres://` URLs and pick the installed driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class BaseBnlabSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BNLAB_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path(user_data_dir("bnlab", appauthor=False)))
+    database_url: str | None = None
+    broker_url: str | None = None
+    # Longest a job may run before Redis re-delivers its unacked message (seconds).
+    visibility_timeout: int = 12 * 3600
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        return f"sqlite:///{self.home / 'bnlab.sqlite3'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.home / "broker"
+
+    def celery_transport_options(self) -> dict[str, Any]:
+        if self.broker_url is None:
+            queue = self.broker_folder / "queue"
+            processed = self.broker_folder / "processed"
+            # One folder for in and out: producer and consumer are different processes.
+            return {"data_folder_in": str(queue), "data_folder_out": str(queue),
+                    "processed_folder": str(processed), "store_processed": True}
+        return {"visibility_timeout": self.visibility_timeout}
+
+    def prepare_dirs(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        if self.broker_url is None:
+            (self.broker_folder / "queue").mkdir(parents=True, exist_ok=True)
+            (self.broker_folder / "processed").mkdir(parents=True, exist_ok=True)

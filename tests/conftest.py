@@ -1,0 +1,68 @@
+"""Real services for the tests: a fresh PostgreSQL database and a private Redis db per session.
+
+Under CI=true a missing PostgreSQL or Redis fails the run; elsewhere those tests skip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_CSV = REPO.parent / "shared" / "data" / "concertriccir2.csv"
+PG_ADMIN_URL = os.environ.get("BNLAB_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _unavailable(what: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} is not reachable and CI=true: integration tests may not skip")
+    pytest.skip(f"{what} not reachable")
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def notebook_csv() -> bytes:
+    return NOTEBOOK_CSV.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A plain postgresql:// URL of a database created for this test session, dropped after."""
+    if not _port_open("127.0.0.1", 5432):
+        _unavailable("PostgreSQL at 127.0.0.1:5432")
+    import psycopg
+
+    name = f"bnlab_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """redis:// URL of a Redis db index nobody else in this run uses, flushed before and after."""
+    if not _port_open(REDIS_HOST, REDIS_PORT):
+        _unavailable(f"Redis at {REDIS_HOST}:{REDIS_PORT}")
+    import redis
+
+    db = 1 + uuid.uuid4().int % 15
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+    client.flushdb()
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    client.flushdb()
