@@ -1,0 +1,56 @@
+"""Uploaded datasets."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.db.tables import Dataset
+
+
+def create_dataset(
+    session: Session, *, content: bytes, n_rows: int, n_features: int, columns: list[str],
+    label_column: str, classes: list[str], class_counts: dict[str, int],
+    name: str | None = None, filename: str | None = None, sha256: str | None = None,
+) -> Dataset:
+    """Add a dataset row (size and sha256 computed from `content`; a given sha256 must match)."""
+    digest = hashlib.sha256(content).hexdigest()
+    if sha256 is not None and sha256 != digest:
+        raise ValueError("sha256 does not match the content")
+    row = Dataset(name=name, filename=filename, content=content, size=len(content), sha256=digest,
+                  n_rows=n_rows, n_features=n_features, columns=list(columns),
+                  label_column=label_column, classes=list(classes),
+                  class_counts=dict(class_counts))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_dataset(session: Session, *, dataset_id: str) -> Dataset | None:
+    """The dataset's metadata (content stays deferred), or None."""
+    return session.get(Dataset, dataset_id)
+
+
+def list_datasets(session: Session, *, limit: int = 100) -> list[Dataset]:
+    """Newest first, metadata only."""
+    stmt = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit)
+    return list(session.scalars(stmt))
+
+
+def get_dataset_content(session: Session, *, dataset_id: str) -> bytes | None:
+    """The uploaded file's bytes, or None when the dataset does not exist."""
+    content: Any = session.scalar(select(Dataset.content).where(Dataset.id == dataset_id))
+    return bytes(content) if content is not None else None
+
+
+def delete_dataset(session: Session, *, dataset_id: str) -> bool:
+    """Delete a dataset; jobs keep running from their spec but lose the link. True if found."""
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        return False
+    session.delete(row)
+    session.flush()
+    return True

@@ -1,0 +1,53 @@
+"""Per-epoch metrics: one row per (job, epoch), written so that a replay changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from models.db._sql import dialect_insert, forget
+from models.db.tables import EpochMetric, Job, utcnow
+
+METRIC_COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+
+
+def record_epoch(
+    session: Session, *, job_id: str, epoch: int, metrics: Mapping[str, float | None],
+    wall_time: float | None = None, extras: Mapping[str, Any] | None = None,
+) -> bool:
+    """Store epoch `epoch` (1-based) of a job; False when that epoch was already stored.
+
+    Known metrics go to their columns; any other metric key (e.g. train_mode_val_loss) is kept
+    in `extras` under its own name. Also advances job.epochs_done (never backwards).
+    """
+    values: dict[str, Any] = {k: metrics.get(k) for k in METRIC_COLUMNS}
+    rest = {k: v for k, v in metrics.items() if k not in METRIC_COLUMNS}
+    merged = {**rest, **(extras or {})}
+    stmt = dialect_insert(session, EpochMetric).values(
+        job_id=job_id, epoch=epoch, wall_time=wall_time, extras=merged or None,
+        created_at=utcnow(), **values,
+    ).on_conflict_do_nothing(index_elements=["job_id", "epoch"]).returning(EpochMetric.epoch)
+    # RETURNING yields nothing when the row existed (rowcount is unreliable across drivers).
+    inserted = session.execute(stmt).first() is not None
+    session.execute(update(Job).where(Job.id == job_id, Job.epochs_done < epoch)
+                    .values(epochs_done=epoch, updated_at=utcnow())
+                    .execution_options(synchronize_session=False))
+    forget(session, Job, job_id)
+    return inserted
+
+
+def history(session: Session, *, job_id: str, since: int = 0) -> list[EpochMetric]:
+    """The job's epoch rows with epoch > `since`, in epoch order."""
+    stmt = (select(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch > since)
+            .order_by(EpochMetric.epoch))
+    return list(session.scalars(stmt))
+
+
+def latest_epoch(session: Session, *, job_id: str) -> int:
+    """The highest stored epoch of the job, 0 when none."""
+    value = session.scalar(select(func.max(EpochMetric.epoch))
+                           .where(EpochMetric.job_id == job_id))
+    return int(value or 0)

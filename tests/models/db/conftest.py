@@ -1,0 +1,78 @@
+"""Every test here runs on SQLite (a file under tmp_path) and on PostgreSQL.
+
+SQLite: one migrated template file per session, copied for each test. PostgreSQL: the
+session's database is migrated once; each test's session runs inside a transaction that is
+rolled back at teardown (repository functions never commit, so nothing leaks). Tests that
+must commit (concurrency) use `engine` and clean up after themselves.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.db import make_engine, session_factory, upgrade
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("db-template") / "template.sqlite3"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_engine(postgres_url: str) -> Iterator[Engine]:
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def engine(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated database: a fresh SQLite copy, or the session's PostgreSQL database."""
+    if backend == "postgresql":
+        yield request.getfixturevalue("pg_engine")
+        return
+    path = tmp_path / "bnlab.sqlite3"
+    shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+    eng = make_engine(f"sqlite:///{path}")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    """Real sessions that commit; tests using it on PostgreSQL delete what they create."""
+    return session_factory(engine)
+
+
+@pytest.fixture
+def session(engine: Engine, backend: str) -> Iterator[Session]:
+    """A session whose work is thrown away at teardown."""
+    if backend == "sqlite":
+        with Session(engine, expire_on_commit=False) as s:
+            yield s
+        return
+    with engine.connect() as conn:
+        outer = conn.begin()
+        s = Session(bind=conn, expire_on_commit=False,
+                    join_transaction_mode="create_savepoint")
+        try:
+            yield s
+        finally:
+            s.close()
+            outer.rollback()
