@@ -53,13 +53,16 @@ class BaseBnlabSettings(BaseSettings):
         if self.broker_url is None:
             queue = self.broker_folder / "queue"
             processed = self.broker_folder / "processed"
-            # One folder for in and out: producer and consumer are different processes.
+            # One folder for in and out: producer and consumer are different processes. The
+            # control folder holds the exchange table; kombu's default is ./control in the cwd.
             return {"data_folder_in": str(queue), "data_folder_out": str(queue),
-                    "processed_folder": str(processed), "store_processed": True}
+                    "processed_folder": str(processed), "store_processed": True,
+                    "control_folder": str(self.broker_folder / "control")}
         return {"visibility_timeout": self.visibility_timeout}
 
     def prepare_dirs(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         if self.broker_url is None:
             (self.broker_folder / "queue").mkdir(parents=True, exist_ok=True)
-            (self.broker_folder / "processed").mkdir(parents=True, exist_ok=True)
+            for sub in ("processed", "control"):
+                (self.broker_folder / sub).mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,7 @@ class NetworkSpec(_Strict):
 
 
 def _keras_to_torch_momentum(m: float) -> float:
-    # Keras: running = m * running + (1 - m) * batch; PyTorch: running = (1 - m) * running + m * batch
+    # Keras: running = m*running + (1-m)*batch; PyTorch: running = (1-m)*running + m*batch
     return round(1.0 - m, 12)
 
 
@@ -448,7 +448,7 @@ def resolve_network(net: NetworkSpec, n_features: int, n_classes: int) -> Resolv
                 "layer (normalising the raw inputs is the dataset's job)"
             )
     if not dense_seen:
-        raise SpecError(errors + ["network has no dense layer: the output layer must be dense"])
+        raise SpecError([*errors, "network has no dense layer: the output layer must be dense"])
     head, head_errors = _head_of(layers)
     errors += head_errors
     units = _last_dense(layers).units

@@ -1,0 +1,181 @@
+"""The job spec: both network forms, normalisation, limits, errors and warnings."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from models.spec import (
+    NOTEBOOK_BN_LAYERS,
+    NOTEBOOK_PLAIN_LAYERS,
+    JobSpec,
+    Limits,
+    SpecError,
+    resolve_job,
+)
+
+
+def job(network: dict[str, Any], training: dict[str, Any] | None = None,
+        dataset: dict[str, Any] | None = None) -> JobSpec:
+    return JobSpec.model_validate({
+        "dataset": dataset or {"id": "abc123"},
+        "network": network,
+        "training": training or {},
+    })
+
+
+def resolve(spec: JobSpec, n_classes: int = 2, n_rows: int = 499, **kw: Any):
+    return resolve_job(spec, n_features=2, n_classes=n_classes, n_rows=n_rows, **kw)
+
+
+def totals(spec: JobSpec) -> tuple[int, int, int]:
+    rows = resolve(spec).network.summary()
+    trainable = sum(r.trainable for r in rows)
+    frozen = sum(r.non_trainable for r in rows)
+    return trainable + frozen, trainable, frozen
+
+
+def test_notebook_networks_have_keras_parameter_counts() -> None:
+    assert totals(job({"layers": NOTEBOOK_PLAIN_LAYERS})) == (15, 15, 0)
+    assert totals(job({"layers": NOTEBOOK_BN_LAYERS})) == (40, 30, 10)
+
+
+def test_issue_body_accepted_as_written() -> None:
+    body = {"name": "bn", "dataset": {"id": "0f3a"}, "network": {"layers": NOTEBOOK_BN_LAYERS},
+            "training": {"epochs": 200, "batch_size": 32,
+                         "optimizer": {"name": "adam", "lr": 0.001},
+                         "validation_split": 0.2, "split": "tail", "seed": 1}}
+    resolved = resolve(JobSpec.model_validate(body))
+    assert resolved.steps_per_epoch == 13  # 399 training rows at batch 32
+    assert resolved.network.loss == "binary_crossentropy"
+    assert resolved.network.head == "sigmoid"
+
+
+def test_shorthand_placements_expand_to_the_seed_examples() -> None:
+    after = resolve(job({"hidden": [3, 2], "batchnorm": "after_activation"})).network
+    assert [layer.type for layer in after.layers] == [
+        "dense", "batchnorm", "dense", "batchnorm", "dense"]
+    assert after.layers[0].activation == "relu"
+    before = resolve(job({"hidden": [3, 2], "batchnorm": "before_activation"})).network
+    assert [m.type for m in before.modules()] == [
+        "dense", "batchnorm", "activation", "dense", "batchnorm", "activation", "dense"]
+    none = resolve(job({"hidden": [3, 2]})).network
+    assert [layer.type for layer in none.layers] == ["dense", "dense", "dense"]
+
+
+def test_output_layer_inferred_from_classes() -> None:
+    binary = resolve(job({"hidden": [4]})).network
+    assert (binary.output_units, binary.head, binary.loss) == (1, "sigmoid", "binary_crossentropy")
+    multi = resolve(job({"hidden": [4]}), n_classes=3).network
+    assert (multi.output_units, multi.head, multi.loss) == (3, "softmax",
+                                                            "categorical_crossentropy")
+
+
+def test_keras_momentum_is_stored_in_pytorch_convention() -> None:
+    keras = job({"hidden": [3], "batchnorm": "after_activation", "momentum": 0.99,
+                 "momentum_convention": "keras"})
+    torch_style = job({"hidden": [3], "batchnorm": "after_activation", "momentum": 0.01})
+    assert keras.model_dump() == torch_style.model_dump()
+    explicit = job({"layers": [{"type": "dense", "units": 3, "activation": "relu"},
+                               {"type": "batchnorm", "momentum": 0.99, "eps": 1e-3},
+                               {"type": "dense", "units": 1, "activation": "sigmoid"}],
+                    "momentum_convention": "keras"})
+    assert explicit.network.layers[1].momentum == pytest.approx(0.01)
+    # The normalised spec re-validates to itself: stored specs are stable.
+    assert JobSpec.model_validate(explicit.model_dump(mode="json")) == explicit
+
+
+@pytest.mark.parametrize(("network", "needle"), [
+    ({"layers": [{"type": "batchnorm"}, {"type": "dense", "units": 1, "activation": "sigmoid"}]},
+     "before any dense layer"),
+    ({"layers": [{"type": "dense", "units": 1, "activation": "softmax"}]},
+     "softmax on a 1-unit output"),
+    ({"layers": [{"type": "dense", "units": 3, "activation": "softmax"}]},
+     "use 2 units"),
+    ({"layers": [{"type": "dense", "units": 4, "activation": "relu"},
+                 {"type": "batchnorm"}]}, "must be the output dense layer"),
+    ({"layers": [{"type": "dense", "units": 1, "activation": "relu"}]},
+     "cannot give class probabilities"),
+])
+def test_bad_networks_get_precise_messages(network: dict[str, Any], needle: str) -> None:
+    with pytest.raises(SpecError) as err:
+        resolve(job(network))
+    assert any(needle in message for message in err.value.errors), err.value.errors
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ({"network": {"hidden": [3], "layers": NOTEBOOK_PLAIN_LAYERS}}, "exactly one of"),
+    ({"network": {"layers": []}}, "is empty"),
+    ({"network": {"hidden": [3]}, "training": {"validation_split": 1.0}}, "less than 1"),
+    ({"network": {"hidden": [3]}, "device": "tpu"}, "pattern"),
+    ({"network": {"hidden": [3], "bogus": 1}}, "Extra inputs"),
+    ({"network": {"hidden": [3]}, "training": {"optimizer": {"name": "adam", "nesterov": True}}},
+     "nesterov"),
+])
+def test_structural_errors_are_validation_errors(body: dict[str, Any], needle: str) -> None:
+    body = {"dataset": {"name": "moons"}, **body}
+    with pytest.raises(ValidationError) as err:
+        JobSpec.model_validate(body)
+    assert needle in str(err.value)
+
+
+def test_huge_layer_refused_by_arithmetic_alone() -> None:
+    spec = job({"hidden": [10**9]})
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as err:
+        resolve(spec)
+    assert time.perf_counter() - start < 0.05
+    assert "10000" in err.value.errors[0] or "1000000000 units" in err.value.errors[0]
+
+
+def test_parameter_budget_names_the_limit() -> None:
+    spec = job({"hidden": [4000, 4000]})
+    with pytest.raises(SpecError) as err:
+        resolve(spec, limits=Limits(max_params=1_000_000))
+    assert "1,000,000" in err.value.errors[0]
+
+
+def test_batch_of_one_with_batchnorm_is_refused() -> None:
+    spec = job({"layers": NOTEBOOK_BN_LAYERS}, training={"batch_size": 1})
+    with pytest.raises(SpecError, match="batch_size must be at least 2"):
+        resolve(spec)
+    resolve(job({"layers": NOTEBOOK_PLAIN_LAYERS}, training={"batch_size": 1}))
+
+
+def test_limits_on_epochs_rows_and_split() -> None:
+    with pytest.raises(SpecError, match="epochs is 20000"):
+        resolve(job({"hidden": [2]}, training={"epochs": 20000}))
+    with pytest.raises(SpecError, match="rows; the limit"):
+        resolve(job({"hidden": [2]}), limits=Limits(max_rows=100))
+    with pytest.raises(SpecError, match="leaves 0 training rows of 3"):
+        resolve(job({"hidden": [2]}, training={"validation_split": 0.9}), n_rows=3)
+
+
+def test_batchnorm_warnings() -> None:
+    warnings = resolve(job({"layers": [
+        {"type": "dense", "units": 4},
+        {"type": "batchnorm", "track_running_stats": False},
+        {"type": "activation", "activation": "relu"},
+        {"type": "dense", "units": 1, "activation": "sigmoid"}]},
+        training={"batch_size": 8})).warnings
+    text = " | ".join(warnings)
+    assert "under 16" in text
+    assert "bias directly before BatchNorm" in text
+    assert "track_running_stats false" in text
+    assert resolve(job({"layers": NOTEBOOK_PLAIN_LAYERS})).warnings == []
+    bn_last = resolve(job({"layers": NOTEBOOK_BN_LAYERS})).warnings
+    assert any("directly before the output layer" in w for w in bn_last)
+
+
+def test_generated_datasets_discriminate_by_name() -> None:
+    spec = JobSpec.model_validate({"dataset": {"name": "blobs", "n_classes": 4, "n_features": 3},
+                                   "network": {"hidden": [8]}})
+    assert spec.dataset.name == "blobs"
+    with pytest.raises(ValidationError):
+        JobSpec.model_validate({"dataset": {"name": "mnist"}, "network": {"hidden": [8]}})
+    with pytest.raises(ValidationError):
+        JobSpec.model_validate({"dataset": {"id": "../etc/passwd"}, "network": {"hidden": [8]}})
+
