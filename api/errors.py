@@ -1,0 +1,117 @@
+"""Domain errors and the one translator that turns them into JSON.
+
+Every error body is `{"error": <class name>, "detail": <message or list of messages>}`; nothing
+from a traceback reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.datasets import DatasetError
+from models.spec import SpecError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Base of the errors routes raise; subclasses pick the status code."""
+
+    status_code = 400
+
+    def __init__(self, detail: str | list[str], *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail if isinstance(detail, str) else "; ".join(detail))
+        self.detail = detail
+        self.headers = headers
+
+
+class NotFound(ApiError):
+    status_code = 404
+
+
+class Conflict(ApiError):
+    status_code = 409
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+
+
+class InvalidInput(ApiError):
+    """A well-formed request the domain refuses (unknown metric, bad inference rows, ...)."""
+
+    status_code = 422
+
+
+class NotReady(ApiError):
+    status_code = 503
+
+
+def error_body(error: str, detail: Any) -> dict[str, Any]:
+    return {"error": error, "detail": detail}
+
+
+def _json(status: int, error: str, detail: Any,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(error, detail), status_code=status, headers=headers)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    # ("body", "network", "layers", 0, "dense", "units") -> "body.network.layers[0].dense.units"
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validation_messages(errors: Any) -> list[str]:
+    """pydantic's error list as one readable line each, without echoing the input back."""
+    return [f"{_where(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in errors]
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return _json(exc.status_code, type(exc).__name__, exc.detail, exc.headers)
+
+
+async def _spec_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SpecError)
+    return _json(422, "SpecError", exc.errors)
+
+
+async def _dataset_error(_: Request, exc: Exception) -> JSONResponse:
+    return _json(422, "DatasetError", str(exc))
+
+
+async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return _json(422, "ValidationError", validation_messages(exc.errors()))
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    names = {404: "NotFound", 405: "MethodNotAllowed"}
+    return _json(exc.status_code, names.get(exc.status_code, "HTTPError"), exc.detail,
+                 getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Logged with its traceback here; the client only learns that it was not its fault.
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _json(500, "InternalError", "the server failed to handle this request; it has been "
+                 "logged")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(SpecError, _spec_error)
+    app.add_exception_handler(DatasetError, _dataset_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,74 @@
+"""PNG plots on Figure objects: never pyplot state, so concurrent requests are safe."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+MAX_SCATTER_POINTS = 20_000
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _clean(values: Sequence[float | None]) -> list[float]:
+    return [math.nan if v is None else float(v) for v in values]
+
+
+def curves_png(series: Mapping[str, tuple[Sequence[int], Mapping[str, Sequence[float | None]]]],
+               metrics: Sequence[str]) -> bytes:
+    """One panel per metric family (losses, accuracies, lr), one line per (job, metric).
+
+    `series` maps a label (job name or id) to (epochs, {metric: values}); NaN/None leave gaps.
+    """
+    families: dict[str, list[str]] = {}
+    for m in metrics:
+        family = "loss" if m.endswith("loss") else ("accuracy" if m.endswith("accuracy") else m)
+        families.setdefault(family, []).append(m)
+    fig = Figure(figsize=(6 * len(families), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(families), squeeze=False)[0]
+    for ax, (family, names) in zip(axes, families.items(), strict=True):
+        for label, (epochs, history) in series.items():
+            for m in names:
+                if m not in history:
+                    continue
+                line = f"{label}: {m}" if len(series) > 1 else m
+                ax.plot(list(epochs), _clean(history[m]), label=line,
+                        linestyle="--" if m.startswith("val_") else "-")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(family)
+        if family == "lr":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _png(fig)
+
+
+def scatter_png(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str],
+                feature_names: Sequence[str], title: str) -> bytes:
+    """The notebook's `plt.scatter(X, Y, c=class)`: the first two features, coloured by class."""
+    if len(y) > MAX_SCATTER_POINTS:  # a deterministic subsample keeps big uploads fast
+        keep = np.linspace(0, len(y) - 1, MAX_SCATTER_POINTS).astype(np.int64)
+        X, y = X[keep], y[keep]
+    xs = X[:, 0]
+    ys = X[:, 1] if X.shape[1] > 1 else np.zeros_like(xs)
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    for k, name in enumerate(classes):
+        mask = y == k
+        ax.scatter(xs[mask], ys[mask], s=12, alpha=0.8, label=f"{name} ({int(mask.sum())})")
+    ax.set_xlabel(feature_names[0])
+    ax.set_ylabel(feature_names[1] if len(feature_names) > 1 else "")
+    extra = f" (first 2 of {X.shape[1]} features)" if X.shape[1] > 2 else ""
+    ax.set_title(title + extra)
+    ax.legend(title="class", fontsize="small")
+    return _png(fig)

@@ -1,0 +1,104 @@
+"""Checkpoints (safetensors downloads) and eval-mode inference from a stored checkpoint."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from api.deps import JobDep, PredictorsDep, SessionDep, SettingsDep
+from api.errors import InvalidInput, NotFound, PayloadTooLarge
+from api.schemas import CheckpointOut, CheckpointRef, PredictRequest, PredictResponse
+from models.db import repository as repo
+from models.db.tables import Checkpoint, Job
+
+router = APIRouter(prefix="/jobs", tags=["checkpoints"])
+
+KINDS = ("best", "last")
+
+
+def _out(job: Job, c: Checkpoint) -> CheckpointOut:
+    return CheckpointOut(kind=c.kind, epoch=c.epoch, size=c.size, sha256=c.sha256,
+                         metrics=c.metrics, created_at=c.created_at,
+                         url=f"/v1/jobs/{job.id}/checkpoints/{c.kind}")
+
+
+def _no_checkpoint(job: Job, which: str) -> NotFound:
+    return NotFound(f"job '{job.id}' has no '{which}' checkpoint yet (status {job.status}, "
+                    f"{job.epochs_done} epochs done): the worker writes one as epochs finish")
+
+
+@router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut])
+def list_checkpoints(job: JobDep, session: SessionDep) -> list[CheckpointOut]:
+    return [_out(job, c) for c in repo.list_checkpoints(session, job_id=job.id)]
+
+
+@router.get("/{job_id}/checkpoints/{which}", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}},
+                             "description": "safetensors file (weights, BN buffers, metadata)"}})
+def download_checkpoint(job: JobDep, which: str, session: SessionDep) -> Response:
+    """`which` is `best`, `last` or an epoch number that one of them holds."""
+    ckpt = _find(session, job, which)
+    filename = f"{job.name or 'job'}-{job.id}-{ckpt.kind}-epoch{ckpt.epoch}.safetensors"
+    filename = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in filename)
+    return Response(ckpt.content, media_type="application/octet-stream", headers={
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "ETag": f'"{ckpt.sha256}"', "X-Checkpoint-Epoch": str(ckpt.epoch)})
+
+
+def _find(session: SessionDep, job: Job, which: str) -> Checkpoint:
+    if which not in KINDS and not which.isdigit():
+        raise InvalidInput([f"checkpoint '{which}': use 'best', 'last' or an epoch number"])
+    ckpt = repo.get_checkpoint(session, job_id=job.id, which=which)
+    if ckpt is not None:
+        return ckpt
+    if which in KINDS:
+        raise _no_checkpoint(job, which)
+    kept = ", ".join(f"{c.kind} (epoch {c.epoch})"
+                     for c in repo.list_checkpoints(session, job_id=job.id)) or "none yet"
+    raise NotFound(f"job '{job.id}' keeps no checkpoint of epoch {which}; it keeps: {kept}")
+
+
+def _classes(session: SessionDep, job: Job) -> list[str] | None:
+    if job.dataset_id is None:
+        return None  # generated data: class ids are the names
+    dataset = repo.get_dataset(session, dataset_id=job.dataset_id)
+    label = (job.spec.get("dataset") or {}).get("label_column")
+    if dataset is None or (label is not None and label != dataset.label_column):
+        return None  # the checkpoint's own class list is authoritative then
+    return list(dataset.classes)
+
+
+@router.post("/{job_id}/predict", response_model=PredictResponse,
+             responses={404: {"description": "no such job or checkpoint yet"},
+                        413: {"description": "more rows than max_predict_rows"}})
+def predict(job: JobDep, body: PredictRequest, session: SessionDep, settings: SettingsDep,
+            predictors: PredictorsDep) -> PredictResponse:
+    """Eval-mode predictions (BatchNorm uses its running statistics), so a row's output does
+    not depend on the other rows. Works while the job runs, from its latest checkpoint."""
+    if len(body.inputs) > settings.max_predict_rows:
+        raise PayloadTooLarge(f"{len(body.inputs)} input rows; the limit (max_predict_rows) is "
+                              f"{settings.max_predict_rows}: split the request")
+    # Metadata first: a cache hit never loads the blob from the database.
+    meta = next((c for c in repo.list_checkpoints(session, job_id=job.id)
+                 if c.kind == body.checkpoint), None)
+    if meta is None:
+        raise _no_checkpoint(job, body.checkpoint)
+    ref = CheckpointRef(kind=meta.kind, epoch=meta.epoch, sha256=meta.sha256)
+    from models.inference import InferenceInputError, load_predictor  # torch on first use
+
+    predictor = predictors.get((job.id, ref.kind, ref.sha256))
+    if predictor is None:
+        ckpt = repo.get_checkpoint(session, job_id=job.id, which=ref.kind)
+        if ckpt is None:  # deleted between the two reads
+            raise _no_checkpoint(job, body.checkpoint)
+        # Possibly newer than `meta`: describe what is actually loaded.
+        ref = CheckpointRef(kind=ckpt.kind, epoch=ckpt.epoch, sha256=ckpt.sha256)
+        predictor = load_predictor(ckpt.content, classes=_classes(session, job))
+        predictors.put((job.id, ref.kind, ref.sha256), predictor)
+    try:
+        result = predictor.predict(body.inputs)
+    except InferenceInputError as exc:
+        raise InvalidInput([f"inputs: {exc}"]) from None
+    return PredictResponse(
+        classes=result.classes, probabilities=result.probabilities,
+        class_names=result.class_names, checkpoint=ref,
+    )

@@ -1,0 +1,156 @@
+"""Response and request bodies of the API (kept apart from the SQLAlchemy tables)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class JobOut(_Out):
+    id: str
+    name: str | None
+    status: str
+    queue: str | None = None
+    device: str | None = Field(default=None, description="requested device; the worker's actual "
+                                                         "device once running")
+    worker: str | None = None
+    epoch: int = Field(description="epochs finished so far")
+    epochs: int = Field(description="epochs the spec asks for")
+    attempts: int = 0
+    cancel_requested: bool = False
+    error: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    final_metrics: dict[str, float | None] | None = None
+    best_metrics: dict[str, Any] | None = None
+    best_epoch: int | None = None
+    dataset_id: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    elapsed_s: float | None = Field(default=None, description="seconds from start to finish "
+                                                              "(or to now while running)")
+    spec: dict[str, Any]
+
+    @field_validator("final_metrics", mode="before")
+    @classmethod
+    def _nan_to_none(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: (None if isinstance(x, float) and not math.isfinite(x) else x)
+                    for k, x in v.items()}
+        return v
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page")
+
+
+class DatasetOut(_Out):
+    id: str
+    name: str | None
+    filename: str | None = None
+    n_rows: int
+    n_features: int
+    columns: list[str]
+    label_column: str
+    classes: list[str]
+    class_counts: dict[str, int]
+    size: int = Field(description="bytes of the uploaded file")
+    sha256: str
+    created_at: datetime
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    next_cursor: str | None = None
+
+
+class GeneratorParam(BaseModel):
+    name: str
+    type: str | None
+    default: Any = None
+    description: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: float | None = None
+    exclusive_maximum: float | None = None
+
+
+class GeneratorOut(BaseModel):
+    name: str
+    n_features: int | str = Field(description="fixed, or the parameter that sets it")
+    n_classes: int | str
+    parameters: list[GeneratorParam]
+    example: dict[str, Any]
+
+
+class CheckpointOut(_Out):
+    kind: str
+    epoch: int
+    size: int
+    sha256: str
+    metrics: dict[str, float | None] | None = None
+    created_at: datetime
+    url: str
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _nan_to_none(cls, v: Any) -> Any:
+        return JobOut._nan_to_none(v)
+
+
+class CheckpointRef(BaseModel):
+    kind: str
+    epoch: int
+    sha256: str
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[list[float]] = Field(min_length=1, description="rows of feature values, in the "
+                                                                "dataset's column order")
+    checkpoint: Literal["best", "last"] = Field(
+        default="last", description="'last' is the latest weights (also while the job runs); "
+                                    "'best' is the epoch best on training.checkpoint_monitor")
+
+
+class PredictResponse(BaseModel):
+    classes: list[str] = Field(description="predicted class of each row")
+    probabilities: list[list[float]] = Field(description="per row, one probability per class")
+    class_names: list[str] = Field(description="the column order of probabilities")
+    checkpoint: CheckpointRef
+
+
+class ModelTotals(BaseModel):
+    total: int
+    trainable: int
+    non_trainable: int = Field(description="BN running mean and variance, as Keras counts them")
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    checkpoint: CheckpointRef | None = Field(description="the checkpoint read (best, else "
+                                                         "last); null before the first one")
+    layers: list[dict[str, Any]] = Field(description="Keras-style summary rows")
+    totals: ModelTotals
+    head: str
+    loss: str
+    classes: list[str] | None = None
+    batchnorm: list[dict[str, Any]] = Field(
+        default_factory=list, description="each BN layer's running_mean, running_var, gamma "
+                                          "and beta (empty before the first checkpoint)")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)
