@@ -1,0 +1,545 @@
+"""The training loop: K independent models of one architecture in one loop; a job is K = 1.
+
+Keras-shaped history (`loss`, `accuracy`, `val_loss`, `val_accuracy`, `lr`): training metrics are
+the row-weighted mean over the epoch's batches in training mode (what Keras's progress bar and
+history report), validation metrics come from eval mode (running statistics). Metrics accumulate
+on the device and are read once per epoch; batches are slices of a per-model index permutation.
+Side effects (persistence, cancellation) reach the loop only through `TrainingCallbacks`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import checkpoint as ckpt
+from models.datasets import Table
+from models.spec import (
+    CosineSchedule,
+    OptimizerSpec,
+    PlateauSchedule,
+    ResolvedJob,
+    StepSchedule,
+    TrainingSpec,
+    metric_mode,
+)
+from models.splits import split
+from models.stacked import (
+    LAYOUT_WARNING,
+    StackedNetwork,
+    _BatchNorm,
+    initial_states,
+    stacked_network,
+)
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+TRAIN_MODE_VAL_KEYS = ("train_mode_val_loss", "train_mode_val_accuracy")
+_EVAL_CHUNK = 8192
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    metrics: dict[str, float]  # HISTORY_KEYS (+ TRAIN_MODE_VAL_KEYS if asked); NaN allowed
+    wall_time: float  # seconds of training + evaluation for this epoch
+    extras: dict[str, Any]  # JSON-able: "bn" layer stats, "notes", "steps", "train_rows"
+    checkpoints: dict[str, bytes] = field(default_factory=dict)  # {"last"?, "best"?} this epoch
+
+
+class TrainingCallbacks:
+    """Hooks the loop calls; every default is a no-op. Subclass and override what you need."""
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        """After each epoch, with that epoch's metrics and the checkpoints written at it."""
+
+    def should_stop(self) -> bool:
+        """Cooperative cancel, asked once per epoch before its checkpoints are built."""
+        return False
+
+
+@dataclass
+class TrainingResult:
+    history: dict[str, list[float]]  # epochs start_epoch..epochs_run of this call
+    epochs_run: int  # the last completed epoch (absolute, counts resumed epochs)
+    stopped_early: bool
+    cancelled: bool
+    best_epoch: int | None
+    best_metrics: dict[str, float]
+    final_metrics: dict[str, float]
+    notes: list[str]
+    start_epoch: int = 1
+    seed: int = 0
+    checkpoints: dict[str, bytes] = field(default_factory=dict)  # final "last" and "best"
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or inf; the message names the epoch."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def make_optimizer(params: list[torch.Tensor], o: OptimizerSpec) -> torch.optim.Optimizer:
+    """Elementwise optimizers only (stacked models stay independent); fused where torch has it."""
+    def build(**speed: bool) -> torch.optim.Optimizer:
+        if o.name in ("adam", "adamw"):
+            cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+            return cls(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+                       **speed)
+        if o.name == "sgd":
+            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                                   weight_decay=o.weight_decay, **speed)
+        return torch.optim.RMSprop(params, lr=o.lr, alpha=o.alpha, eps=o.eps,
+                                   weight_decay=o.weight_decay, momentum=o.momentum, foreach=True)
+    if o.name == "rmsprop":
+        return build()
+    try:
+        return build(fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a device without fused kernels
+        return build(foreach=True)
+
+
+def fast_step(opt: torch.optim.Optimizer) -> Callable[[], Any]:
+    """`opt.step`, for fused Adam/AdamW over the one flat tensor without torch.optim's per-call
+    Python overhead (a sixth of a small model's step): the same kernel with the same arguments
+    as Adam's own fused path, so the result is bitwise the same."""
+    group = opt.param_groups[0]
+    if not isinstance(opt, torch.optim.Adam) or not group.get("fused") \
+            or len(opt.param_groups) != 1 or len(group["params"]) != 1 or group["amsgrad"]:
+        return opt.step
+    p = group["params"][0]
+    kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
+
+    def step() -> None:
+        state = opt.state.get(p)
+        if not state or p.grad is None:
+            opt.step()  # first step: torch.optim creates the state
+            return
+        steps = [state["step"]]
+        torch._foreach_add_(steps, 1)
+        kernel([p], [p.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], steps,
+               amsgrad=False, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+               weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+               grad_scale=None, found_inf=None)
+    return step
+
+
+def scheduled_lr(t: TrainingSpec, epoch: int, plateau_lr: float | None) -> float:
+    """The lr used during `epoch` (1-based); step and cosine are closed forms of the epoch."""
+    base, s = t.optimizer.lr, t.lr_schedule
+    if isinstance(s, StepSchedule):
+        return base * s.gamma ** ((epoch - 1) // s.step_size)
+    if isinstance(s, CosineSchedule):
+        t_max = s.t_max or t.epochs
+        done = min(epoch - 1, t_max)  # stays at eta_min after t_max
+        return s.eta_min + (base - s.eta_min) * (1 + math.cos(math.pi * done / t_max)) / 2
+    if isinstance(s, PlateauSchedule):
+        return base if plateau_lr is None else plateau_lr
+    return base
+
+
+def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    if math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _monitor(name: str, has_val: bool) -> str:
+    """Without validation rows, a val_* monitor falls back to its training counterpart."""
+    return name if has_val or not name.startswith("val_") else name[4:]
+
+
+def _derived_seed(seed: int, epoch: int) -> int:
+    # Dropout masks: a fresh generator per (model, epoch), so resume needs no device RNG state.
+    return (seed * 1_000_003 + epoch * 7_919 + 0x5DEECE66D) % (2**63)
+
+
+def _summary(values: np.ndarray) -> dict[str, Any]:
+    out: dict[str, Any] = {"mean": float(values.mean()), "min": float(values.min()),
+                           "max": float(values.max())}
+    if values.size <= 16:
+        out["values"] = [float(v) for v in values]
+    return out
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+class _ModelState:
+    """Per-model bookkeeping outside the tensors: seed, split, history, best, early stopping."""
+
+    def __init__(self, seed: int, job: ResolvedJob, y: np.ndarray) -> None:
+        t = job.spec.training
+        self.seed = seed
+        self.spec = job.spec.model_copy(update={"training": t.model_copy(update={"seed": seed})})
+        self.train_idx, self.val_idx = split(y, validation_split=t.validation_split,
+                                             how=t.split, seed=seed)
+        self.data_gen = torch.Generator().manual_seed(seed)
+        self.history: dict[str, list[float]] = {}
+        self.best: dict[str, Any] = {"value": None, "val_loss": None, "epoch": None,
+                                     "metrics": {}}
+        self.early: dict[str, Any] = {"best": None, "wait": 0}
+        self.plateau: dict[str, Any] = {"best": None, "wait": 0, "lr": None}
+        self.best_blob: bytes | None = None
+        self.last_metrics: dict[str, float] = {}
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {"best": self.best, "early_stopping": self.early, "plateau": self.plateau}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.best, self.early, self.plateau = (state["best"], state["early_stopping"],
+                                               state["plateau"])
+
+
+class _Loop:
+    def __init__(self, job: ResolvedJob, table: Table, seeds: Sequence[int],
+                 device: torch.device) -> None:
+        net, t = job.network, job.spec.training
+        if table.n_features != net.n_features:
+            raise ValueError(f"the table has {table.n_features} features; the network expects "
+                             f"{net.n_features}")
+        if len(seeds) < 1:
+            raise ValueError("train_many needs at least one seed")
+        if len(seeds) > 1 and (t.early_stopping is not None
+                               or isinstance(t.lr_schedule, PlateauSchedule)):
+            raise ValueError("early stopping and reduce_on_plateau are per-model decisions: "
+                             "train such jobs one seed at a time (K = 1)")
+        self.job, self.net, self.t, self.device, self.table = job, net, t, device, table
+        self.k = len(seeds)
+        self.models = [_ModelState(s, job, table.y) for s in seeds]
+        self.binary = net.output_units == 1
+        self.X = torch.as_tensor(table.X, dtype=torch.float32).to(device)
+        self.y = torch.as_tensor(table.y, dtype=torch.int64).to(device)
+        # features and the float label side by side: one gather per step fetches both
+        self.Xy = torch.cat([self.X, self.y.to(torch.float32).unsqueeze(1)], dim=1)
+        self.d = table.n_features
+        self.train_idx = torch.as_tensor(np.stack([m.train_idx for m in self.models])).to(device)
+        self.val_idx = torch.as_tensor(np.stack([m.val_idx for m in self.models])).to(device)
+        self.n_train, self.n_val = self.train_idx.shape[1], self.val_idx.shape[1]
+        self.model: StackedNetwork = stacked_network(
+            net, initial_states(net, seeds, t.init), device)
+        self.opt = make_optimizer([self.model.flat], t.optimizer)
+        self.step = fast_step(self.opt)
+        self.notes: list[str] = []
+        bs = t.batch_size
+        self.n_used = self.n_train
+        if self.model.has_batchnorm and self.n_train % bs == 1 and self.n_train > 1:
+            self.n_used = self.n_train - 1
+            self.notes.append(
+                f"the last training batch of every epoch would hold 1 row ({self.n_train} rows, "
+                f"batch_size {bs}); BatchNorm cannot use batch statistics of one row, so that "
+                f"row is dropped each epoch ({self.n_used} rows trained on)")
+        self.bn_modules = [(i, m) for i, m in enumerate(self.model.layers)
+                           if isinstance(m, _BatchNorm)]
+        bn_names = [r.name for r in net.summary() if r.type == "batchnorm"]
+        self.bn_names = dict(zip([i for i, _ in self.bn_modules], bn_names, strict=True))
+
+    # ------------------------------------------------------------------ metrics
+
+    def _loss_and_correct(self, logits: torch.Tensor, yb: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-model mean loss (K,) and correct-prediction counts (K,); `yb` is (K, B) float."""
+        if self.binary:
+            z = logits.squeeze(-1)
+            b = z.shape[1]
+            # Rows padded to a multiple of 32 so every element takes the same SIMD path
+            # whatever K is (the fused loss kernel rounds its vector and scalar paths apart).
+            pad = -b % 32
+            if pad:
+                loss = F.binary_cross_entropy_with_logits(
+                    F.pad(z, (0, pad)), F.pad(yb, (0, pad)), reduction="none")[:, :b]
+            else:
+                loss = F.binary_cross_entropy_with_logits(z, yb, reduction="none")
+            correct = ((z > 0) == (yb > 0.5)).sum(1)
+        else:
+            labels = yb.long()
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                   reduction="none").view(labels.shape)
+            correct = (logits.argmax(-1) == labels).sum(1)
+        return loss.mean(1), correct
+
+    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.Xy[idx]
+        return rows[..., :self.d], rows[..., self.d]
+
+    @torch.no_grad()
+    def _evaluate(self, mode: str, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean loss, accuracy) per model over the validation rows, on the device."""
+        loss_sum = torch.zeros(self.k, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(self.k, dtype=torch.int64, device=self.device)
+        starts = list(range(0, self.n_val, chunk))
+        if len(starts) > 1 and self.n_val - starts[-1] == 1:
+            starts.pop()  # batch statistics of one row are undefined: merge it into the previous
+        for i, s in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else self.n_val
+            xb, yb = self._batch(self.val_idx[:, s:end])
+            loss, c = self._loss_and_correct(self.model(xb, mode), yb)  # type: ignore[arg-type]
+            loss_sum.add_(loss, alpha=end - s)
+            correct.add_(c)
+        return loss_sum / self.n_val, correct.double() / self.n_val
+
+    def _bn_extras(self) -> list[list[dict[str, Any]]]:
+        """Per model, per BN layer: running mean/var and gamma/beta summaries (one host read)."""
+        if not self.bn_modules:
+            return [[] for _ in range(self.k)]
+        parts, layout = [], []
+        for i, m in self.bn_modules:
+            for name, t in (("running_mean", m.running_mean), ("running_var", m.running_var),
+                            ("gamma", m.p("weight")), ("beta", m.p("bias"))):
+                if t is not None:
+                    parts.append(t.detach().float())
+                    layout.append((i, name, t.shape[1]))
+        host = torch.cat(parts, dim=1).cpu().numpy()
+        out: list[list[dict[str, Any]]] = []
+        for k in range(self.k):
+            layers: dict[int, dict[str, Any]] = {
+                i: {"name": self.bn_names[i], "module": i, "running_mean": None,
+                    "running_var": None, "gamma": None, "beta": None}
+                for i, _ in self.bn_modules}
+            col = 0
+            for i, name, width in layout:
+                layers[i][name] = _summary(host[k, col:col + width])
+                col += width
+            out.append(list(layers.values()))
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _meta(self, k: int, kind: str, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        m = self.models[k]
+        return {"kind": kind, "epoch": epoch, "seed": m.seed,
+                "spec": m.spec.model_dump(mode="json"),
+                "network": ckpt.network_to_meta(self.net), "classes": self.table.classes,
+                "metrics": metrics, "trainer": m.trainer_state()}
+
+    def last_blob(self, k: int, epoch: int) -> bytes:
+        optim: dict[str, torch.Tensor] = {}
+        for name, v in self.opt.state.get(self.model.flat, {}).items():
+            if not isinstance(v, torch.Tensor):
+                continue
+            if name == "step":
+                optim["step"] = v.detach().clone()
+                continue
+            for key in self.model.layout:  # (K, row) state -> model k's tensor per parameter
+                optim[f"{key}.{name}"] = self.model.slot(key, v, k)
+        meta = self._meta(k, "last", epoch, self.models[k].last_metrics)
+        return ckpt.encode(meta, self.model.model_state(k), optim,
+                           {"data": self.models[k].data_gen.get_state()})
+
+    def best_blob(self, k: int, epoch: int, metrics: dict[str, float]) -> bytes:
+        return ckpt.encode(self._meta(k, "best", epoch, metrics), self.model.model_state(k))
+
+    def restore(self, blobs: Sequence[bytes]) -> int:
+        """Load K "last" checkpoints; returns the epoch they end at."""
+        if len(blobs) != self.k:
+            raise ValueError(f"{len(blobs)} checkpoints to resume {self.k} models")
+        cps = [ckpt.decode(b) for b in blobs]
+        want = ckpt.network_to_meta(self.net)
+        for c, m in zip(cps, self.models, strict=True):
+            if c.meta.get("kind") != "last" or "data" not in c.rng:
+                raise ckpt.CheckpointError("resume needs a 'last' checkpoint (a 'best' one has "
+                                           "no optimizer or RNG state)")
+            if c.meta["network"] != want:
+                raise ckpt.CheckpointError("the checkpoint was trained on a different network "
+                                           "or dataset shape than this job describes")
+            m.data_gen.set_state(c.rng["data"])
+            m.restore(c.meta["trainer"])
+            m.last_metrics = c.meta["metrics"]
+        epochs = {int(c.meta["epoch"]) for c in cps}
+        if len(epochs) != 1:
+            raise ValueError("stacked models resume from checkpoints of one epoch")
+        self.model.load_model_states([c.model for c in cps])
+        flat = self.model.flat
+        entry: dict[str, torch.Tensor] = {}
+        if "step" in cps[0].optim:
+            entry["step"] = cps[0].optim["step"]
+        names = {key.rsplit(".", 1)[1] for key in cps[0].optim if key != "step"}
+        for name in names:
+            padded = torch.zeros_like(flat)
+            for k, c in enumerate(cps):
+                for key in self.model.layout:
+                    self.model.slot(key, padded, k).copy_(c.optim[f"{key}.{name}"])
+            entry[name] = padded
+        state = {0: entry} if entry else {}
+        groups = self.opt.state_dict()["param_groups"]
+        self.opt.load_state_dict({"state": state, "param_groups": groups})
+        return epochs.pop()
+
+    # ------------------------------------------------------------------ one epoch
+
+    def run_epoch(self, epoch: int) -> torch.Tensor:
+        """Train one epoch; returns the (rows x K) float64 metric matrix still on the device."""
+        t, model, k = self.t, self.model, self.k
+        lr = scheduled_lr(t, epoch, self.models[0].plateau["lr"])
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        if t.shuffle:
+            perm = torch.stack([torch.randperm(self.n_train, generator=m.data_gen)
+                                for m in self.models]).to(self.device, non_blocking=True)
+            order = self.train_idx.gather(1, perm)
+        else:
+            order = self.train_idx
+        gens = None
+        if model.has_dropout:
+            gens = [torch.Generator(device=self.device).manual_seed(
+                _derived_seed(m.seed, epoch)) for m in self.models]
+        model.train()
+        loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(k, dtype=torch.int64, device=self.device)
+        bs = t.batch_size
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=LAYOUT_WARNING)
+            self._train_steps(order, gens, loss_sum, correct)
+        model.eval()
+        rows = [loss_sum / self.n_used, correct.double() / self.n_used]
+        if self.n_val:
+            rows += list(self._evaluate("eval", _EVAL_CHUNK))
+            if t.record_train_mode_val:
+                rows += list(self._evaluate("batch_stats", bs))
+        return torch.stack(rows)
+
+    def _train_steps(self, order: torch.Tensor, gens: list[torch.Generator] | None,
+                     loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
+        model, bs = self.model, self.t.batch_size
+        for s in range(0, self.n_used, bs):
+            xb, yb = self._batch(order[:, s:min(s + bs, self.n_used)])
+            loss, c = self._loss_and_correct(model(xb, "train", gens), yb)
+            model.zero_grad_flat()
+            loss.sum().backward()  # models share no parameter: each gets its own gradient
+            self.step()
+            loss_sum.add_(loss.detach(), alpha=xb.shape[1])  # float64 accumulators
+            correct.add_(c)
+
+
+def _steps(n_used: int, bs: int) -> int:
+    return math.ceil(n_used / bs)
+
+
+def train_many(job: ResolvedJob, table: Table, *, seeds: Sequence[int], device: torch.device,
+               callbacks: Sequence[TrainingCallbacks | None] | None = None,
+               resume_from: Sequence[bytes] | None = None,
+               checkpoint_every: int = 1) -> list[TrainingResult]:
+    """Train one model per seed, stacked in one loop; result k is what seed k alone would give.
+
+    `checkpoint_every` N: a "last" checkpoint every N epochs and at the final one (0: final only);
+    a "best" one whenever the monitored metric improves. Checkpoints are built only for models
+    with a callback (and once at the end, into `TrainingResult.checkpoints`). Cancellation: if
+    any callback's should_stop() is true, every model stops after that epoch.
+    """
+    loop = _Loop(job, table, seeds, device)
+    t = job.spec.training
+    cbs = list(callbacks) if callbacks is not None else [None] * loop.k
+    if len(cbs) != loop.k:
+        raise ValueError(f"{len(cbs)} callbacks for {loop.k} seeds")
+    start = 1 + (loop.restore(resume_from) if resume_from is not None else 0)
+    has_val = loop.n_val > 0
+    keys = list(HISTORY_KEYS) + (list(TRAIN_MODE_VAL_KEYS) if t.record_train_mode_val else [])
+    best_name = _monitor(t.checkpoint_monitor, has_val)
+    tie_name = "val_loss" if has_val else "loss"
+    stopped_early = cancelled = False
+    epoch = start - 1
+    last_blobs: dict[int, bytes] = {}
+    for epoch in range(start, t.epochs + 1):
+        t0 = time.perf_counter()
+        values = loop.run_epoch(epoch).cpu().numpy()  # the one host read of the epoch
+        lr = float(loop.opt.param_groups[0]["lr"])
+        bn = loop._bn_extras()
+        wall = time.perf_counter() - t0
+        for k, m in enumerate(loop.models):
+            col = [float(v) for v in values[:, k]]
+            if not math.isfinite(col[0]):
+                who = f" (model with seed {m.seed})" if loop.k > 1 else ""
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epoch}{who}: the training loss is {col[0]}; "
+                    "lower the learning rate, scale the inputs or add normalisation")
+            nan = float("nan")
+            metrics = {"loss": col[0], "accuracy": col[1],
+                       "val_loss": col[2] if has_val else nan,
+                       "val_accuracy": col[3] if has_val else nan, "lr": lr}
+            if t.record_train_mode_val:
+                metrics["train_mode_val_loss"] = col[4] if has_val else nan
+                metrics["train_mode_val_accuracy"] = col[5] if has_val else nan
+            m.last_metrics = metrics
+            for key in keys:
+                m.history.setdefault(key, []).append(metrics[key])
+            _update_state(m, t, metrics, epoch, best_name, tie_name, has_val)
+        if any(m.early.get("stop") for m in loop.models):
+            stopped_early = True
+        if any(cb is not None and cb.should_stop() for cb in cbs):
+            cancelled = True
+        final = epoch == t.epochs or stopped_early or cancelled
+        for k, (m, cb) in enumerate(zip(loop.models, cbs, strict=True)):
+            blobs: dict[str, bytes] = {}
+            if m.best["epoch"] == epoch:
+                m.best_blob = loop.best_blob(k, epoch, m.last_metrics)
+                blobs["best"] = m.best_blob
+            if cb is not None and (final or (checkpoint_every and epoch % checkpoint_every == 0)):
+                blobs["last"] = last_blobs[k] = loop.last_blob(k, epoch)
+            if cb is not None:
+                extras = {"bn": bn[k], "notes": list(loop.notes),
+                          "steps": _steps(loop.n_used, t.batch_size), "train_rows": loop.n_used}
+                cb.on_epoch_end(EpochRecord(epoch, dict(m.last_metrics), wall, extras, blobs))
+        if final:
+            break
+    results = []
+    for k, m in enumerate(loop.models):
+        blobs = {"last": last_blobs.get(k) or loop.last_blob(k, epoch)}
+        if m.best_blob is not None:
+            blobs["best"] = m.best_blob
+        results.append(TrainingResult(
+            history={key: m.history.get(key, []) for key in keys}, epochs_run=epoch,
+            stopped_early=stopped_early, cancelled=cancelled, best_epoch=m.best["epoch"],
+            best_metrics=dict(m.best["metrics"]), final_metrics=dict(m.last_metrics),
+            notes=list(loop.notes), start_epoch=start, seed=m.seed, checkpoints=blobs))
+    return results
+
+
+def _update_state(m: _ModelState, t: TrainingSpec, metrics: dict[str, float], epoch: int,
+                  best_name: str, tie_name: str, has_val: bool) -> None:
+    """Best checkpoint, reduce-on-plateau and early stopping after one epoch."""
+    value, tie = metrics[best_name], metrics[tie_name]
+    b = m.best
+    tied = b["value"] is not None and value == b["value"] and best_name != tie_name
+    if _better(value, b["value"], metric_mode(best_name)) or (
+            tied and _better(tie, b["val_loss"], "min")):
+        m.best = {"value": value, "val_loss": tie, "epoch": epoch, "metrics": dict(metrics)}
+    s = t.lr_schedule
+    if isinstance(s, PlateauSchedule):
+        p, name = m.plateau, _monitor(s.monitor, has_val)
+        if p["lr"] is None:
+            p["lr"] = t.optimizer.lr
+        if _better(metrics[name], p["best"], metric_mode(name)):
+            p["best"], p["wait"] = metrics[name], 0
+        else:
+            p["wait"] += 1
+            if p["wait"] > s.patience:
+                p["lr"], p["wait"] = max(p["lr"] * s.factor, s.min_lr), 0
+    es = t.early_stopping
+    if es is not None:
+        e, name = m.early, _monitor(es.monitor, has_val)
+        if _better(metrics[name], e["best"], metric_mode(name), es.min_delta):
+            e["best"], e["wait"] = metrics[name], 0
+        else:
+            e["wait"] += 1
+            if e["wait"] >= es.patience:
+                e["stop"] = True
+
+
+def train_job(job: ResolvedJob, table: Table, *, device: torch.device,
+              callbacks: TrainingCallbacks | None = None, resume_from: bytes | None = None,
+              checkpoint_every: int = 1) -> TrainingResult:
+    """One model: train_many with K = 1 and the spec's seed."""
+    return train_many(job, table, seeds=[job.spec.training.seed], device=device,
+                      callbacks=[callbacks] if callbacks is not None else None,
+                      resume_from=[resume_from] if resume_from is not None else None,
+                      checkpoint_every=checkpoint_every)[0]

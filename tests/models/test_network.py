@@ -1,0 +1,149 @@
+"""Network building, parameter counts, BatchNorm train vs eval, and the stacked equivalent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.devices import DeviceError, select_device
+from models.network import build_network
+from models.spec import (
+    NOTEBOOK_BN_LAYERS,
+    NOTEBOOK_PLAIN_LAYERS,
+    NetworkSpec,
+    ResolvedNetwork,
+    resolve_network,
+)
+from models.stacked import initial_states, stacked_network
+
+
+def _net(layers: list[dict], n_features: int = 2, n_classes: int = 2) -> ResolvedNetwork:
+    return resolve_network(NetworkSpec(layers=layers), n_features, n_classes)
+
+
+def _counts(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    buffers = sum(b.numel() for name, b in model.named_buffers()
+                  if not name.endswith("num_batches_tracked"))
+    return trainable, buffers
+
+
+def test_notebook_plain_model_has_15_parameters() -> None:
+    net = _net(NOTEBOOK_PLAIN_LAYERS)
+    rows = net.summary()
+    assert sum(r.params for r in rows) == 15
+    assert sum(r.non_trainable for r in rows) == 0
+    assert _counts(build_network(net)) == (15, 0)
+
+
+def test_notebook_bn_model_has_40_parameters_30_trainable() -> None:
+    net = _net(NOTEBOOK_BN_LAYERS)
+    rows = net.summary()
+    assert (sum(r.trainable for r in rows), sum(r.non_trainable for r in rows)) == (30, 10)
+    assert _counts(build_network(net)) == (30, 10)
+
+
+def test_module_layout_and_head_left_out() -> None:
+    model = build_network(_net(NOTEBOOK_BN_LAYERS))
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Linear", "ReLU", "BatchNorm1d", "Linear", "ReLU", "BatchNorm1d", "Linear"]
+    assert "2.running_var" in model.state_dict()
+    assert model(torch.randn(4, 2)).shape == (4, 1)  # logits: no sigmoid inside
+
+
+def test_layer_options_reach_the_modules() -> None:
+    layers = [
+        {"type": "dense", "units": 4, "use_bias": False},
+        {"type": "batchnorm", "momentum": 0.01, "eps": 1e-3, "affine": False},
+        {"type": "activation", "activation": "leaky_relu", "negative_slope": 0.2},
+        {"type": "dropout", "rate": 0.25},
+        {"type": "dense", "units": 4, "activation": "gelu"},
+        {"type": "layernorm"},
+        {"type": "dense", "units": 3, "activation": "softmax"},
+    ]
+    model = build_network(_net(layers, n_features=5, n_classes=3))
+    assert model[0].bias is None
+    bn = model[1]
+    assert (bn.momentum, bn.eps, bn.affine) == (0.01, 1e-3, False)
+    assert model[2].negative_slope == 0.2
+    assert model[3].p == 0.25
+    assert isinstance(model[5], torch.nn.GELU) and isinstance(model[6], torch.nn.LayerNorm)
+    assert isinstance(model[-1], torch.nn.Linear)
+
+
+def test_keras_init_is_glorot_with_zero_bias_and_seeded() -> None:
+    net = _net(NOTEBOOK_BN_LAYERS)
+    a = build_network(net, init="keras", seed=7)
+    b = build_network(net, init="keras", seed=7)
+    c = build_network(net, init="pytorch", seed=7)
+    assert torch.equal(a[0].weight, b[0].weight)
+    assert not torch.equal(a[0].weight, c[0].weight)
+    assert torch.count_nonzero(a[0].bias) == 0
+    limit = (6 / (2 + 3)) ** 0.5
+    assert a[0].weight.abs().max() <= limit
+
+
+def test_batchnorm_running_stats_follow_the_momentum_formula() -> None:
+    net = _net([{"type": "dense", "units": 3}, {"type": "batchnorm", "momentum": 0.3},
+                {"type": "dense", "units": 1, "activation": "sigmoid"}])
+    model = build_network(net, seed=0).train()
+    stacked = stacked_network(net, initial_states(net, [0], "pytorch"), torch.device("cpu"))
+    x = torch.randn(16, 2)
+    h = model[0](x).detach()
+    model(x)
+    stacked(x.unsqueeze(0), "train")
+    mean, var = h.mean(0), h.var(0, unbiased=True)
+    expect_mean = 0.7 * torch.zeros(3) + 0.3 * mean
+    expect_var = 0.7 * torch.ones(3) + 0.3 * var
+    for rm, rv in ((model[1].running_mean, model[1].running_var),
+                   (stacked.layers[1].running_mean[0], stacked.layers[1].running_var[0])):
+        torch.testing.assert_close(rm, expect_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rv, expect_var, rtol=1e-5, atol=1e-6)
+    assert int(stacked.layers[1].num_batches_tracked[0]) == 1
+
+
+def test_eval_output_does_not_depend_on_batch_composition() -> None:
+    net = _net(NOTEBOOK_BN_LAYERS)
+    model = build_network(net, seed=1).train()
+    for _ in range(3):
+        model(torch.randn(32, 2) * 3 + 1)  # move the running stats away from (0, 1)
+    model.eval()
+    x = torch.randn(10, 2)
+    with torch.no_grad():
+        together = model(x)
+        alone = torch.cat([model(x[i:i + 1]) for i in range(10)])
+        other = model(torch.cat([x[:3], torch.randn(50, 2) * 100]))[:3]
+    torch.testing.assert_close(together, alone)
+    torch.testing.assert_close(together[:3], other)
+    model.train()
+    with torch.no_grad():  # training mode: batch statistics, so the batch matters
+        assert not torch.allclose(model(x)[:3], model(x[:3]))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_stacked_network_matches_the_plain_modules(mode: str) -> None:
+    net = _net(NOTEBOOK_BN_LAYERS)
+    seeds = [3, 4, 5]
+    stacked = stacked_network(net, initial_states(net, seeds, "keras"), torch.device("cpu"))
+    x = torch.randn(3, 20, 2)
+    out = stacked(x, mode)  # type: ignore[arg-type]
+    for k, seed in enumerate(seeds):
+        ref = build_network(net, init="keras", seed=seed)
+        ref.train(mode == "train")
+        torch.testing.assert_close(out[k], ref(x[k]), rtol=1e-5, atol=1e-6)
+        state = stacked.model_state(k)
+        ref_state = ref.state_dict()
+        assert state.keys() == ref_state.keys()
+        torch.testing.assert_close(state["2.running_var"], ref_state["2.running_var"])
+        build_network(net).load_state_dict(state)  # an ordinary state dict
+
+
+def test_select_device() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    auto = select_device("auto")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceError, match="unknown device"):
+        select_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="CUDA is not available"):
+            select_device("cuda:0")
