@@ -1,0 +1,148 @@
+"""`bnlab`: serve the API (plus an embedded Celery worker), run a worker, apply migrations."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from config.settings import BaseBnlabSettings
+
+app = typer.Typer(help="bnlab: train small PyTorch networks described as JSON.",
+                  no_args_is_help=True, add_completion=False)
+log = logging.getLogger("bnlab.cli")
+
+# Time a worker gets to finish its task on shutdown before it is stopped harder.
+WORKER_STOP_GRACE_S = 20.0
+
+
+def celery_worker_argv(*, queues: str, concurrency: int, pool: str, name: str,
+                       loglevel: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", name,
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+
+
+def _migrate(settings: BaseBnlabSettings) -> None:
+    from models.db.migrate import upgrade
+
+    settings.prepare_dirs()
+    upgrade(settings.sqlalchemy_url)
+
+
+class EmbeddedWorker:
+    """A real `celery worker` subprocess that lives and dies with `bnlab serve`.
+
+    It gets its own process group so a terminal's Ctrl-C reaches only the server, which then
+    shuts the worker down in order; if the worker dies on its own it is started again.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.argv = argv
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._watch = threading.Thread(target=self._supervise, name="worker-watch", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._watch.start()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        log.info("embedded worker started (pid %d)", self.proc.pid)
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(1.0):
+            if self.proc is not None and self.proc.poll() is not None:
+                log.warning("embedded worker exited with %s; restarting it", self.proc.returncode)
+                if self._stopping.wait(2.0):
+                    return
+                self._spawn()
+
+    def stop(self, grace: float = WORKER_STOP_GRACE_S) -> None:
+        self._stopping.set()
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        # SIGTERM: Celery's warm shutdown (finish the current task); then SIGKILL the group.
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            log.warning("embedded worker did not stop in %.0fs; killing it", grace)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn and celery log level.")] = "info",
+) -> None:
+    """Run the API. Embedded default (no BNLAB_BROKER_URL): also a Celery worker process."""
+    import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    settings = BaseBnlabSettings()
+    # SIGTERM must unwind through `finally` so the worker is stopped too (uvicorn restores
+    # this handler and re-raises the signal after its own graceful shutdown).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    _migrate(settings)
+    worker: EmbeddedWorker | None = None
+    if settings.embedded:
+        env = {**os.environ, "BNLAB_HOME": str(Path(settings.home).resolve())}
+        worker = EmbeddedWorker(celery_worker_argv(
+            queues="cpu,gpu", concurrency=1, pool="solo", name="embedded@%h",
+            loglevel=log_level.upper()), env)
+        log.info("embedded mode: SQLite and filesystem broker under %s", settings.home)
+        worker.start()
+    try:
+        uvicorn.run("api.main:app", host=host, port=port, log_level=log_level)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+@app.command()
+def worker(
+    queues: Annotated[str | None, typer.Option(
+        help="Comma-separated queues: cpu, gpu (default BNLAB_WORKER_QUEUES or cpu).")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        help="Pool processes; keep 1 per GPU.")] = None,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork or solo.")] = "prefork",
+    name: Annotated[str | None, typer.Option(help="Node name (celery -n).")] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker for the configured broker (replaces this process)."""
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings()
+    queues = queues or settings.worker_queues
+    argv = celery_worker_argv(
+        queues=queues, concurrency=concurrency or settings.worker_concurrency, pool=pool,
+        name=name or settings.worker_name or f"{queues.replace(',', '-')}@%h",
+        loglevel=loglevel)
+    os.execv(sys.executable, argv)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (alembic upgrade head) to BNLAB_DATABASE_URL or the SQLite file."""
+    settings = BaseBnlabSettings()
+    _migrate(settings)
+    typer.echo(f"database at head: {settings.sqlalchemy_url.split('@')[-1]}")
+
+
+if __name__ == "__main__":
+    app()

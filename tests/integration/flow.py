@@ -1,0 +1,118 @@
+"""The notebook, through the HTTP API: upload, two jobs, wait, read everything back."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from safetensors.torch import load as load_safetensors
+
+from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def notebook_job(name: str, dataset_id: str, *, epochs: int) -> dict[str, Any]:
+    """The issue's two bodies exactly, with fewer epochs."""
+    layers = NOTEBOOK_PLAIN_LAYERS if name == "plain" else NOTEBOOK_BN_LAYERS
+    return {"name": name, "dataset": {"id": dataset_id}, "network": {"layers": layers},
+            "training": {"epochs": epochs, "batch_size": 32,
+                         "optimizer": {"name": "adam", "lr": 0.001},
+                         "validation_split": 0.2, "split": "tail", "seed": 1}}
+
+
+def upload(client: httpx.Client, content: bytes) -> str:
+    r = client.post("/v1/datasets", files={"file": ("concertriccir2.csv", content, "text/csv")})
+    assert r.status_code in (200, 201), r.text
+    body = r.json()
+    assert body["n_rows"] == 499 and body["n_features"] == 2, body
+    return str(body["id"])
+
+
+def submit(client: httpx.Client, body: dict[str, Any]) -> str:
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def wait_done(client: httpx.Client, job_ids: list[str], *, timeout: float = 60.0,
+              logs: Callable[[], str] = str) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    jobs: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        jobs = {j: client.get(f"/v1/jobs/{j}").json() for j in job_ids}
+        if all(job["status"] in TERMINAL for job in jobs.values()):
+            return jobs
+        time.sleep(0.5)
+    raise AssertionError(f"jobs not finished after {timeout}s: "
+                         f"{ {j: (v['status'], v['epoch']) for j, v in jobs.items()} }\n"
+                         f"{logs()}")
+
+
+def check_history(client: httpx.Client, job_id: str, epochs: int) -> dict[str, list[Any]]:
+    r = client.get(f"/v1/jobs/{job_id}/history")
+    assert r.status_code == 200, r.text
+    h = r.json()
+    assert h["epoch"] == list(range(1, epochs + 1))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert len(h[key]) == epochs, (key, h[key])
+    for key in ("accuracy", "val_accuracy"):
+        assert all(0.0 <= v <= 1.0 for v in h[key]), (key, h[key])
+    assert all(v >= 0.0 for v in h["loss"] + h["val_loss"])
+    return dict(h)
+
+
+def notebook_rows(content: bytes) -> list[list[float]]:
+    reader = csv.DictReader(io.StringIO(content.decode()))
+    return [[float(row["X"]), float(row["Y"])] for row in reader]
+
+
+def check_job_outputs(client: httpx.Client, job_id: str, *, params: tuple[int, int, int],
+                      rows: list[list[float]]) -> None:
+    png = client.get(f"/v1/jobs/{job_id}/curves.png", params={"metrics": "val_accuracy,accuracy"})
+    assert png.status_code == 200 and png.content.startswith(PNG_MAGIC), png.text[:200]
+
+    model = client.get(f"/v1/jobs/{job_id}/model").json()
+    total, trainable, non_trainable = params
+    assert model["totals"] == {"total": total, "trainable": trainable,
+                               "non_trainable": non_trainable}, model
+    assert model["checkpoint"]["kind"] == "best", model
+
+    ckpt = client.get(f"/v1/jobs/{job_id}/checkpoints/best")
+    assert ckpt.status_code == 200, ckpt.text[:200]
+    tensors = load_safetensors(ckpt.content)
+    assert any(name.startswith("model.") for name in tensors), sorted(tensors)
+
+    batch = rows[:40]
+    together = client.post(f"/v1/jobs/{job_id}/predict",
+                           json={"inputs": batch, "checkpoint": "best"})
+    assert together.status_code == 200, together.text
+    probs = together.json()["probabilities"]
+    assert len(probs) == len(batch)
+    for i in (0, 7, 39):
+        alone = client.post(f"/v1/jobs/{job_id}/predict",
+                            json={"inputs": [batch[i]], "checkpoint": "best"}).json()
+        # eval mode: running statistics, so the batch around a row changes nothing
+        assert alone["probabilities"][0] == probs[i], (i, alone, probs[i])
+
+
+def notebook_flow(client: httpx.Client, content: bytes, *, epochs: int = 5,
+                  logs: Callable[[], str] = str) -> dict[str, dict[str, Any]]:
+    dataset_id = upload(client, content)
+    ids = {name: submit(client, notebook_job(name, dataset_id, epochs=epochs))
+           for name in ("plain", "bn")}
+    jobs = wait_done(client, list(ids.values()), logs=logs)
+    for name, job_id in ids.items():
+        job = jobs[job_id]
+        assert job["status"] == "succeeded", (name, job, logs())
+        assert job["epoch"] == epochs and job["worker"], job
+    rows = notebook_rows(content)
+    for name, params in (("plain", (15, 15, 0)), ("bn", (40, 30, 10))):
+        check_history(client, ids[name], epochs)
+        check_job_outputs(client, ids[name], params=params, rows=rows)
+    return {name: jobs[job_id] for name, job_id in ids.items()}

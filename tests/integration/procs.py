@@ -1,0 +1,120 @@
+"""Real server and worker processes for the integration tests, with logs kept for failures."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+BNLAB = str(Path(PYTHON).with_name("bnlab"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The test process's environment minus any BNLAB_* setting, plus `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BNLAB_")}
+    env.update(PYTHONUNBUFFERED="1", MPLCONFIGDIR=overrides.pop("MPLCONFIGDIR", "/tmp/bnlab-mpl"))
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, chars: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass
+class Procs:
+    """Processes started by one fixture; `stop_all` always runs in its teardown."""
+
+    log_dir: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Proc:
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(list(argv), env=env, cwd=REPO, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self, grace: float = 15.0) -> None:
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs:
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait()
+            # and whatever it forked into its group (prefork pool children)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"----- {p.name} (rc={p.popen.poll()}) -----\n{p.log_tail()}"
+                         for p in self.procs)
+
+
+def wait_ready(base_url: str, procs: Procs, *, timeout: float = 60.0) -> None:
+    """Poll /readyz until 200; fail early if a process died."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        for p in procs.procs:
+            if p.popen.poll() is not None:
+                raise AssertionError(f"{p.name} exited with {p.popen.returncode}\n"
+                                     f"{procs.dump_logs()}")
+        try:
+            r = httpx.get(f"{base_url}/readyz", timeout=2)
+            if r.status_code == 200:
+                return
+            last = r.text
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.3)
+    raise AssertionError(f"{base_url} not ready after {timeout}s: {last}\n{procs.dump_logs()}")
+
+
+def wait_for_log(proc: Proc, needle: str, *, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in proc.log_tail(200_000):
+            return
+        if proc.popen.poll() is not None:
+            break
+        time.sleep(0.3)
+    raise AssertionError(f"{proc.name}: no {needle!r} after {timeout}s\n{proc.log_tail()}")
+
+
+def celery_worker_argv(name: str, queues: str = "cpu", pool: str = "solo") -> list[str]:
+    return [PYTHON, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", pool, "-c", "1",
+            "-Q", queues, "-n", name, "--loglevel", "INFO", "--without-gossip",
+            "--without-mingle"]

@@ -1,0 +1,159 @@
+"""End to end: real uvicorn, real Celery workers, Redis + PostgreSQL or the embedded default."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.flow import check_history, notebook_flow, submit, wait_done
+from tests.integration.procs import (
+    BNLAB,
+    PYTHON,
+    Proc,
+    Procs,
+    celery_worker_argv,
+    clean_env,
+    free_port,
+    wait_for_log,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Stack:
+    base_url: str
+    procs: Procs
+    workers: list[Proc]
+
+
+@pytest.fixture(scope="module")
+def redis_stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str,
+                redis_url: str) -> Iterator[Stack]:
+    """uvicorn + two Celery workers (nodes a@ prefork, b@ solo) on Redis and PostgreSQL."""
+    from models.db.migrate import upgrade
+
+    upgrade(postgres_url)  # what `bnlab migrate` / compose's migrate service does
+    home = tmp_path_factory.mktemp("stack")
+    env = clean_env(BNLAB_BROKER_URL=redis_url, BNLAB_DATABASE_URL=postgres_url,
+                    BNLAB_HOME=str(home), BNLAB_HEARTBEAT_INTERVAL="1")
+    procs = Procs(home)
+    port = free_port()
+    try:
+        procs.start("api", [PYTHON, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
+                            "--port", str(port)], env)
+        # one of each pool: prefork (the GPU default: task in a forked child) and solo
+        workers = [procs.start(f"worker-{n}", celery_worker_argv(f"{n}@%h", pool=pool), env)
+                   for n, pool in (("a", "prefork"), ("b", "solo"))]
+        base_url = f"http://127.0.0.1:{port}"
+        wait_ready(base_url, procs)
+        for w in workers:
+            wait_for_log(w, " ready.")
+        yield Stack(base_url, procs, workers)
+    finally:
+        procs.stop_all()
+        print(procs.dump_logs())
+
+
+def test_notebook_on_redis_and_postgres(redis_stack: Stack, notebook_csv: bytes) -> None:
+    with httpx.Client(base_url=redis_stack.base_url, timeout=30) as client:
+        jobs = notebook_flow(client, notebook_csv, epochs=5, logs=redis_stack.procs.dump_logs)
+    assert all(job["worker"].split("@")[0] in ("a", "b") for job in jobs.values()), jobs
+
+
+def test_workers_beat_into_the_database(redis_stack: Stack, postgres_url: str) -> None:
+    from models.db import make_engine, session_factory
+    from models.db import repository as repo
+
+    engine = make_engine(postgres_url)
+    try:
+        with session_factory(engine)() as session:
+            alive = repo.live_workers(session, queue="cpu", within_s=30)
+    finally:
+        engine.dispose()
+    names = {w.name.split("@")[0]: w for w in alive}
+    assert {"a", "b"} <= set(names), [w.name for w in alive]
+    assert names["a"].device == "cpu" and names["a"].queues == ["cpu"]
+
+
+def test_two_concurrent_jobs_on_two_workers(redis_stack: Stack) -> None:
+    epochs = 60
+    # Long enough (60 epochs of 25 steps) that the second job starts while the first runs.
+    body = {"dataset": {"name": "concentric_circles", "n_samples": 1000, "seed": 3},
+            "network": {"hidden": [8, 8], "batchnorm": "after_activation"},
+            "training": {"epochs": epochs, "batch_size": 32, "seed": 1}}
+    with httpx.Client(base_url=redis_stack.base_url, timeout=30) as client:
+        first = submit(client, {**body, "name": "first"})
+        deadline = time.monotonic() + 30
+        while client.get(f"/v1/jobs/{first}").json()["status"] == "queued":
+            assert time.monotonic() < deadline, redis_stack.procs.dump_logs()
+            time.sleep(0.1)
+        second = submit(client, {**body, "name": "second"})
+        jobs = wait_done(client, [first, second], logs=redis_stack.procs.dump_logs)
+        for job_id in (first, second):
+            assert jobs[job_id]["status"] == "succeeded", jobs[job_id]
+            assert jobs[job_id]["epoch"] == epochs
+            check_history(client, job_id, epochs)
+    a, b = jobs[first], jobs[second]
+    # A solo worker runs one task at a time (prefetch 1, acks late): overlapping runs must
+    # have been on different workers.
+    if datetime.fromisoformat(b["started_at"]) < datetime.fromisoformat(a["finished_at"]):
+        assert a["worker"] != b["worker"], (a, b)
+    else:
+        pytest.fail(f"jobs did not overlap; make them longer: {a} {b}")
+
+
+@pytest.fixture
+def embedded_server(tmp_path: Path) -> Iterator[tuple[str, Procs]]:
+    """`bnlab serve` with no database or broker configured: SQLite + filesystem broker."""
+    port = free_port()
+    env = clean_env(BNLAB_HOME=str(tmp_path / "home"))
+    procs = Procs(tmp_path)
+    try:
+        procs.start("serve", [BNLAB, "serve", "--port", str(port)], env)
+        base_url = f"http://127.0.0.1:{port}"
+        wait_ready(base_url, procs)
+        yield base_url, procs
+    finally:
+        procs.stop_all()
+        # `bnlab serve` starts its worker in a session of its own: never leave one behind
+        serve_log = procs.procs[0].log_tail(10**8) if procs.procs else ""
+        for pid in re.findall(r"embedded worker started \(pid (\d+)\)", serve_log):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGKILL)
+        print(procs.dump_logs())
+
+
+def test_notebook_on_embedded_default(embedded_server: tuple[str, Procs],
+                                      notebook_csv: bytes, tmp_path: Path) -> None:
+    base_url, procs = embedded_server
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        notebook_flow(client, notebook_csv, epochs=5, logs=procs.dump_logs)
+    home = tmp_path / "home"
+    assert (home / "bnlab.sqlite3").exists()
+    assert list((home / "broker" / "processed").glob("*.msg")), "messages went elsewhere"
+
+    # The server stops its worker with itself.
+    serve = procs.procs[0]
+    match = re.search(r"embedded worker started \(pid (\d+)\)", serve.log_tail(10**8))
+    assert match, serve.log_tail()
+    worker_pid = int(match.group(1))
+    serve.popen.send_signal(signal.SIGTERM)
+    serve.popen.wait(30)
+    try:
+        os.kill(worker_pid, 0)
+    except ProcessLookupError:
+        return
+    os.kill(worker_pid, signal.SIGKILL)
+    pytest.fail(f"embedded worker {worker_pid} outlived bnlab serve\n{procs.dump_logs()}")

@@ -1,0 +1,175 @@
+"""The task body (worker.training_run.run_job) against a real SQLite database, no Celery."""
+
+from __future__ import annotations
+
+import _thread
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.datasets import class_counts, parse_csv
+from models.db import make_engine, session_factory, upgrade
+from models.db import repository as repo
+from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec, Limits
+from worker.training_run import RunContext, failure_reason, run_job
+
+WORKER = "test@host"
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    url = f"sqlite:///{tmp_path / 'bnlab.sqlite3'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def ctx(sessions: sessionmaker[Session]) -> RunContext:
+    return RunContext(sessions=sessions, worker=WORKER, limits=Limits())
+
+
+@pytest.fixture
+def dataset_id(sessions: sessionmaker[Session], notebook_csv: bytes) -> str:
+    table = parse_csv(notebook_csv)
+    with sessions.begin() as session:
+        row = repo.create_dataset(
+            session, content=notebook_csv, n_rows=table.n_rows, n_features=table.n_features,
+            columns=[*table.feature_names, table.label_column], label_column=table.label_column,
+            classes=table.classes, class_counts=class_counts(table), filename="c.csv")
+        return row.id
+
+
+def add_job(sessions: sessionmaker[Session], body: dict[str, Any]) -> str:
+    spec = JobSpec.model_validate(body)
+    with sessions.begin() as session:
+        job = repo.create_job(session, spec=spec.model_dump(mode="json"), name=spec.name,
+                              epochs_total=spec.training.epochs, device=spec.device)
+        return job.id
+
+
+def notebook_body(dataset_id: str, *, layers: list[dict[str, Any]], epochs: int
+                  ) -> dict[str, Any]:
+    return {"name": "nb", "dataset": {"id": dataset_id}, "network": {"layers": layers},
+            "training": {"epochs": epochs, "batch_size": 32, "validation_split": 0.2,
+                         "split": "tail", "seed": 1}}
+
+
+def job_state(sessions: sessionmaker[Session], job_id: str) -> tuple[Any, list[int], dict]:
+    with sessions() as session:
+        job = repo.get_job(session, job_id=job_id)
+        epochs = [row.epoch for row in repo.history(session, job_id=job_id)]
+        ckpts = {c.kind: c.epoch for c in repo.list_checkpoints(session, job_id=job_id)}
+        return job, epochs, ckpts
+
+
+def test_succeeded_job_has_every_epoch_checkpoints_and_metrics(
+        ctx: RunContext, sessions: sessionmaker[Session], dataset_id: str) -> None:
+    job_id = add_job(sessions, notebook_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=4))
+
+    assert run_job(job_id, ctx) == "succeeded"
+
+    job, epochs, ckpts = job_state(sessions, job_id)
+    assert str(job.status) == "succeeded" and job.error is None
+    assert epochs == [1, 2, 3, 4] and job.epochs_done == 4
+    assert ckpts["last"] == 4 and 1 <= ckpts["best"] <= 4
+    assert job.worker == WORKER and job.device == "cpu" and job.attempts == 1
+    assert job.started_at is not None and job.finished_at is not None
+    assert set(job.final_metrics) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert 0.0 <= job.final_metrics["val_accuracy"] <= 1.0
+    assert job.best_epoch == ckpts["best"]
+
+
+def test_second_delivery_of_the_same_job_does_nothing(
+        ctx: RunContext, sessions: sessionmaker[Session], dataset_id: str) -> None:
+    job_id = add_job(sessions, notebook_body(dataset_id, layers=NOTEBOOK_PLAIN_LAYERS, epochs=2))
+    assert run_job(job_id, ctx) == "succeeded"
+    before = job_state(sessions, job_id)
+
+    assert run_job(job_id, ctx) is None
+    assert run_job("no-such-job", ctx) is None
+
+    after = job_state(sessions, job_id)
+    assert after[1:] == before[1:] == ([1, 2], {"best": before[2]["best"], "last": 2})
+    assert after[0].attempts == 1 and after[0].finished_at == before[0].finished_at
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    # 3 classes, 1 sigmoid unit: resolve_job re-checks what the API checked
+    ({"dataset": {"name": "blobs", "n_classes": 3, "n_samples": 60},
+      "network": {"layers": [{"type": "dense", "units": 1, "activation": "sigmoid"}]},
+      "training": {"epochs": 2}}, "3 classes"),
+    ({"dataset": {"name": "moons", "n_samples": 60}, "network": {"hidden": [4]},
+      "training": {"epochs": 2}, "device": "cuda:7"}, "cuda"),
+    ({"dataset": {"id": "gone"}, "network": {"hidden": [4]}, "training": {"epochs": 2}},
+     "no longer exists"),
+])
+def test_failure_is_recorded_with_a_readable_reason(
+        ctx: RunContext, sessions: sessionmaker[Session], body: dict[str, Any],
+        reason: str) -> None:
+    job_id = add_job(sessions, body)
+
+    assert run_job(job_id, ctx) == "failed"
+
+    job, epochs, _ = job_state(sessions, job_id)
+    assert str(job.status) == "failed" and job.finished_at is not None
+    assert reason in job.error and "Traceback" not in job.error, job.error
+    assert epochs == []
+
+
+def test_unexpected_errors_name_their_type() -> None:
+    assert failure_reason(KeyError("x")) == "KeyError: 'x'"
+    assert failure_reason(RuntimeError("boom\nmore detail")) == "RuntimeError: boom"
+    assert failure_reason(MemoryError()) == "MemoryError"
+
+
+def test_cancel_stops_a_running_job_and_keeps_its_history(
+        ctx: RunContext, sessions: sessionmaker[Session]) -> None:
+    epochs_total = 3000
+    job_id = add_job(sessions, {"dataset": {"name": "moons", "n_samples": 64},
+                                "network": {"hidden": [4]},
+                                "training": {"epochs": epochs_total, "batch_size": 32}})
+    outcome: list[str | None] = []
+    runner = threading.Thread(target=lambda: outcome.append(run_job(job_id, ctx)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while job_state(sessions, job_id)[0].epochs_done < 2:
+        assert runner.is_alive() and time.monotonic() < deadline, "job never got going"
+        time.sleep(0.05)
+    with sessions.begin() as session:
+        assert str(repo.request_cancel(session, job_id=job_id)) == "running"
+    runner.join(60)
+
+    assert outcome == ["cancelled"]
+    job, epochs, ckpts = job_state(sessions, job_id)
+    assert str(job.status) == "cancelled" and job.error is None
+    assert 2 <= len(epochs) < epochs_total
+    assert epochs == list(range(1, len(epochs) + 1))  # no gaps
+    assert ckpts["last"] == epochs[-1]
+
+
+def test_interrupted_job_goes_back_to_the_queue(
+        ctx: RunContext, sessions: sessionmaker[Session]) -> None:
+    job_id = add_job(sessions, {"dataset": {"name": "moons", "n_samples": 64},
+                                "network": {"hidden": [4]},
+                                "training": {"epochs": 10_000, "batch_size": 32}})
+
+    def interrupt_when_running() -> None:
+        deadline = time.monotonic() + 60
+        while job_state(sessions, job_id)[0].epochs_done < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _thread.interrupt_main()  # a real KeyboardInterrupt in the thread running the job
+
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job_id, ctx)
+
+    job = job_state(sessions, job_id)[0]
+    assert str(job.status) == "queued" and job.attempts == 1
+    assert "KeyboardInterrupt" in job.error
