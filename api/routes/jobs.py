@@ -42,10 +42,16 @@ def job_out(job: Job) -> JobOut:
 
 
 def choose_queue(session: Session, device: str, within_s: float) -> str:
-    """cuda* -> gpu; auto -> gpu while a GPU worker is alive, else cpu; cpu -> cpu."""
+    """cuda* -> gpu; auto -> gpu while a worker with a GPU serves it, else cpu; cpu -> cpu.
+
+    A worker counts only if it reports a CUDA device: the embedded worker listens on both
+    queues from a CPU-only machine, and `auto` jobs there belong on `cpu`.
+    """
     if device.startswith("cuda"):
         return "gpu"
-    if device == "auto" and repo.live_workers(session, queue="gpu", within_s=within_s):
+    if device == "auto" and any(
+            (w.device or "").startswith("cuda")
+            for w in repo.live_workers(session, queue="gpu", within_s=within_s)):
         return "gpu"
     return "cpu"
 

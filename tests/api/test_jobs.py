@@ -46,6 +46,11 @@ def test_generated_dataset_and_device_routing(client: TestClient, settings: ApiS
     r = client.post("/v1/jobs", json=generated_body())
     assert r.json()["queue"] == "cpu"
     with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        # a CPU-only worker on the gpu queue (the embedded worker) does not count
+        repo.beat_worker(session, name="embedded", queues=["cpu", "gpu"], device="cpu")
+        session.commit()
+    assert client.post("/v1/jobs", json=generated_body()).json()["queue"] == "cpu"
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
         repo.beat_worker(session, name="gpu-worker-0", queues=["gpu"], device="cuda:0")
         session.commit()
     assert client.post("/v1/jobs", json=generated_body()).json()["queue"] == "gpu"
