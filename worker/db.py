@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-from models.db.engine import make_engine, session_factory
 from sqlalchemy.orm import Session, sessionmaker
+
+from models.db.engine import make_engine, session_factory
 
 _factories: dict[int, sessionmaker[Session]] = {}
 
