@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.spec import train_rows
+from models.spec import TrainingSpec, train_rows
 
 SPLITS = ("tail", "random", "stratified")
 MAX_MIX_DISTANCE = 0.2  # total variation distance between train and val class mixes
@@ -97,3 +97,13 @@ def split_warnings(y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
         return [f"the validation rows' class mix differs from the training rows' (total "
                 f"variation distance {distance:.2f}; train vs val: {mix}); {fix}"]
     return []
+
+
+def training_split_warnings(y: np.ndarray, training: TrainingSpec,
+                            classes: list[str] | None = None) -> list[str]:
+    """The warnings for the split a job's training spec will actually take of `y`."""
+    if training.validation_split == 0:
+        return []
+    train_idx, val_idx = split(y, validation_split=training.validation_split,
+                               how=training.split, seed=training.seed)
+    return split_warnings(y, train_idx, val_idx, classes)

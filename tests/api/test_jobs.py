@@ -179,3 +179,19 @@ def test_broker_down_stores_nothing(settings: ApiSettings) -> None:
         r = client.post("/v1/jobs", json=generated_body())
         assert r.status_code == 503 and r.json()["error"] == "NotReady"
         assert client.get("/v1/jobs").json()["items"] == []
+
+
+def test_tail_split_of_sorted_labels_warns_at_submission(client: TestClient) -> None:
+    # Rows sorted by class: Keras's tail split validates on class 'b' alone.
+    rows = [f"{i * 0.1},{(i % 7) * 0.3},{'a' if i < 40 else 'b'}" for i in range(50)]
+    csv = ("x,y,label\n" + "\n".join(rows) + "\n").encode()
+    r = client.post("/v1/datasets", files={"file": ("sorted.csv", csv, "text/csv")})
+    assert r.status_code == 201, r.text
+    body = {"dataset": {"id": r.json()["id"]}, "network": {"layers": NOTEBOOK_PLAIN_LAYERS},
+            "training": {"epochs": 1, "validation_split": 0.2, "split": "tail"}}
+    tail = client.post("/v1/jobs", json=body)
+    assert tail.status_code == 202, tail.text
+    assert any("validation rows all hold class 'b'" in w for w in tail.json()["warnings"])
+    body["training"]["split"] = "stratified"
+    stratified = client.post("/v1/jobs", json=body).json()
+    assert not any("validation rows" in w for w in stratified["warnings"])

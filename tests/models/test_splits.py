@@ -97,3 +97,14 @@ def test_warning_when_training_rows_hold_one_class() -> None:
     y = np.repeat([0, 1], [50, 50])
     [msg] = split_warnings(y, np.arange(40), np.arange(40, 100))
     assert "40 training rows all hold class '0'" in msg
+
+
+def test_training_split_warnings_follow_the_spec() -> None:
+    from models.spec import TrainingSpec
+    from models.splits import training_split_warnings
+
+    y = np.array([0] * 80 + [1] * 20)
+    tail = TrainingSpec(validation_split=0.2, split="tail")
+    assert "all hold class '1'" in training_split_warnings(y, tail, ["0", "1"])[0]
+    assert training_split_warnings(y, TrainingSpec(validation_split=0.2, split="stratified")) == []
+    assert training_split_warnings(y, TrainingSpec(validation_split=0.0)) == []
