@@ -13,6 +13,8 @@ from platformdirs import user_data_dir
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.spec import Limits
+
 
 def normalize_database_url(url: str) -> str:
     """Accept plain `postgresql://` / `postgres://` URLs and pick the installed driver."""
@@ -30,6 +32,21 @@ class BaseBnlabSettings(BaseSettings):
     broker_url: str | None = None
     # Longest a job may run before Redis re-delivers its unacked message (seconds).
     visibility_timeout: int = 12 * 3600
+
+    # Spec bounds: the API checks them at submission, the worker again before allocating.
+    max_params: int = Field(default=Limits.max_params, ge=1)
+    max_layers: int = Field(default=Limits.max_layers, ge=1)
+    max_units: int = Field(default=Limits.max_units, ge=1)
+    max_epochs: int = Field(default=Limits.max_epochs, ge=1)
+    max_batch_size: int = Field(default=Limits.max_batch_size, ge=1)
+    max_csv_rows: int = Field(default=200_000, ge=1)
+    max_features: int = Field(default=Limits.max_features, ge=1)
+
+    def limits(self) -> Limits:
+        return Limits(max_params=self.max_params, max_layers=self.max_layers,
+                      max_units=self.max_units, max_epochs=self.max_epochs,
+                      max_batch_size=self.max_batch_size, max_rows=self.max_csv_rows,
+                      max_features=self.max_features)
 
     @property
     def embedded(self) -> bool:

@@ -7,7 +7,6 @@ import socket
 from pydantic import Field
 
 from config.settings import BaseBnlabSettings
-from models.spec import Limits
 
 
 class WorkerSettings(BaseBnlabSettings):
@@ -28,15 +27,6 @@ class WorkerSettings(BaseBnlabSettings):
     broker_retention: float = Field(default=24 * 3600, gt=0)
     broker_cleanup_interval: float = Field(default=600, gt=0)
 
-    # Same bounds the API checks at submission; re-checked here before allocating anything.
-    max_params: int = Limits.max_params
-    max_layers: int = Limits.max_layers
-    max_units: int = Limits.max_units
-    max_epochs: int = Limits.max_epochs
-    max_batch_size: int = Limits.max_batch_size
-    max_csv_rows: int = 200_000  # the API's name and default for the row bound
-    max_features: int = Limits.max_features
-
     @property
     def queues(self) -> list[str]:
         return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
@@ -44,9 +34,3 @@ class WorkerSettings(BaseBnlabSettings):
     @property
     def node_name(self) -> str:
         return self.worker_name or f"{'-'.join(self.queues)}@{socket.gethostname()}"
-
-    def limits(self) -> Limits:
-        return Limits(max_params=self.max_params, max_layers=self.max_layers,
-                      max_units=self.max_units, max_epochs=self.max_epochs,
-                      max_batch_size=self.max_batch_size, max_rows=self.max_csv_rows,
-                      max_features=self.max_features)
