@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,18 +40,35 @@ def notebook_csv() -> bytes:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A plain postgresql:// URL of a database created for this test session, dropped after."""
+def new_postgres_database() -> Iterator[Callable[[], str]]:
+    """Factory: each call creates an empty database and returns its plain postgresql:// URL.
+
+    Suites that count rows (pagination) and suites that run a whole service get separate
+    databases, so neither sees the other's jobs. All are dropped at the end of the session.
+    """
     if not _port_open("127.0.0.1", 5432):
         _unavailable("PostgreSQL at 127.0.0.1:5432")
     import psycopg
 
-    name = f"bnlab_test_{uuid.uuid4().hex[:12]}"
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"bnlab_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    yield create
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url(new_postgres_database: Callable[[], str]) -> str:
+    """A plain postgresql:// URL of a database created for this test session."""
+    return new_postgres_database()
 
 
 @pytest.fixture(scope="session")

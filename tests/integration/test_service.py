@@ -7,7 +7,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,14 +39,20 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def redis_stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str,
+def service_db_url(new_postgres_database: Callable[[], str]) -> str:
+    """The stack's own database: other suites' rows never show up in its listings."""
+    return new_postgres_database()
+
+
+@pytest.fixture(scope="module")
+def redis_stack(tmp_path_factory: pytest.TempPathFactory, service_db_url: str,
                 redis_url: str) -> Iterator[Stack]:
     """uvicorn + two Celery workers (nodes a@ prefork, b@ solo) on Redis and PostgreSQL."""
     from models.db.migrate import upgrade
 
-    upgrade(postgres_url)  # what `bnlab migrate` / compose's migrate service does
+    upgrade(service_db_url)  # what `bnlab migrate` / compose's migrate service does
     home = tmp_path_factory.mktemp("stack")
-    env = clean_env(BNLAB_BROKER_URL=redis_url, BNLAB_DATABASE_URL=postgres_url,
+    env = clean_env(BNLAB_BROKER_URL=redis_url, BNLAB_DATABASE_URL=service_db_url,
                     BNLAB_HOME=str(home), BNLAB_HEARTBEAT_INTERVAL="1")
     procs = Procs(home)
     port = free_port()
@@ -72,11 +78,11 @@ def test_notebook_on_redis_and_postgres(redis_stack: Stack, notebook_csv: bytes)
     assert all(job["worker"].split("@")[0] in ("a", "b") for job in jobs.values()), jobs
 
 
-def test_workers_beat_into_the_database(redis_stack: Stack, postgres_url: str) -> None:
+def test_workers_beat_into_the_database(redis_stack: Stack, service_db_url: str) -> None:
     from models.db import make_engine, session_factory
     from models.db import repository as repo
 
-    engine = make_engine(postgres_url)
+    engine = make_engine(service_db_url)
     try:
         with session_factory(engine)() as session:
             alive = repo.live_workers(session, queue="cpu", within_s=30)
