@@ -82,6 +82,10 @@ class _Dense(_Padded):
 
 
 class _BatchNorm(_Padded):
+    running_mean: torch.Tensor | None
+    running_var: torch.Tensor | None
+    num_batches_tracked: torch.Tensor | None
+
     def __init__(self, k: int, width: int, spec: BatchNormLayer) -> None:
         super().__init__(k)
         self.spec = spec
@@ -102,18 +106,20 @@ class _BatchNorm(_Padded):
         # the same call, on the same shapes, that a lone model makes, so results are bitwise
         # independent of K (one kernel over K*C channels vectorises across channels and would
         # make a channel's rounding depend on its position) and equal to nn.BatchNorm1d's.
-        track = self.running_mean is not None and mode != "batch_stats"
+        mean, var = ((self.running_mean, self.running_var) if mode != "batch_stats"
+                     else (None, None))
+        track = mean is not None and var is not None
         training = mode != "eval" or not track
         weight, bias = self.params.get("weight"), self.params.get("bias")
         outs = [F.batch_norm(
             x[k],
-            self.running_mean[k] if track else None,
-            self.running_var[k] if track else None,
+            mean[k] if mean is not None else None,
+            var[k] if var is not None else None,
             weight[k] if weight is not None else None,
             bias[k] if bias is not None else None,
             training=training, momentum=self.spec.momentum, eps=self.spec.eps,
         ) for k in range(self.k)]
-        if mode == "train" and track:
+        if mode == "train" and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
         return outs[0].unsqueeze(0) if self.k == 1 else torch.stack(outs)
 
