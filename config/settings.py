@@ -33,6 +33,11 @@ class BaseBnlabSettings(BaseSettings):
     # Longest a job may run before Redis re-delivers its unacked message (seconds).
     visibility_timeout: int = 12 * 3600
 
+    # A job is tried this many times (claims by a worker) before it fails for good.
+    max_attempts: int = Field(default=3, ge=1)
+    # A running job whose lease heartbeat is older than this is presumed lost (seconds).
+    lease_timeout: float = Field(default=60.0, gt=0)
+
     # Spec bounds: the API checks them at submission, the worker again before allocating.
     max_params: int = Field(default=Limits.max_params, ge=1)
     max_layers: int = Field(default=Limits.max_layers, ge=1)

@@ -82,6 +82,7 @@ def submit_job(
             epochs_total=spec.training.epochs, warnings=resolved.warnings,
             dataset_id=dataset.id if dataset is not None else None,
             idempotency_key=idempotency_key, request_hash=request_hash,
+            max_attempts=settings.max_attempts,
         )
         session.commit()  # commit, then enqueue: the worker must find the row
     except IntegrityError:
