@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -19,8 +21,11 @@ app = typer.Typer(help="bnlab: train small PyTorch networks described as JSON.",
                   no_args_is_help=True, add_completion=False)
 log = logging.getLogger("bnlab.cli")
 
-# Time a worker gets to finish its task on shutdown before it is stopped harder.
+# Time a worker gets on shutdown (SIGTERM: its job checkpoints at the end of the current
+# epoch and goes back to the queue) before it is killed; a killed worker's job is resumed from
+# its last checkpoint by the next worker.
 WORKER_STOP_GRACE_S = 20.0
+EMBEDDED_NODE = "embedded@%h"
 
 
 def celery_worker_argv(*, queues: str, concurrency: int, pool: str, name: str,
@@ -28,6 +33,29 @@ def celery_worker_argv(*, queues: str, concurrency: int, pool: str, name: str,
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
             "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", name,
             "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+
+
+def release_dead_worker_jobs(settings: BaseBnlabSettings, node: str, pid: int) -> list[str]:
+    """The embedded worker process `pid` died: its running jobs go back to the queue now
+    (counting the attempt) instead of after the lease timeout; the restarted worker's reaper
+    enqueues them at its start."""
+    from models.db import make_engine, session_factory
+    from models.db import repository as repo
+
+    engine = make_engine(settings.sqlalchemy_url)
+    released = []
+    try:
+        with session_factory(engine).begin() as session:
+            for job in repo.held_by(session, lease_prefix=f"{node}/{pid}/"):
+                error = f"worker lost {job.attempts} times (last seen on {job.worker})"
+                status = repo.release_job(session, job_id=job.id, worker=job.lease_owner,
+                                          error=error)
+                repo.make_due(session, job_id=job.id)
+                log.warning("job %s: its worker process %d died; %s", job.id, pid, status)
+                released.append(job.id)
+    finally:
+        engine.dispose()
+    return released
 
 
 def _migrate(settings: BaseBnlabSettings) -> None:
@@ -44,9 +72,11 @@ class EmbeddedWorker:
     shuts the worker down in order; if the worker dies on its own it is started again.
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str],
+                 on_death: Callable[[int], object] | None = None) -> None:
         self.argv = argv
         self.env = env
+        self.on_death = on_death
         self.proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._watch = threading.Thread(target=self._supervise, name="worker-watch", daemon=True)
@@ -63,6 +93,11 @@ class EmbeddedWorker:
         while not self._stopping.wait(1.0):
             if self.proc is not None and self.proc.poll() is not None:
                 log.warning("embedded worker exited with %s; restarting it", self.proc.returncode)
+                if self.on_death is not None:
+                    try:
+                        self.on_death(self.proc.pid)
+                    except Exception:
+                        log.warning("could not release the dead worker's jobs", exc_info=True)
                 if self._stopping.wait(2.0):
                     return
                 self._spawn()
@@ -100,9 +135,11 @@ def serve(
     worker: EmbeddedWorker | None = None
     if settings.embedded:
         env = {**os.environ, "BNLAB_HOME": str(Path(settings.home).resolve())}
+        node = EMBEDDED_NODE.replace("%h", socket.gethostname())
         worker = EmbeddedWorker(celery_worker_argv(
-            queues="cpu,gpu", concurrency=1, pool="solo", name="embedded@%h",
-            loglevel=log_level.upper()), env)
+            queues="cpu,gpu", concurrency=1, pool="solo", name=node,
+            loglevel=log_level.upper()), env,
+            on_death=lambda pid: release_dead_worker_jobs(settings, node, pid))
         log.info("embedded mode: SQLite and filesystem broker under %s", settings.home)
         worker.start()
     try:

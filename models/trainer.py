@@ -83,6 +83,10 @@ class TrainingResult:
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or inf; the message names the epoch."""
 
+    def __init__(self, message: str, *, epoch: int = 0, loss: float = float("nan")) -> None:
+        super().__init__(message)
+        self.epoch, self.loss = epoch, loss
+
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -428,11 +432,14 @@ def _steps(n_used: int, bs: int) -> int:
 def train_many(job: ResolvedJob, table: Table, *, seeds: Sequence[int], device: torch.device,
                callbacks: Sequence[TrainingCallbacks | None] | None = None,
                resume_from: Sequence[bytes] | None = None,
-               checkpoint_every: int = 1) -> list[TrainingResult]:
+               checkpoint_every: int = 1,
+               checkpoint_interval_s: float | None = None) -> list[TrainingResult]:
     """Train one model per seed, stacked in one loop; result k is what seed k alone would give.
 
     `checkpoint_every` N: a "last" checkpoint every N epochs and at the final one (0: final only);
-    a "best" one whenever the monitored metric improves. Checkpoints are built only for models
+    with `checkpoint_interval_s`, such an epoch gets one only if that many seconds passed since
+    the previous "last" (or the start): large models write at most that often. A "best" one
+    whenever the monitored metric improves. Checkpoints are built only for models
     with a callback (and once at the end, into `TrainingResult.checkpoints`). Cancellation: if
     any callback's should_stop() is true, every model stops after that epoch.
     """
@@ -449,6 +456,7 @@ def train_many(job: ResolvedJob, table: Table, *, seeds: Sequence[int], device: 
     stopped_early = cancelled = False
     epoch = start - 1
     last_blobs: dict[int, bytes] = {}
+    last_written = time.monotonic()
     for epoch in range(start, t.epochs + 1):
         t0 = time.perf_counter()
         values = loop.run_epoch(epoch).cpu().numpy()  # the one host read of the epoch
@@ -461,7 +469,8 @@ def train_many(job: ResolvedJob, table: Table, *, seeds: Sequence[int], device: 
                 who = f" (model with seed {m.seed})" if loop.k > 1 else ""
                 raise TrainingDiverged(
                     f"training diverged at epoch {epoch}{who}: the training loss is {col[0]}; "
-                    "lower the learning rate, scale the inputs or add normalisation")
+                    "lower the learning rate, scale the inputs or add normalisation",
+                    epoch=epoch, loss=col[0])
             nan = float("nan")
             metrics = {"loss": col[0], "accuracy": col[1],
                        "val_loss": col[2] if has_val else nan,
@@ -478,12 +487,17 @@ def train_many(job: ResolvedJob, table: Table, *, seeds: Sequence[int], device: 
         if any(cb is not None and cb.should_stop() for cb in cbs):
             cancelled = True
         final = epoch == t.epochs or stopped_early or cancelled
+        write_last = final or bool(checkpoint_every and epoch % checkpoint_every == 0 and (
+            checkpoint_interval_s is None
+            or time.monotonic() - last_written >= checkpoint_interval_s))
+        if write_last:
+            last_written = time.monotonic()
         for k, (m, cb) in enumerate(zip(loop.models, cbs, strict=True)):
             blobs: dict[str, bytes] = {}
             if m.best["epoch"] == epoch:
                 m.best_blob = loop.best_blob(k, epoch, m.last_metrics)
                 blobs["best"] = m.best_blob
-            if cb is not None and (final or (checkpoint_every and epoch % checkpoint_every == 0)):
+            if cb is not None and write_last:
                 blobs["last"] = last_blobs[k] = loop.last_blob(k, epoch)
             if cb is not None:
                 extras = {"bn": bn[k], "notes": list(loop.notes),
@@ -537,9 +551,11 @@ def _update_state(m: _ModelState, t: TrainingSpec, metrics: dict[str, float], ep
 
 def train_job(job: ResolvedJob, table: Table, *, device: torch.device,
               callbacks: TrainingCallbacks | None = None, resume_from: bytes | None = None,
-              checkpoint_every: int = 1) -> TrainingResult:
+              checkpoint_every: int = 1,
+              checkpoint_interval_s: float | None = None) -> TrainingResult:
     """One model: train_many with K = 1 and the spec's seed."""
     return train_many(job, table, seeds=[job.spec.training.seed], device=device,
                       callbacks=[callbacks] if callbacks is not None else None,
                       resume_from=[resume_from] if resume_from is not None else None,
-                      checkpoint_every=checkpoint_every)[0]
+                      checkpoint_every=checkpoint_every,
+                      checkpoint_interval_s=checkpoint_interval_s)[0]

@@ -15,14 +15,25 @@ class WorkerSettings(BaseBnlabSettings):
     worker_concurrency: int = Field(default=1, ge=1)
     # Node name (celery -n); default "<queues>@<host>" so two hosts never collide.
     worker_name: str | None = None
-    # Epochs between best/last checkpoint writes (1 = every epoch).
+    # Epochs between "last" checkpoint writes (1 = every epoch) ...
     checkpoint_every: int = Field(default=1, ge=1)
+    # ... and, for networks with more parameters than this, at most one every
+    # checkpoint_interval seconds (a large model's checkpoint is not free).
+    checkpoint_small_params: int = Field(default=1_000_000, ge=0)
+    checkpoint_interval: float = Field(default=60.0, ge=0)
     # Intra-op CPU threads per worker process (0: torch's default, one per core). Small
     # networks train several times faster on one thread than on contended cores; scale out
     # with more worker processes instead.
     torch_threads: int = Field(default=1, ge=0)
-    # Seconds between worker_heartbeat rows; the API routes device=auto by them.
+    # Seconds between worker_heartbeat rows (the API routes device=auto by them) and between
+    # renewals of a running job's lease; keep it well under lease_timeout.
     heartbeat_interval: float = Field(default=5.0, gt=0)
+    # Seconds between reaper sweeps (stale running jobs, queued jobs no broker holds) ...
+    reaper_interval: float = Field(default=30.0, gt=0)
+    # ... which re-enqueue a queued job only once it has waited this long untouched.
+    requeue_grace: float = Field(default=30.0, ge=0)
+    # How long a worker keeps retrying a database write (epoch, finish) through an outage.
+    db_retry: float = Field(default=120.0, ge=0)
     # Embedded filesystem broker: processed message files older than this are deleted.
     broker_retention: float = Field(default=24 * 3600, gt=0)
     broker_cleanup_interval: float = Field(default=600, gt=0)

@@ -7,14 +7,23 @@ from celery import Task
 
 from worker.celery_app import app, settings
 from worker.db import sessions
+from worker.signals import STOPPING, sigterm_stops_training
 from worker.training_run import RunContext, run_job
 
+TRAIN_TASK = "worker.train_job"
 
-@app.task(name="worker.train_job", bind=True, acks_late=True, ignore_result=True)
+
+@app.task(name=TRAIN_TASK, bind=True, acks_late=True, ignore_result=True)
 def train_job(self: Task, job_id: str) -> str | None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     ctx = RunContext(sessions=sessions(settings.sqlalchemy_url),
                      worker=self.request.hostname or settings.node_name,
-                     limits=settings.limits(), checkpoint_every=settings.checkpoint_every)
-    return run_job(job_id, ctx)
+                     limits=settings.limits(), checkpoint_every=settings.checkpoint_every,
+                     checkpoint_small_params=settings.checkpoint_small_params,
+                     checkpoint_interval=settings.checkpoint_interval,
+                     heartbeat_interval=settings.heartbeat_interval,
+                     lease_timeout=settings.lease_timeout, db_retry=settings.db_retry,
+                     stopping=STOPPING)
+    with sigterm_stops_training():
+        return run_job(job_id, ctx)

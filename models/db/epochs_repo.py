@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from models.db._sql import dialect_insert, forget
@@ -51,3 +51,17 @@ def latest_epoch(session: Session, *, job_id: str) -> int:
     value = session.scalar(select(func.max(EpochMetric.epoch))
                            .where(EpochMetric.job_id == job_id))
     return int(value or 0)
+
+
+def truncate_after(session: Session, *, job_id: str, epoch: int) -> int:
+    """Delete the job's epoch rows after `epoch` and set epochs_done to `epoch`: a resumed job
+    continues from its checkpoint, so rows a lost attempt wrote past it would be replaced.
+    Returns how many rows went."""
+    gone = session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id,
+                                                     EpochMetric.epoch > epoch)
+                           .execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
+    session.execute(update(Job).where(Job.id == job_id)
+                    .values(epochs_done=epoch, updated_at=utcnow())
+                    .execution_options(synchronize_session=False))
+    forget(session, Job, job_id)
+    return int(gone or 0)

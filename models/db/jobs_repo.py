@@ -105,15 +105,20 @@ def _update(session: Session, job_id: str, where: list[Any], **values: Any) -> b
     return matched
 
 
-def claim_job(session: Session, *, job_id: str, worker: str, device: str) -> bool:
+def claim_job(
+    session: Session, *, job_id: str, worker: str, device: str, lease_owner: str | None = None,
+) -> bool:
     """Move a queued job to running for `worker`; False if it was not queued (someone has it).
 
-    Sets started_at, heartbeat_at, lease_owner and worker, and counts the attempt.
+    `worker` is the node name people see; `lease_owner` (default `worker`) identifies the one
+    process and attempt allowed to write into the job. Sets started_at, heartbeat_at and the
+    lease, clears a previous attempt's release request and error, and counts the attempt.
     """
     now = utcnow()
     return _update(session, job_id, [Job.status == JobStatus.queued],
-                   status=JobStatus.running, worker=worker, lease_owner=worker, device=device,
-                   started_at=now, heartbeat_at=now, attempts=Job.attempts + 1, error=None)
+                   status=JobStatus.running, worker=worker, lease_owner=lease_owner or worker,
+                   device=device, started_at=now, heartbeat_at=now, attempts=Job.attempts + 1,
+                   error=None, release_requested=False)
 
 
 def heartbeat(session: Session, *, job_id: str, worker: str | None = None) -> bool:
@@ -156,27 +161,96 @@ def finish_job(
 
 def release_job(
     session: Session, *, job_id: str, worker: str | None = None, error: str | None = None,
+    refund: bool = False, stale_before: datetime | None = None,
 ) -> JobStatus | None:
-    """Give a running job back to the queue (worker shutdown, lost lease).
+    """Give a running job back to the queue (worker shutdown, lost worker).
 
     Back to queued while attempts < max_attempts, else failed with `error` as the reason; a
-    job whose cancel was requested becomes cancelled. Returns the new status, None if the job
-    was not running (or not held by `worker`).
+    job whose cancel was requested becomes cancelled. `refund`: the attempt was not the job's
+    fault (graceful shutdown), so it is not counted and the job always goes back to queued.
+    `worker` (a lease owner) and `stale_before` (heartbeat older than that) narrow the match,
+    so a reaper never releases a job whose worker renewed its lease meanwhile. Returns the new
+    status, None if nothing matched.
     """
-    where = [Job.status == JobStatus.running]
+    where: list[Any] = [Job.status == JobStatus.running]
     if worker is not None:
         where.append(Job.lease_owner == worker)
+    if stale_before is not None:
+        where.append(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before))
     now = utcnow()
+    gone = {"lease_owner": None, "release_requested": False}
     if _update(session, job_id, [*where, Job.cancel_requested.is_(True)],
-               status=JobStatus.cancelled, finished_at=now, lease_owner=None):
+               status=JobStatus.cancelled, finished_at=now, **gone):
         return JobStatus.cancelled
+    if refund:
+        # A running job was claimed at least once, so attempts stays >= 0.
+        if _update(session, job_id, where, status=JobStatus.queued, heartbeat_at=None,
+                   error=error, attempts=Job.attempts - 1, **gone):
+            return JobStatus.queued
+        return None
     if _update(session, job_id, [*where, Job.attempts < Job.max_attempts],
-               status=JobStatus.queued, lease_owner=None, heartbeat_at=None, error=error):
+               status=JobStatus.queued, heartbeat_at=None, error=error, **gone):
         return JobStatus.queued
     if _update(session, job_id, where, status=JobStatus.failed, finished_at=now,
-               lease_owner=None, error=error or "worker lost too many times"):
+               error=error or "worker lost too many times", **gone):
         return JobStatus.failed
     return None
+
+
+def request_release(session: Session, *, worker: str) -> list[str]:
+    """Ask every job running on node `worker` to stop at its epoch end and go back to the
+    queue (the node is shutting down). Returns their ids."""
+    ids = list(session.scalars(select(Job.id).where(Job.status == JobStatus.running,
+                                                     Job.worker == worker)))
+    for job_id in ids:
+        _update(session, job_id, [Job.status == JobStatus.running, Job.worker == worker],
+                release_requested=True)
+    return ids
+
+
+def stop_flags(session: Session, *, job_id: str, lease_owner: str | None = None
+               ) -> tuple[bool, bool, bool]:
+    """(cancel, release, lost) for a running job, read once per epoch by its worker.
+
+    `lost`: the job is gone, no longer running, or (with `lease_owner`) held by someone else.
+    """
+    row = session.execute(select(Job.cancel_requested, Job.release_requested, Job.status,
+                                 Job.lease_owner).where(Job.id == job_id)).one_or_none()
+    if row is None:
+        return False, False, True
+    cancel, release, status, owner = row
+    cancelled = status == JobStatus.cancelled
+    lost = status != JobStatus.running or (lease_owner is not None and owner != lease_owner)
+    return bool(cancel) or cancelled, bool(release), lost and not cancelled
+
+
+def held_by(session: Session, *, lease_prefix: str) -> list[Job]:
+    """Running jobs whose lease owner starts with `lease_prefix` ("<node>/<pid>/": one process)."""
+    stmt = select(Job).where(Job.status == JobStatus.running,
+                             Job.lease_owner.startswith(lease_prefix, autoescape=True))
+    return list(session.scalars(stmt))
+
+
+def make_due(session: Session, *, job_id: str) -> bool:
+    """Date a queued job's updated_at back a day, so the next reaper sweep (any worker's, or a
+    new worker's at start) re-enqueues it at once. A worker that is shutting down uses this
+    instead of sending the message itself, which its own consumer might take back."""
+    stmt = (update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
+            .values(updated_at=utcnow() - timedelta(days=1))
+            .execution_options(synchronize_session=False))
+    matched = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+    forget(session, Job, job_id)
+    return matched
+
+
+def touch_queued(session: Session, *, job_id: str, untouched_since: datetime | None = None
+                 ) -> bool:
+    """Bump a queued job's updated_at (it is being re-enqueued). False if it is no longer
+    queued or, with `untouched_since`, was updated after that (another reaper got there)."""
+    where: list[Any] = [Job.status == JobStatus.queued]
+    if untouched_since is not None:
+        where.append(Job.updated_at <= untouched_since)
+    return _update(session, job_id, where)
 
 
 def stale_jobs(session: Session, *, older_than_s: float) -> list[Job]:

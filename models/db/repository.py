@@ -12,7 +12,7 @@ from models.db.datasets_repo import (
     get_dataset_content,
     list_datasets,
 )
-from models.db.epochs_repo import history, latest_epoch, record_epoch
+from models.db.epochs_repo import history, latest_epoch, record_epoch, truncate_after
 from models.db.jobs_repo import (
     InvalidCursor,
     claim_job,
@@ -22,12 +22,17 @@ from models.db.jobs_repo import (
     finish_job,
     get_job,
     heartbeat,
+    held_by,
     is_cancel_requested,
     list_jobs,
+    make_due,
     queued_jobs,
     release_job,
     request_cancel,
+    request_release,
     stale_jobs,
+    stop_flags,
+    touch_queued,
     update_progress,
 )
 from models.db.workers_repo import beat_worker, live_workers
@@ -47,6 +52,7 @@ __all__ = [
     "get_dataset_content",
     "get_job",
     "heartbeat",
+    "held_by",
     "history",
     "is_cancel_requested",
     "latest_epoch",
@@ -54,11 +60,16 @@ __all__ = [
     "list_datasets",
     "list_jobs",
     "live_workers",
+    "make_due",
     "put_checkpoint",
     "queued_jobs",
     "record_epoch",
     "release_job",
     "request_cancel",
+    "request_release",
     "stale_jobs",
+    "stop_flags",
+    "touch_queued",
+    "truncate_after",
     "update_progress",
 ]

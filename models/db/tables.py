@@ -117,6 +117,9 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Set when the worker holding the lease shuts down: stop at the epoch end, go back to queued.
+    release_requested: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                    server_default=false())
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
     dataset_id: Mapped[str | None] = mapped_column(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -162,3 +164,33 @@ def test_lr_schedules_and_optimizers() -> None:
         assert all(math.isfinite(v) for v in r.history["loss"])
         assert all(math.isnan(v) for v in r.history["val_loss"])  # no validation rows
         assert r.best_epoch is not None  # falls back to the training metric
+
+
+class SlowRecorder(Recorder):
+    """Each epoch takes at least `seconds` (the callback's own write time, as a big model's)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        super().on_epoch_end(record)
+        time.sleep(self.seconds)
+
+
+def test_time_bounded_checkpoints_for_large_models() -> None:
+    table = toy_table(64)
+    job = make_job(table, NOTEBOOK_PLAIN_LAYERS, epochs=7)
+    rec = SlowRecorder(0.25)
+    train_job(job, table, device=CPU, callbacks=rec, checkpoint_interval_s=0.6)
+    with_last = [r.epoch for r in rec.records if "last" in r.checkpoints]
+    # ~0.25 s per epoch, at most one "last" per 0.6 s: epochs 3 and 6 (or so), and the final 7
+    assert with_last[-1] == 7 and 1 < len(with_last) <= 4, with_last
+    periodic = with_last[:-1]
+    assert 1 not in periodic and all(b - a >= 2 for a, b in itertools.pairwise(periodic))
+    every = Recorder()
+    train_job(job, table, device=CPU, callbacks=every, checkpoint_interval_s=None)
+    assert all("last" in r.checkpoints for r in every.records)
+    hourly = Recorder()
+    train_job(job, table, device=CPU, callbacks=hourly, checkpoint_interval_s=3600)
+    assert [r.epoch for r in hourly.records if "last" in r.checkpoints] == [7]

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import _thread
+import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.datasets import class_counts, parse_csv
 from models.db import make_engine, session_factory, upgrade
 from models.db import repository as repo
+from models.db.tables import Job
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec, Limits
 from worker.training_run import RunContext, failure_reason, run_job
 
@@ -126,7 +131,7 @@ def test_failure_is_recorded_with_a_readable_reason(
 def test_unexpected_errors_name_their_type() -> None:
     assert failure_reason(KeyError("x")) == "KeyError: 'x'"
     assert failure_reason(RuntimeError("boom\nmore detail")) == "RuntimeError: boom"
-    assert failure_reason(MemoryError()) == "MemoryError"
+    assert failure_reason(MemoryError()).startswith("out of memory")
 
 
 def test_cancel_stops_a_running_job_and_keeps_its_history(
@@ -173,3 +178,139 @@ def test_interrupted_job_goes_back_to_the_queue(
     job = job_state(sessions, job_id)[0]
     assert str(job.status) == "queued" and job.attempts == 1
     assert "KeyboardInterrupt" in job.error
+
+
+MOONS: dict[str, Any] = {"dataset": {"name": "moons", "n_samples": 96},
+                         "network": {"hidden": [8], "batchnorm": "before_activation"},
+                         "training": {"epochs": 8, "batch_size": 32, "seed": 3}}
+
+
+def metrics_of(sessions: sessionmaker[Session], job_id: str) -> list[tuple[Any, ...]]:
+    with sessions() as session:
+        return [(r.epoch, r.loss, r.accuracy, r.val_loss, r.val_accuracy, r.lr)
+                for r in repo.history(session, job_id=job_id)]
+
+
+def run_until(ctx: RunContext, sessions: sessionmaker[Session], job_id: str, epochs: int,
+              then: Any) -> list[str | None]:
+    """run_job in a thread; once `epochs` epochs are stored, call `then()`; wait for the end."""
+    outcome: list[str | None] = []
+    runner = threading.Thread(target=lambda: outcome.append(run_job(job_id, ctx)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while job_state(sessions, job_id)[0].epochs_done < epochs:
+        assert runner.is_alive() and time.monotonic() < deadline, "job never got going"
+        time.sleep(0.01)
+    then()
+    runner.join(60)
+    assert not runner.is_alive()
+    return outcome
+
+
+def test_shutdown_releases_the_job_and_the_next_run_resumes_it_exactly(
+        ctx: RunContext, sessions: sessionmaker[Session],
+        caplog: pytest.LogCaptureFixture) -> None:
+    reference = add_job(sessions, MOONS)
+    assert run_job(reference, ctx) == "succeeded"
+    job_id = add_job(sessions, MOONS)
+    stopping = threading.Event()
+    first = replace(ctx, stopping=stopping)
+
+    caplog.set_level(logging.INFO)
+    assert run_until(first, sessions, job_id, 2, stopping.set) == ["queued"]
+
+    job, epochs, ckpts = job_state(sessions, job_id)
+    k = epochs[-1]
+    assert str(job.status) == "queued" and job.attempts == 0  # refunded, never failed
+    assert job.error is None and job.lease_owner is None
+    assert job.updated_at < job.created_at  # due for the next reaper sweep at once
+    assert 2 <= k < 8 and epochs == list(range(1, k + 1)) and ckpts["last"] == k
+    # a lost attempt that checkpointed less often left rows past the checkpoint
+    with sessions.begin() as session:
+        for extra in (k + 1, k + 2):
+            repo.record_epoch(session, job_id=job_id, epoch=extra, metrics={"loss": 99.0})
+
+    assert run_job(job_id, ctx) == "succeeded"
+
+    assert f"resuming job {job_id} from epoch {k}" in caplog.text
+    job, epochs, _ = job_state(sessions, job_id)
+    assert epochs == list(range(1, 9)) and job.attempts == 1
+    assert metrics_of(sessions, job_id) == metrics_of(sessions, reference)  # bitwise
+
+
+def test_a_worker_that_lost_its_lease_writes_nothing_more(
+        ctx: RunContext, sessions: sessionmaker[Session]) -> None:
+    job_id = add_job(sessions, {**MOONS, "training": {**MOONS["training"], "epochs": 3000}})
+
+    def take_over() -> None:
+        with sessions.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id)
+                            .values(lease_owner="other/1/x", worker="other"))
+
+    assert run_until(ctx, sessions, job_id, 2, take_over) == [None]
+
+    job, epochs, _ = job_state(sessions, job_id)
+    assert str(job.status) == "running" and job.lease_owner == "other/1/x"
+    # at most the epoch in flight when the lease moved got in; nothing after it
+    assert len(epochs) <= 3 and job.finished_at is None
+    time.sleep(0.2)
+    assert job_state(sessions, job_id)[1] == epochs
+
+
+def test_duplicate_delivery_while_the_lease_is_live_is_ignored(
+        ctx: RunContext, sessions: sessionmaker[Session],
+        caplog: pytest.LogCaptureFixture) -> None:
+    job_id = add_job(sessions, MOONS)
+    with sessions.begin() as session:
+        repo.claim_job(session, job_id=job_id, worker="n", device="cpu", lease_owner="n/9/abc")
+    caplog.set_level(logging.INFO)
+
+    assert run_job(job_id, ctx) is None
+
+    assert (f"job {job_id} is running under n/9/abc (lease live); ignoring duplicate delivery"
+            in caplog.text)
+    job, epochs, _ = job_state(sessions, job_id)
+    assert job.attempts == 1 and job.lease_owner == "n/9/abc" and epochs == []
+
+
+def test_the_lease_heartbeat_moves_while_training(
+        ctx: RunContext, sessions: sessionmaker[Session]) -> None:
+    job_id = add_job(sessions, {**MOONS, "training": {**MOONS["training"], "epochs": 3000}})
+    fast = replace(ctx, heartbeat_interval=0.05)
+    seen: list[Any] = []
+
+    def watch_then_cancel() -> None:
+        for _ in range(3):
+            seen.append(job_state(sessions, job_id)[0].heartbeat_at)
+            time.sleep(0.2)
+        with sessions.begin() as session:
+            repo.request_cancel(session, job_id=job_id)
+
+    assert run_until(fast, sessions, job_id, 1, watch_then_cancel) == ["cancelled"]
+    assert seen[0] < seen[1] < seen[2]
+
+
+def test_divergence_names_the_epoch_and_the_kept_checkpoint(
+        ctx: RunContext, sessions: sessionmaker[Session]) -> None:
+    rows = "\n".join(f"{(i % 7 - 3) * 1e30},{(i % 5 - 2) * 1e30},{i % 2}" for i in range(64))
+    content = f"a,b,label\n{rows}\n".encode()
+    table = parse_csv(content)
+    with sessions.begin() as session:
+        dataset_id = repo.create_dataset(
+            session, content=content, n_rows=table.n_rows, n_features=table.n_features,
+            columns=["a", "b", "label"], label_column="label", classes=table.classes,
+            class_counts=class_counts(table), filename="huge.csv").id
+    job_id = add_job(sessions, {"dataset": {"id": dataset_id}, "network": {"hidden": [4]},
+                                "training": {"epochs": 20, "batch_size": 8, "optimizer": {
+                                    "name": "sgd", "lr": 10.0, "momentum": 0.9}}})
+
+    assert run_job(job_id, ctx) == "failed"
+
+    job, epochs, ckpts = job_state(sessions, job_id)
+    k = len(epochs) + 1
+    assert re.match(rf"training diverged: loss is (nan|inf) at epoch {k}; ", job.error), job.error
+    if epochs:
+        assert f"the last good checkpoint (epoch {k - 1}) is kept" in job.error
+        assert ckpts["last"] == k - 1
+    else:
+        assert "no checkpoint was written before it" in job.error

@@ -59,3 +59,13 @@ def test_missing_metrics_are_null(session: Session) -> None:
     repo.record_epoch(session, job_id=job.id, epoch=1, metrics={"loss": 0.5})
     (row,) = repo.history(session, job_id=job.id)
     assert row.val_loss is None and row.extras is None and row.wall_time is None
+
+
+def test_truncate_after_drops_later_rows_and_sets_progress(session: Session) -> None:
+    job = make_job(session)
+    for epoch in range(1, 6):
+        repo.record_epoch(session, job_id=job.id, epoch=epoch, metrics=METRICS)
+    assert repo.truncate_after(session, job_id=job.id, epoch=3) == 2
+    assert [r.epoch for r in repo.history(session, job_id=job.id)] == [1, 2, 3]
+    assert job.epochs_done == 3
+    assert repo.truncate_after(session, job_id=job.id, epoch=3) == 0

@@ -215,3 +215,71 @@ def test_list_jobs_rejects_a_forged_cursor(session: Session) -> None:
         repo.list_jobs(session, cursor="not-a-cursor")
     with pytest.raises(ValueError):
         repo.list_jobs(session, status="sleeping")
+
+
+def test_claim_separates_node_and_lease_owner_and_clears_release(session: Session) -> None:
+    job = make_job(session)
+    repo.claim_job(session, job_id=job.id, worker="node", device="cpu", lease_owner="node/1/a")
+    assert (job.worker, job.lease_owner, job.release_requested) == ("node", "node/1/a", False)
+    assert repo.heartbeat(session, job_id=job.id, worker="node/1/a")
+    assert not repo.heartbeat(session, job_id=job.id, worker="node/2/b")  # same node, other pid
+
+
+def test_graceful_release_refunds_the_attempt(session: Session) -> None:
+    job = make_job(session, max_attempts=1)
+    repo.claim_job(session, job_id=job.id, worker="n", device="cpu", lease_owner="n/1/a")
+    assert repo.request_release(session, worker="other") == []
+    assert repo.request_release(session, worker="n") == [job.id]
+    assert repo.stop_flags(session, job_id=job.id, lease_owner="n/1/a") == (False, True, False)
+    # attempts (1) == max_attempts, yet a refunded release goes back to queued
+    assert repo.release_job(session, job_id=job.id, worker="n/1/a", refund=True) \
+        == JobStatus.queued
+    assert (job.status, job.attempts, job.release_requested, job.lease_owner) == (
+        JobStatus.queued, 0, False, None)
+    assert job.error is None and job.finished_at is None
+
+
+def test_stop_flags_report_cancel_and_a_lost_lease(session: Session) -> None:
+    job = make_job(session)
+    repo.claim_job(session, job_id=job.id, worker="n", device="cpu", lease_owner="n/1/a")
+    assert repo.stop_flags(session, job_id=job.id, lease_owner="n/1/a") == (False, False, False)
+    assert repo.stop_flags(session, job_id=job.id, lease_owner="n/2/b") == (False, False, True)
+    repo.request_cancel(session, job_id=job.id)
+    assert repo.stop_flags(session, job_id=job.id, lease_owner="n/1/a")[0]
+    assert repo.stop_flags(session, job_id="0" * 32) == (False, False, True)
+
+
+def test_release_of_a_stale_job_is_conditional_on_the_heartbeat(session: Session) -> None:
+    job = make_job(session)
+    repo.claim_job(session, job_id=job.id, worker="n", device="cpu")
+    cutoff = utcnow() - timedelta(seconds=60)
+    # the worker renewed its lease after the reaper looked: not released
+    assert repo.release_job(session, job_id=job.id, stale_before=cutoff) is None
+    assert job.status == JobStatus.running
+    session.execute(update(Job).where(Job.id == job.id)
+                    .values(heartbeat_at=utcnow() - timedelta(minutes=5)))
+    assert repo.release_job(session, job_id=job.id, stale_before=cutoff,
+                            error="worker lost 1 times") == JobStatus.queued
+    assert job.attempts == 1 and job.error == "worker lost 1 times"
+
+
+def test_touch_queued_lets_one_of_two_reapers_win(session: Session) -> None:
+    job = make_job(session)
+    session.execute(update(Job).where(Job.id == job.id)
+                    .values(updated_at=utcnow() - timedelta(minutes=5)))
+    cutoff = utcnow() - timedelta(seconds=30)
+    assert repo.touch_queued(session, job_id=job.id, untouched_since=cutoff)
+    assert not repo.touch_queued(session, job_id=job.id, untouched_since=cutoff)
+    repo.request_cancel(session, job_id=job.id)
+    assert not repo.touch_queued(session, job_id=job.id)  # cancelled: never touched again
+
+
+def test_held_by_finds_one_process_jobs_and_make_due_backdates(session: Session) -> None:
+    mine, other = make_job(session), make_job(session)
+    repo.claim_job(session, job_id=mine.id, worker="n", device="cpu", lease_owner="n/12/a")
+    repo.claim_job(session, job_id=other.id, worker="n", device="cpu", lease_owner="n/123/b")
+    assert [j.id for j in repo.held_by(session, lease_prefix="n/12/")] == [mine.id]
+    assert not repo.make_due(session, job_id=mine.id)  # running: left alone
+    repo.release_job(session, job_id=mine.id, worker="n/12/a")
+    assert repo.make_due(session, job_id=mine.id)
+    assert mine.id in {j.id for j in repo.queued_jobs(session, older_than_s=3600)}
