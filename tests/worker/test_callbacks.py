@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.db import make_engine, session_factory, upgrade
 from models.db import repository as repo
 from models.trainer import EpochRecord
 from worker.callbacks import DbCallbacks, LeaseLost
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'bnlab.sqlite3'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 def test_a_zombie_writes_nothing_into_a_job_someone_else_runs(

@@ -7,9 +7,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,22 +15,12 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.datasets import class_counts, parse_csv
-from models.db import make_engine, session_factory, upgrade
 from models.db import repository as repo
 from models.db.tables import Job
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec, Limits
 from worker.training_run import RunContext, failure_reason, run_job
 
 WORKER = "test@host"
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'bnlab.sqlite3'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture
