@@ -9,9 +9,12 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+SQLITE_BUSY_TIMEOUT_S = 30.0
+# Order matters: the busy timeout must be in force before the switch to WAL, which takes an
+# exclusive lock and would otherwise fail when another process is migrating or writing.
 SQLITE_PRAGMAS = (
+    f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}",  # wait for a writer, don't fail
     "PRAGMA journal_mode=WAL",  # readers never block the writer
-    "PRAGMA busy_timeout=30000",  # wait for a concurrent writer instead of failing
     "PRAGMA foreign_keys=ON",  # ON DELETE CASCADE needs it
     "PRAGMA synchronous=NORMAL",  # safe with WAL, much faster than FULL
 )
@@ -35,7 +38,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    connect_args = {"check_same_thread": False, **kwargs.pop("connect_args", {})}
+    connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S,
+                    **kwargs.pop("connect_args", {})}
     engine = create_engine(url, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine, "connect")
