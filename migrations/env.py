@@ -19,10 +19,15 @@ PG_LOCK_KEY = 0x626E6C6162
 def _configure(connection: Connection | None = None, url: str | None = None) -> None:
     dialect = connection.dialect.name if connection is not None \
         else make_url(str(url)).get_backend_name()
+    sqlite = dialect.startswith("sqlite")
     context.configure(
         connection=connection, url=url, target_metadata=target_metadata,
-        render_as_batch=dialect.startswith("sqlite"), compare_type=True,
-        literal_binds=connection is None,
+        render_as_batch=sqlite, compare_type=True, literal_binds=connection is None,
+        # Alembic assumes SQLite DDL is not transactional and commits after every revision,
+        # which would release the BEGIN IMMEDIATE lock below between revisions and let a
+        # concurrent upgrade apply the same revision twice. Python's sqlite3 runs DDL inside
+        # the transaction, so the whole upgrade is one transaction, atomic and serialised.
+        transactional_ddl=True,
     )
 
 

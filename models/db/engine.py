@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +12,32 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
-# Order matters: the busy timeout must be in force before the switch to WAL, which takes an
-# exclusive lock and would otherwise fail when another process is migrating or writing.
 SQLITE_PRAGMAS = (
     f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}",  # wait for a writer, don't fail
-    "PRAGMA journal_mode=WAL",  # readers never block the writer
     "PRAGMA foreign_keys=ON",  # ON DELETE CASCADE needs it
     "PRAGMA synchronous=NORMAL",  # safe with WAL, much faster than FULL
 )
+
+
+def _enable_wal(cursor: sqlite3.Cursor) -> None:
+    """Switch the file to WAL (readers never block the writer); the mode is persistent.
+
+    The switch needs an exclusive lock, and SQLite answers "database is locked" at once,
+    without the busy handler, when another connection holds a lock meanwhile (the first
+    connections to a fresh file: `bnlab serve` migrating while its worker starts). So: skip it
+    when the file is in WAL already, else retry until the busy timeout.
+    """
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def normalize_url(url: str) -> str:
@@ -48,6 +68,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         try:
             for pragma in SQLITE_PRAGMAS:
                 cursor.execute(pragma)
+            _enable_wal(cursor)
         finally:
             cursor.close()
 
