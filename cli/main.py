@@ -41,13 +41,14 @@ def release_dead_worker_jobs(settings: BaseBnlabSettings, node: str, pid: int) -
     enqueues them at its start."""
     from models.db import make_engine, session_factory
     from models.db import repository as repo
+    from worker.reaper import lost_reason
 
     engine = make_engine(settings.sqlalchemy_url)
     released = []
     try:
         with session_factory(engine).begin() as session:
             for job in repo.held_by(session, lease_prefix=f"{node}/{pid}/"):
-                error = f"worker lost {job.attempts} times (last seen on {job.worker})"
+                error = lost_reason(job.attempts, job.worker, job.heartbeat_at)
                 status = repo.release_job(session, job_id=job.id, worker=job.lease_owner,
                                           error=error)
                 repo.make_due(session, job_id=job.id)

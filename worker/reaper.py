@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,12 @@ def broker_messages(settings: WorkerSettings) -> Callable[[], str]:
     return lambda: redis_messages(url)
 
 
+def lost_reason(attempts: int, worker: str | None, seen: datetime | None) -> str:
+    """The failure reason of a job whose worker vanished: how often, where, when last seen."""
+    when = f"{seen:%Y-%m-%d %H:%M:%S} UTC" if seen is not None else "an unknown time"
+    return f"worker lost {attempts} times (last seen on {worker} at {when})"
+
+
 @dataclass
 class Sweep:
     requeued_lost: list[str] = field(default_factory=list)
@@ -118,8 +124,7 @@ class Reaper:
             stale = [(j.id, j.queue, j.attempts, j.worker, j.heartbeat_at)
                      for j in repo.stale_jobs(session, older_than_s=self.lease_timeout)]
         for job_id, queue, attempts, worker, seen in stale:
-            when = f"{seen:%Y-%m-%d %H:%M:%S} UTC" if seen is not None else "an unknown time"
-            error = f"worker lost {attempts} times (last seen on {worker} at {when})"
+            error = lost_reason(attempts, worker, seen)
             with self.sessions.begin() as session:
                 # Conditional on the heartbeat still being stale: a live worker that renewed
                 # its lease since we looked keeps its job.
@@ -127,7 +132,7 @@ class Reaper:
                                           stale_before=cutoff)
             if status == JobStatus.queued:
                 log.warning("reaper: job %s lost its worker %s (last heartbeat %s); "
-                            "re-enqueued", job_id, worker, when)
+                            "re-enqueued", job_id, worker, seen)
                 done.requeued_lost.append(job_id)
                 self._send(job_id, queue)
             elif status == JobStatus.failed:
