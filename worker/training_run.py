@@ -9,8 +9,10 @@ nothing more. A job that ran before resumes from its "last" checkpoint.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
+import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -134,6 +136,11 @@ def run_job(job_id: str, ctx: RunContext) -> str | None:
         # Retried like every other write here: on SQLite a WAL snapshot conflict answers
         # "database is locked" at once, without waiting for the busy timeout.
         reason = f"worker stopped ({type(exc).__name__})"
+        # The interrupt may have landed mid-write: the frames it unwound still reference that
+        # session's connection, whose write lock would block the release below until it gives
+        # up. Dropping the frames' locals lets the connection be finalised (rolled back) now.
+        traceback.clear_frames(exc.__traceback__)
+        gc.collect()
 
         def release() -> JobStatus | None:
             with ctx.sessions.begin() as session:
