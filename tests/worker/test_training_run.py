@@ -230,17 +230,23 @@ def test_a_worker_that_lost_its_lease_writes_nothing_more(
         ctx: RunContext, sessions: sessionmaker[Session]) -> None:
     job_id = add_job(sessions, {**MOONS, "training": {**MOONS["training"], "epochs": 3000}})
 
+    stored_at_takeover: list[int] = []
+
     def take_over() -> None:
         with sessions.begin() as session:
             session.execute(update(Job).where(Job.id == job_id)
                             .values(lease_owner="other/1/x", worker="other"))
+            # Counted inside the takeover's transaction, which holds the write lock: every
+            # epoch committed before the lease moved, and none after.
+            stored_at_takeover.append(len(repo.history(session, job_id=job_id)))
 
     assert run_until(ctx, sessions, job_id, 2, take_over) == [None]
 
     job, epochs, _ = job_state(sessions, job_id)
     assert str(job.status) == "running" and job.lease_owner == "other/1/x"
-    # at most the epoch in flight when the lease moved got in; nothing after it
-    assert len(epochs) <= 3 and job.finished_at is None
+    # fencing: once the lease moved, the old worker got no epoch in, not even the one in flight
+    assert stored_at_takeover[0] >= 2
+    assert len(epochs) == stored_at_takeover[0] and job.finished_at is None
     time.sleep(0.2)
     assert job_state(sessions, job_id)[1] == epochs
 
