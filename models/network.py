@@ -6,6 +6,7 @@ stacked trainer slices its checkpoints into, so a checkpoint loads here without 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -60,27 +61,59 @@ def _make(layer: Any, width: int) -> nn.Module:
 
 def build_network(net: ResolvedNetwork, *, init: str = "pytorch",
                   seed: int | None = None) -> nn.Sequential:
-    """Float32 modules on the CPU. With `seed`, the init draws from a private RNG seeded by it
-    (the global RNG is left untouched); `init="keras"` is glorot-uniform weights, zero biases."""
-    if seed is None:
-        return _build(net, init)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _build(net, init)
+    """Float32 modules on the CPU, initialised without touching the global RNG when seeded.
 
-
-def _build(net: ResolvedNetwork, init: str) -> nn.Sequential:
+    Dense layer number d (0-based, counting dense layers only) draws from its own generator
+    seeded by (seed, d), weight first and bias after, so networks that share dense layer d's
+    shape get the same weights there whatever else differs (BatchNorm placement, bias on or
+    off, dropout): variants of an experiment start from paired weights. Distributions are the
+    usual ones: "pytorch" is nn.Linear's default (weight and bias uniform in +-1/sqrt(fan_in)),
+    "keras" is glorot-uniform weights and zero biases. Without `seed`, a seed is drawn from the
+    global RNG. Norm layers start at weight 1, bias 0; nothing else has parameters.
+    """
     if init not in ("pytorch", "keras"):
         raise ValueError(f"unknown init {init!r}: use 'pytorch' or 'keras'")
-    model = nn.Sequential(*(_make(layer, w) for layer, w in
-                            zip(net.modules(), module_widths(net), strict=True)))
-    if init == "keras":
-        for m in model:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's own init draws: keep them private
+        model = nn.Sequential(*(_make(layer, w) for layer, w in
+                                zip(net.modules(), module_widths(net), strict=True)))
+    dense = [m for m in model if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for ordinal, m in enumerate(dense):
+            w, b = dense_init(m.out_features, m.in_features, m.bias is not None, init, seed,
+                              ordinal)
+            m.weight.copy_(w)
+            if m.bias is not None and b is not None:
+                m.bias.copy_(b)
     return model
+
+
+def layer_seed(seed: int, ordinal: int) -> int:
+    """A well-mixed 63-bit seed for dense layer `ordinal` of a network seeded with `seed`
+    (splitmix64 of both, so nearby seeds and ordinals give unrelated streams)."""
+    mask = 2**64 - 1
+    z = (seed * 0x9E3779B97F4A7C15 + (ordinal + 1) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) >> 1
+
+
+def dense_init(units: int, width: int, bias: bool, init: str, seed: int, ordinal: int
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Dense layer `ordinal`'s initial (units, width) weight and bias, from its own generator:
+    weight drawn first, so whether there is a bias does not change the weight."""
+    if init not in ("pytorch", "keras"):
+        raise ValueError(f"unknown init {init!r}: use 'pytorch' or 'keras'")
+    gen = torch.Generator().manual_seed(layer_seed(seed, ordinal))
+    if init == "keras":  # glorot uniform, zero bias
+        bound = math.sqrt(6.0 / (width + units))
+        w = torch.empty(units, width).uniform_(-bound, bound, generator=gen)
+        return w, torch.zeros(units) if bias else None
+    # nn.Linear.reset_parameters: kaiming_uniform(a=sqrt(5)) is U(+-1/sqrt(fan_in)), bias too
+    bound = 1.0 / math.sqrt(width)
+    w = torch.empty(units, width).uniform_(-bound, bound, generator=gen)
+    return w, torch.empty(units).uniform_(-bound, bound, generator=gen) if bias else None
 
 
 def apply_head(logits: torch.Tensor) -> torch.Tensor:

@@ -2,11 +2,18 @@
 
 Every parameter and buffer carries a leading K axis; slicing index k gives model k's ordinary
 `nn.Sequential` state dict (`<module index>.<name>`). Dense layers are `torch.baddbmm`;
-BatchNorm runs PyTorch's kernel per model, so batch statistics, running statistics (momentum
-formula, unbiased running_var) and eval are exactly `nn.BatchNorm1d`'s. Nothing mixes models,
-so an elementwise optimizer over the stacked tensors is K independent optimizers. Model k's
-results are bitwise the same for any K on CPU (see `StackedNetwork._allocate`, `_BatchNorm`)
-for ReLU-family networks; smooth activations (tanh, gelu, sigmoid) may differ in the last bit.
+BatchNorm is one `F.batch_norm` over the K models' channels side by side (B, K*C): channels
+never mix, so batch statistics, running statistics (momentum formula, unbiased running_var)
+and eval are exactly `nn.BatchNorm1d`'s per model. Dropout masks come from a counter-based hash
+of a per-model key (`dropout_keys`), so no op loops over models and a model's masks do not
+depend on its stack. Nothing mixes models, so an elementwise optimizer over the stacked tensors
+is K independent optimizers.
+
+Promised: model k's results equal what it gives alone (K = 1, the same code) within float
+rounding. In practice on CPU they are bitwise equal for ReLU-family networks: the kernels that
+round an element differently in their vector loop and their scalar tail get inputs shaped so
+that no model's element lands in a tail whatever K is (BatchNorm channels padded to LANES, loss
+rows to 32, the flat parameter buffer to PAD). Smooth activations may differ in the last bit.
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.network import build_network, module_widths
+from models.network import dense_init, module_widths
 from models.spec import (
     Activation,
     ActivationLayer,
@@ -39,15 +47,23 @@ LAYOUT_WARNING = "grad and param do not obey the gradient layout"
 Mode = Literal["train", "eval", "batch_stats"]
 
 
-PAD = 64  # elements; every parameter's slot in a model's row starts at a multiple of this
+PAD = 64  # elements; every parameter block in `flat` starts at a multiple of this
+LANES = 16  # float32 lanes of the widest CPU vector (AVX-512); BatchNorm pads channels to it
+
+
+def _padded(n: int, to: int = PAD) -> int:
+    return -(-n // to) * to
 
 
 class _Padded(nn.Module):
     """A layer whose parameters live in the network's one flat (K, row) buffer.
 
     `add_param` only declares a parameter; `StackedNetwork` allocates the buffer and hands each
-    layer leaf views of it (see there for why).
+    layer leaf views of it (see there for why). With `whole_blocks`, the autograd leaves are the
+    parameters' whole padded blocks (`blocks`) and `params` are detached (K, *shape) views.
     """
+
+    whole_blocks = False
 
     def __init__(self, k: int) -> None:
         super().__init__()
@@ -55,6 +71,11 @@ class _Padded(nn.Module):
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.fills: dict[str, float] = {}
         self.params: dict[str, torch.Tensor] = {}
+        self.blocks: dict[str, torch.Tensor] = {}
+
+    def buffers_state(self) -> dict[str, torch.Tensor]:
+        """(K, ...) buffers in nn.Sequential's state-dict order, after the parameters."""
+        return {}
 
     def add_param(self, name: str, shape: tuple[int, ...], fill: float) -> None:
         self.shapes[name] = shape
@@ -72,7 +93,7 @@ class _Dense(_Padded):
         if bias:
             self.add_param("bias", (units,), 0.0)
 
-    def forward(self, x: torch.Tensor, mode: Mode, gens: Sequence[torch.Generator] | None
+    def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         w_t = self.params["weight"].transpose(1, 2)
         bias = self.params.get("bias")
@@ -82,46 +103,61 @@ class _Dense(_Padded):
 
 
 class _BatchNorm(_Padded):
+    """K BatchNorm1d layers as one F.batch_norm over (B, P) channels, P = K*C rounded up to
+    LANES.
+
+    Channels never mix, so the K*C real channels are K independent BatchNorms. The padding
+    makes the call bitwise independent of K: the kernel's vectorised loop rounds differently
+    from its scalar tail, and with P a multiple of the vector width no real channel lands in a
+    tail, whatever K is (K = 1 too; K*C = 48 or 192 needs no padding). Weight/bias are whole
+    P-long blocks of `flat` and the running stats live in P-long buffers, so they are passed
+    without a copy; the padding channels see zeros and are never exported.
+    """
+
+    whole_blocks = True
     running_mean: torch.Tensor | None
     running_var: torch.Tensor | None
     num_batches_tracked: torch.Tensor | None
 
-    def __init__(self, k: int, width: int, spec: BatchNormLayer) -> None:
+    def __init__(self, k: int, width: int, spec: BatchNormLayer, device: torch.device) -> None:
         super().__init__(k)
         self.spec = spec
         self.width = width
+        self.channels = _padded(k * width, LANES)
         if spec.affine:
             self.add_param("weight", (width,), 1.0)
             self.add_param("bias", (width,), 0.0)
+        self.stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.running_mean = self.running_var = self.num_batches_tracked = None
         if spec.track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(k, width))
-            self.register_buffer("running_var", torch.ones(k, width))
-            self.register_buffer("num_batches_tracked", torch.zeros(k, dtype=torch.long))
-        else:
-            self.running_mean = self.running_var = self.num_batches_tracked = None
+            self.stats = (torch.zeros(self.channels, device=device),
+                          torch.ones(self.channels, device=device))
+            self.running_mean = self.stats[0][:k * width].view(k, width)
+            self.running_var = self.stats[1][:k * width].view(k, width)
+            self.num_batches_tracked = torch.zeros(k, dtype=torch.long, device=device)
 
-    def forward(self, x: torch.Tensor, mode: Mode, gens: Sequence[torch.Generator] | None
+    def buffers_state(self) -> dict[str, torch.Tensor]:
+        if self.running_mean is None or self.running_var is None \
+                or self.num_batches_tracked is None:
+            return {}
+        return {"running_mean": self.running_mean, "running_var": self.running_var,
+                "num_batches_tracked": self.num_batches_tracked}
+
+    def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
-        # PyTorch's own kernel, called once per model on that model's contiguous (B, C) slice:
-        # the same call, on the same shapes, that a lone model makes, so results are bitwise
-        # independent of K (one kernel over K*C channels vectorises across channels and would
-        # make a channel's rounding depend on its position) and equal to nn.BatchNorm1d's.
-        mean, var = ((self.running_mean, self.running_var) if mode != "batch_stats"
-                     else (None, None))
-        track = mean is not None and var is not None
-        training = mode != "eval" or not track
-        weight, bias = self.params.get("weight"), self.params.get("bias")
-        outs = [F.batch_norm(
-            x[k],
-            mean[k] if mean is not None else None,
-            var[k] if var is not None else None,
-            weight[k] if weight is not None else None,
-            bias[k] if bias is not None else None,
-            training=training, momentum=self.spec.momentum, eps=self.spec.eps,
-        ) for k in range(self.k)]
+        k, b, c = x.shape
+        stats = self.stats if mode != "batch_stats" else None
+        h = x.transpose(0, 1).reshape(b, k * c)
+        if self.channels > k * c:
+            h = F.pad(h, (0, self.channels - k * c))
+        y = F.batch_norm(
+            h, stats[0] if stats else None, stats[1] if stats else None,
+            self.blocks.get("weight"), self.blocks.get("bias"),
+            training=mode != "eval" or stats is None, momentum=self.spec.momentum,
+            eps=self.spec.eps)
         if mode == "train" and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-        return outs[0].unsqueeze(0) if self.k == 1 else torch.stack(outs)
+        return y[:, :k * c].view(b, k, c).transpose(0, 1)
 
 
 class _LayerNorm(_Padded):
@@ -132,7 +168,7 @@ class _LayerNorm(_Padded):
             self.add_param("weight", (width,), 1.0)
             self.add_param("bias", (width,), 0.0)
 
-    def forward(self, x: torch.Tensor, mode: Mode, gens: Sequence[torch.Generator] | None
+    def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         y = F.layer_norm(x, (self.width,), eps=self.eps)
         weight, bias = self.params.get("weight"), self.params.get("bias")
@@ -146,7 +182,7 @@ class _Activation(nn.Module):
         super().__init__()
         self.kind, self.slope = spec.activation, spec.negative_slope
 
-    def forward(self, x: torch.Tensor, mode: Mode, gens: Sequence[torch.Generator] | None
+    def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         match self.kind:
             case Activation.relu:
@@ -164,18 +200,49 @@ class _Activation(nn.Module):
         return x
 
 
+_M32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two xorshift-multiply rounds) of int64 tensors holding values
+    below 2**32; constants below 2**31, so no product overflows int64."""
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M32
+    return x ^ (x >> 16)
+
+
 class _Dropout(nn.Module):
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, salt: int) -> None:
         super().__init__()
         self.rate = rate
+        self.salt = salt  # distinguishes this layer's masks from other dropout layers'
+        self.threshold = min(int(rate * 2**32), 2**32)
 
-    def forward(self, x: torch.Tensor, mode: Mode, gens: Sequence[torch.Generator] | None
+    def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         if mode != "train" or self.rate == 0.0:
             return x
-        assert gens is not None, "dropout in training mode needs one generator per model"
-        keep = torch.stack([torch.rand(x.shape[1:], generator=g, device=x.device) for g in gens])
-        return x * (keep >= self.rate).to(x.dtype) / (1.0 - self.rate)
+        assert noise is not None, "dropout in training mode needs a (K,) key per step"
+        k = x.shape[0]
+        # element j of model k: hash(key_k ^ salt, j); depends on nothing else in the stack
+        idx = torch.arange(math.prod(x.shape[1:]), device=x.device).view(1, *x.shape[1:])
+        key = ((noise ^ self.salt) & _M32).view(k, *[1] * (x.dim() - 1))
+        keep = _hash32(_hash32(key) ^ idx) >= self.threshold
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.rate))
+
+
+def dropout_keys(seeds: Sequence[int], epoch: int, steps: int) -> torch.Tensor:
+    """(steps, K) int64 dropout keys for one epoch: a function of each model's seed, the epoch
+    and the step only, so a resumed run draws the same masks and needs no RNG state."""
+    m64 = np.uint64(2**64 - 1)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps: that is the hash
+        z = (np.asarray(seeds, dtype=np.uint64)[None, :] * np.uint64(0x9E3779B97F4A7C15)
+             + np.uint64(epoch) * np.uint64(0xD1B54A32D192ED03)
+             + np.arange(steps, dtype=np.uint64)[:, None] * np.uint64(0xBF58476D1CE4E5B9)) & m64
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z >> np.uint64(32)).astype(np.int64))
 
 
 class StackedNetwork(nn.Module):
@@ -189,11 +256,11 @@ class StackedNetwork(nn.Module):
             if isinstance(layer, DenseLayer):
                 mods.append(_Dense(k, width, layer.units, layer.use_bias))
             elif isinstance(layer, BatchNormLayer):
-                mods.append(_BatchNorm(k, width, layer))
+                mods.append(_BatchNorm(k, width, layer, device))
             elif isinstance(layer, LayerNormLayer):
                 mods.append(_LayerNorm(k, width, layer))
             elif isinstance(layer, DropoutLayer):
-                mods.append(_Dropout(layer.rate))
+                mods.append(_Dropout(layer.rate, salt=(len(mods) * 0x2545F491) & _M32))
             elif isinstance(layer, ActivationLayer):
                 mods.append(_Activation(layer))
             else:
@@ -204,14 +271,13 @@ class StackedNetwork(nn.Module):
         self._allocate(device)
 
     def _allocate(self, device: torch.device) -> None:
-        """One (K, row) buffer holds every parameter; layers get leaf views of it.
+        """One flat buffer holds every parameter; layers get leaf views of it.
 
         Why one buffer: the optimizer then steps a single tensor (one fused kernel per step) and
-        gradients are zeroed with one op. Why padded slots: CPU elementwise kernels (fused Adam
-        among them) round their SIMD-vector and scalar-tail paths differently (FMA), so an
-        element's update could depend on its flat position, i.e. on K. With each slot starting
-        at a multiple of PAD and the row a multiple of PAD, every element sits at the same
-        alignment whatever K is, and K stacked models update bitwise as each would alone.
+        gradients are zeroed with one op. Parameter-major: parameter p of all K models is one
+        contiguous (K, *shape) block, so layers compute on contiguous tensors, reshape a BN
+        weight to (K*C) without a copy, and backward adds each gradient into its block with one
+        op. Blocks start at multiples of PAD elements (cache-line aligned).
         """
         self.layout: dict[str, tuple[int, tuple[int, ...]]] = {}
         offset = 0
@@ -219,37 +285,59 @@ class StackedNetwork(nn.Module):
             if isinstance(m, _Padded):
                 for name, shape in m.shapes.items():
                     self.layout[f"{i}.{name}"] = (offset, shape)
-                    offset += -(-math.prod(shape) // PAD) * PAD
-        row = max(offset, PAD)
-        self.flat = torch.zeros(self.k, row, device=device, requires_grad=True)
+                    offset += _padded(self.k * math.prod(shape))
+        self.flat = torch.zeros(max(offset, PAD), device=device, requires_grad=True)
         self.flat.grad = torch.zeros_like(self.flat)
         base, grad_base = self.flat.detach(), self.flat.grad
         for i, m in enumerate(self.layers):
             if isinstance(m, _Padded):
                 for name, shape in m.shapes.items():
                     off, _ = self.layout[f"{i}.{name}"]
-                    n = math.prod(shape)
-                    leaf = base[:, off:off + n].view(self.k, *shape)
+                    n = self.k * math.prod(shape)
+                    # BatchNorm's leaf is its whole padded block (it passes the padding
+                    # channels to the kernel too); other layers' leaves are (K, *shape) views
+                    shaped = (m.channels,) if isinstance(m, _BatchNorm) else (self.k, *shape)
+                    leaf = base[off:off + math.prod(shaped)].view(shaped)
                     with torch.no_grad():
                         leaf.fill_(m.fills[name])
                     leaf.requires_grad_(True)
                     # backward accumulates in place into this view of the flat gradient
-                    leaf.grad = grad_base[:, off:off + n].view(self.k, *shape)
-                    m.params[name] = leaf
+                    leaf.grad = grad_base[off:off + math.prod(shaped)].view(shaped)
+                    if m.whole_blocks:
+                        m.blocks[name] = leaf
+                        m.params[name] = leaf.detach()[:n].view(self.k, *shape)
+                    else:
+                        m.params[name] = leaf
+
+    @torch.no_grad()
+    def initialize(self, seeds: Sequence[int], init: str) -> None:
+        """Model k's dense layers as build_network(net, init=init, seed=seeds[k]) draws them
+        (the same function draws both); norm layers keep weight 1, bias 0."""
+        if len(seeds) != self.k:
+            raise ValueError(f"{len(seeds)} seeds for {self.k} stacked models")
+        dense = [m for m in self.layers if isinstance(m, _Dense)]
+        for ordinal, m in enumerate(dense):
+            units, width = m.shapes["weight"]
+            drawn = [dense_init(units, width, "bias" in m.shapes, init, seed, ordinal)
+                     for seed in seeds]
+            m.params["weight"].copy_(torch.stack([w for w, _ in drawn]))
+            if "bias" in m.params:
+                m.params["bias"].copy_(torch.stack([b for _, b in drawn if b is not None]))
 
     def zero_grad_flat(self) -> None:
         assert self.flat.grad is not None
         self.flat.grad.zero_()
 
     def slot(self, key: str, t: torch.Tensor, k: int) -> torch.Tensor:
-        """Model k's part of a (K, row) tensor laid out like `flat` (e.g. optimizer state)."""
+        """Model k's part of a tensor laid out like `flat` (e.g. optimizer state)."""
         off, shape = self.layout[key]
-        return t[k, off:off + math.prod(shape)].view(shape)
+        return t[off:off + self.k * math.prod(shape)].view(self.k, *shape)[k]
 
     def forward(self, x: torch.Tensor, mode: Mode = "eval",
-                gens: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        """`noise`: this step's (K,) dropout keys (a row of `dropout_keys`), train mode only."""
         for m in self.layers:
-            x = m(x, mode, gens)
+            x = m.forward(x, mode, noise)  # not m(...): hooks unused, per-call overhead saved
         return x
 
     def stacked_state(self) -> dict[str, torch.Tensor]:
@@ -260,8 +348,7 @@ class StackedNetwork(nn.Module):
             if isinstance(m, _Padded):
                 for name, t in m.params.items():
                     out[f"{i}.{name}"] = t
-            for name, buf in m.named_buffers(recurse=False):
-                if buf is not None:
+                for name, buf in m.buffers_state().items():
                     out[f"{i}.{name}"] = buf
         return out
 
@@ -284,14 +371,9 @@ class StackedNetwork(nn.Module):
             raise ValueError(f"unexpected keys in state dict: {sorted(extra)}")
 
 
-def initial_states(net: ResolvedNetwork, seeds: Sequence[int], init: str
-                   ) -> list[dict[str, torch.Tensor]]:
-    """Each model's initial weights: exactly what build_network(net, init, seed) gives."""
-    return [build_network(net, init=init, seed=s).state_dict() for s in seeds]
-
-
-def stacked_network(net: ResolvedNetwork, states: Sequence[dict[str, torch.Tensor]],
+def stacked_network(net: ResolvedNetwork, *, seeds: Sequence[int], init: str,
                     device: torch.device) -> StackedNetwork:
-    model = StackedNetwork(net, len(states), device)
-    model.load_model_states(states)
+    """K = len(seeds) models, model k initialised as build_network(net, init, seeds[k])."""
+    model = StackedNetwork(net, len(seeds), device)
+    model.initialize(seeds, init)
     return model

@@ -5,6 +5,11 @@ the row-weighted mean over the epoch's batches in training mode (what Keras's pr
 history report), validation metrics come from eval mode (running statistics). Metrics accumulate
 on the device and are read once per epoch; batches are slices of a per-model index permutation.
 Side effects (persistence, cancellation) reach the loop only through `TrainingCallbacks`.
+
+Stacked models are independent: each has its own split, batch order, dropout masks, best
+checkpoint and early stopping, and each stops on its own (its callback's cancel, its early
+stopping, or for K > 1 its loss diverging). Model k's results equal what its seed gives alone
+within float rounding (see models.stacked).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from models.stacked import (
     LAYOUT_WARNING,
     StackedNetwork,
     _BatchNorm,
-    initial_states,
+    dropout_keys,
     stacked_network,
 )
 
@@ -55,29 +60,15 @@ class EpochRecord:
 
 
 class TrainingCallbacks:
-    """Hooks the loop calls; every default is a no-op. Subclass and override what you need."""
+    """Hooks the loop calls for one model; every default is a no-op. Override what you need."""
 
     def on_epoch_end(self, record: EpochRecord) -> None:
-        """After each epoch, with that epoch's metrics and the checkpoints written at it."""
+        """After each of this model's epochs, with its metrics and the checkpoints written."""
 
     def should_stop(self) -> bool:
-        """Cooperative cancel, asked once per epoch before its checkpoints are built."""
+        """Cooperative cancel of this model alone, asked once per epoch after its metrics and
+        before its checkpoints: true makes that epoch its last (recorded, with a "last")."""
         return False
-
-
-@dataclass
-class TrainingResult:
-    history: dict[str, list[float]]  # epochs start_epoch..epochs_run of this call
-    epochs_run: int  # the last completed epoch (absolute, counts resumed epochs)
-    stopped_early: bool
-    cancelled: bool
-    best_epoch: int | None
-    best_metrics: dict[str, float]
-    final_metrics: dict[str, float]
-    notes: list[str]
-    start_epoch: int = 1
-    seed: int = 0
-    checkpoints: dict[str, bytes] = field(default_factory=dict)  # final "last" and "best"
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,6 +77,26 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, message: str, *, epoch: int = 0, loss: float = float("nan")) -> None:
         super().__init__(message)
         self.epoch, self.loss = epoch, loss
+
+
+@dataclass
+class TrainingResult:
+    history: dict[str, list[float]]  # epochs start_epoch..epochs_run of this call
+    epochs_run: int  # this model's last recorded epoch (absolute, counts resumed epochs)
+    stopped_early: bool  # its early stopping fired at epochs_run
+    cancelled: bool  # its callback's should_stop() was true at epochs_run
+    best_epoch: int | None
+    best_metrics: dict[str, float]
+    final_metrics: dict[str, float]
+    notes: list[str]
+    start_epoch: int = 1
+    seed: int = 0
+    # "last" from epochs_run (for a diverged model: the last one its callback got, if any)
+    # and "best"
+    checkpoints: dict[str, bytes] = field(default_factory=dict)
+    # K > 1 only: this model's loss became NaN/inf at diverged.epoch (epochs_run + 1) and it
+    # stopped there alone, nothing of that epoch recorded. K = 1 raises TrainingDiverged.
+    diverged: TrainingDiverged | None = None
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -163,16 +174,18 @@ def _monitor(name: str, has_val: bool) -> str:
     return name if has_val or not name.startswith("val_") else name[4:]
 
 
-def _derived_seed(seed: int, epoch: int) -> int:
-    # Dropout masks: a fresh generator per (model, epoch), so resume needs no device RNG state.
-    return (seed * 1_000_003 + epoch * 7_919 + 0x5DEECE66D) % (2**63)
 
 
-def _summary(values: np.ndarray) -> dict[str, Any]:
-    out: dict[str, Any] = {"mean": float(values.mean()), "min": float(values.min()),
-                           "max": float(values.max())}
-    if values.size <= 16:
-        out["values"] = [float(v) for v in values]
+def _summary(values: np.ndarray) -> list[dict[str, Any]]:
+    """Per row of a (K, C) array: mean/min/max (and the values when there are few)."""
+    means, mins, maxs = values.mean(1).tolist(), values.min(1).tolist(), values.max(1).tolist()
+    rows = values.tolist() if values.shape[1] <= 16 else None
+    out: list[dict[str, Any]] = []
+    for k in range(values.shape[0]):
+        d: dict[str, Any] = {"mean": means[k], "min": mins[k], "max": maxs[k]}
+        if rows is not None:
+            d["values"] = rows[k]
+        out.append(d)
     return out
 
 
@@ -180,7 +193,8 @@ def _summary(values: np.ndarray) -> dict[str, Any]:
 
 
 class _ModelState:
-    """Per-model bookkeeping outside the tensors: seed, split, history, best, early stopping."""
+    """Per-model bookkeeping outside the tensors: seed, split, history, best, early stopping,
+    and how it stopped."""
 
     def __init__(self, seed: int, job: ResolvedJob, y: np.ndarray) -> None:
         t = job.spec.training
@@ -195,7 +209,14 @@ class _ModelState:
         self.early: dict[str, Any] = {"best": None, "wait": 0}
         self.plateau: dict[str, Any] = {"best": None, "wait": 0, "lr": None}
         self.best_blob: bytes | None = None
+        # a best epoch whose blob is not built yet: (epoch, metrics, trainer state); its
+        # weights are in _Loop.best_state
+        self.best_pending: tuple[int, dict[str, float], dict[str, Any]] | None = None
         self.last_metrics: dict[str, float] = {}
+        self.epochs_run = 0
+        self.stopped = self.stopped_early = self.cancelled = False
+        self.diverged: TrainingDiverged | None = None
+        self.last_blob: bytes | None = None
 
     def trainer_state(self) -> dict[str, Any]:
         return {"best": self.best, "early_stopping": self.early, "plateau": self.plateau}
@@ -214,12 +235,12 @@ class _Loop:
                              f"{net.n_features}")
         if len(seeds) < 1:
             raise ValueError("train_many needs at least one seed")
-        if len(seeds) > 1 and (t.early_stopping is not None
-                               or isinstance(t.lr_schedule, PlateauSchedule)):
-            raise ValueError("early stopping and reduce_on_plateau are per-model decisions: "
-                             "train such jobs one seed at a time (K = 1)")
+        if len(seeds) > 1 and isinstance(t.lr_schedule, PlateauSchedule):
+            raise ValueError("reduce_on_plateau sets a learning rate per model: train such jobs "
+                             "one seed at a time (K = 1)")
         self.job, self.net, self.t, self.device, self.table = job, net, t, device, table
         self.k = len(seeds)
+        self.seeds = list(seeds)
         self.models = [_ModelState(s, job, table.y) for s in seeds]
         self.binary = net.output_units == 1
         self.X = torch.as_tensor(table.X, dtype=torch.float32).to(device)
@@ -230,8 +251,8 @@ class _Loop:
         self.train_idx = torch.as_tensor(np.stack([m.train_idx for m in self.models])).to(device)
         self.val_idx = torch.as_tensor(np.stack([m.val_idx for m in self.models])).to(device)
         self.n_train, self.n_val = self.train_idx.shape[1], self.val_idx.shape[1]
-        self.model: StackedNetwork = stacked_network(
-            net, initial_states(net, seeds, t.init), device)
+        self.model: StackedNetwork = stacked_network(net, seeds=seeds, init=t.init,
+                                                     device=device)
         self.opt = make_optimizer([self.model.flat], t.optimizer)
         self.step = fast_step(self.opt)
         self.notes: list[str] = []
@@ -247,6 +268,7 @@ class _Loop:
                            if isinstance(m, _BatchNorm)]
         bn_names = [r.name for r in net.summary() if r.type == "batchnorm"]
         self.bn_names = dict(zip([i for i, _ in self.bn_modules], bn_names, strict=True))
+        self.best_state: dict[str, torch.Tensor] | None = None  # see snapshot_best
 
     # ------------------------------------------------------------------ metrics
 
@@ -256,24 +278,22 @@ class _Loop:
         if self.binary:
             z = logits.squeeze(-1)
             b = z.shape[1]
-            # Rows padded to a multiple of 32 so every element takes the same SIMD path
-            # whatever K is (the fused loss kernel rounds its vector and scalar paths apart).
+            # Rows padded to a multiple of 32 so that no element falls in the fused loss
+            # kernel's scalar tail, which rounds differently from its vector loop: a model's
+            # loss and gradient are then bitwise the same whatever K is.
             pad = -b % 32
             if pad:
                 loss = F.binary_cross_entropy_with_logits(
                     F.pad(z, (0, pad)), F.pad(yb, (0, pad)), reduction="none")[:, :b]
             else:
                 loss = F.binary_cross_entropy_with_logits(z, yb, reduction="none")
-            correct = ((z > 0) == (yb > 0.5)).sum(1)
-        else:
-            labels = yb.long()
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                   reduction="none").view(labels.shape)
-            correct = (logits.argmax(-1) == labels).sum(1)
-        return loss.mean(1), correct
+            return loss.mean(1), ((z > 0) == (yb > 0.5)).sum(1)
+        labels = yb.long()
+        loss = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(1)
+        return loss, (logits.argmax(-1) == labels).sum(1)
 
     def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.Xy[idx]
+        rows = self.Xy.index_select(0, idx.reshape(-1)).view(*idx.shape, self.d + 1)
         return rows[..., :self.d], rows[..., self.d]
 
     @torch.no_grad()
@@ -292,7 +312,7 @@ class _Loop:
             correct.add_(c)
         return loss_sum / self.n_val, correct.double() / self.n_val
 
-    def _bn_extras(self) -> list[list[dict[str, Any]]]:
+    def bn_extras(self) -> list[list[dict[str, Any]]]:
         """Per model, per BN layer: running mean/var and gamma/beta summaries (one host read)."""
         if not self.bn_modules:
             return [[] for _ in range(self.k)]
@@ -304,27 +324,27 @@ class _Loop:
                     parts.append(t.detach().float())
                     layout.append((i, name, t.shape[1]))
         host = torch.cat(parts, dim=1).cpu().numpy()
-        out: list[list[dict[str, Any]]] = []
-        for k in range(self.k):
-            layers: dict[int, dict[str, Any]] = {
-                i: {"name": self.bn_names[i], "module": i, "running_mean": None,
-                    "running_var": None, "gamma": None, "beta": None}
-                for i, _ in self.bn_modules}
-            col = 0
-            for i, name, width in layout:
-                layers[i][name] = _summary(host[k, col:col + width])
-                col += width
-            out.append(list(layers.values()))
-        return out
+        layers: list[list[dict[str, Any]]] = [
+            [{"name": self.bn_names[i], "module": i, "running_mean": None,
+              "running_var": None, "gamma": None, "beta": None} for i, _ in self.bn_modules]
+            for _ in range(self.k)]
+        pos = {i: n for n, (i, _) in enumerate(self.bn_modules)}
+        col = 0
+        for i, name, width in layout:  # vectorised over models: one summary call per tensor
+            for k, summary in enumerate(_summary(host[:, col:col + width])):
+                layers[k][pos[i]][name] = summary
+            col += width
+        return layers
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _meta(self, k: int, kind: str, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+    def _meta(self, k: int, kind: str, epoch: int, metrics: dict[str, float],
+              trainer: dict[str, Any] | None = None) -> dict[str, Any]:
         m = self.models[k]
         return {"kind": kind, "epoch": epoch, "seed": m.seed,
                 "spec": m.spec.model_dump(mode="json"),
                 "network": ckpt.network_to_meta(self.net), "classes": self.table.classes,
-                "metrics": metrics, "trainer": m.trainer_state()}
+                "metrics": metrics, "trainer": trainer or m.trainer_state()}
 
     def last_blob(self, k: int, epoch: int) -> bytes:
         optim: dict[str, torch.Tensor] = {}
@@ -342,6 +362,29 @@ class _Loop:
 
     def best_blob(self, k: int, epoch: int, metrics: dict[str, float]) -> bytes:
         return ckpt.encode(self._meta(k, "best", epoch, metrics), self.model.model_state(k))
+
+    @torch.no_grad()
+    def snapshot_best(self, ks: list[int]) -> None:
+        """Keep models `ks`' current weights as their best, for blobs built later: a few
+        row copies per epoch instead of a checkpoint per model per improvement."""
+        state = self.model.stacked_state()
+        if self.best_state is None:
+            self.best_state = {key: t.detach().clone() for key, t in state.items()}
+            return
+        idx = torch.as_tensor(ks, device=self.device)
+        for key, t in state.items():
+            self.best_state[key].index_copy_(0, idx, t.detach().index_select(0, idx))
+
+    def pending_best_blob(self, k: int) -> bytes | None:
+        m = self.models[k]
+        if m.best_pending is None or self.best_state is None:
+            return m.best_blob
+        epoch, metrics, trainer = m.best_pending
+        weights = {key: t[k].to("cpu", copy=True).contiguous()
+                   for key, t in self.best_state.items()}
+        m.best_blob, m.best_pending = (
+            ckpt.encode(self._meta(k, "best", epoch, metrics, trainer), weights), None)
+        return m.best_blob
 
     def restore(self, blobs: Sequence[bytes]) -> int:
         """Load K "last" checkpoints; returns the epoch they end at."""
@@ -381,6 +424,9 @@ class _Loop:
 
     # ------------------------------------------------------------------ one epoch
 
+
+    # ------------------------------------------------------------------ one epoch
+
     def run_epoch(self, epoch: int) -> torch.Tensor:
         """Train one epoch; returns the (rows x K) float64 metric matrix still on the device."""
         t, model, k = self.t, self.model, self.k
@@ -388,36 +434,38 @@ class _Loop:
         for group in self.opt.param_groups:
             group["lr"] = lr
         if t.shuffle:
+            # one CPU generator per model (its own stream, saved in its checkpoint); a K-long
+            # loop, but once per epoch and cheap next to the epoch's steps
             perm = torch.stack([torch.randperm(self.n_train, generator=m.data_gen)
                                 for m in self.models]).to(self.device, non_blocking=True)
             order = self.train_idx.gather(1, perm)
         else:
             order = self.train_idx
-        gens = None
+        noise = None
         if model.has_dropout:
-            gens = [torch.Generator(device=self.device).manual_seed(
-                _derived_seed(m.seed, epoch)) for m in self.models]
+            steps = _steps(self.n_used, t.batch_size)
+            noise = dropout_keys(self.seeds, epoch, steps).to(self.device, non_blocking=True)
         model.train()
         loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
         correct = torch.zeros(k, dtype=torch.int64, device=self.device)
-        bs = t.batch_size
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=LAYOUT_WARNING)
-            self._train_steps(order, gens, loss_sum, correct)
+            self._train_steps(order, noise, loss_sum, correct)
         model.eval()
         rows = [loss_sum / self.n_used, correct.double() / self.n_used]
         if self.n_val:
             rows += list(self._evaluate("eval", _EVAL_CHUNK))
             if t.record_train_mode_val:
-                rows += list(self._evaluate("batch_stats", bs))
+                rows += list(self._evaluate("batch_stats", t.batch_size))
         return torch.stack(rows)
 
-    def _train_steps(self, order: torch.Tensor, gens: list[torch.Generator] | None,
+    def _train_steps(self, order: torch.Tensor, noise: torch.Tensor | None,
                      loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
         model, bs = self.model, self.t.batch_size
-        for s in range(0, self.n_used, bs):
+        for i, s in enumerate(range(0, self.n_used, bs)):
             xb, yb = self._batch(order[:, s:min(s + bs, self.n_used)])
-            loss, c = self._loss_and_correct(model(xb, "train", gens), yb)
+            loss, c = self._loss_and_correct(
+                model(xb, "train", noise[i] if noise is not None else None), yb)
             model.zero_grad_flat()
             loss.sum().backward()  # models share no parameter: each gets its own gradient
             self.step()
@@ -434,14 +482,20 @@ def train_many(job: ResolvedJob, table: Table, *, seeds: Sequence[int], device: 
                resume_from: Sequence[bytes] | None = None,
                checkpoint_every: int = 1,
                checkpoint_interval_s: float | None = None) -> list[TrainingResult]:
-    """Train one model per seed, stacked in one loop; result k is what seed k alone would give.
+    """Train one model per seed, stacked in one loop; result k is what seed k alone would give
+    (within float rounding).
 
-    `checkpoint_every` N: a "last" checkpoint every N epochs and at the final one (0: final only);
-    with `checkpoint_interval_s`, such an epoch gets one only if that many seconds passed since
-    the previous "last" (or the start): large models write at most that often. A "best" one
-    whenever the monitored metric improves. Checkpoints are built only for models
-    with a callback (and once at the end, into `TrainingResult.checkpoints`). Cancellation: if
-    any callback's should_stop() is true, every model stops after that epoch.
+    `checkpoint_every` N: a "last" checkpoint every N epochs and at each model's final one (0:
+    final only); with `checkpoint_interval_s`, such an epoch gets one only if that many seconds
+    passed since the previous "last" (or the start): large models write at most that often. A
+    "best" one whenever the monitored metric improves. Checkpoints go to models with a callback
+    as they happen; the others get theirs once, in `TrainingResult.checkpoints`.
+
+    Each model stops on its own: its callback's should_stop(), its early stopping, or (K > 1)
+    a NaN/inf training loss (`TrainingResult.diverged`; K = 1 raises TrainingDiverged). A
+    stopped model gets no more callbacks and nothing more recorded; it may go on computing in
+    the stack. The loop ends when every model stopped or the epochs ran out. `resume_from`:
+    one "last" blob per seed, all of one epoch.
     """
     loop = _Loop(job, table, seeds, device)
     t = job.spec.training
@@ -449,73 +503,96 @@ def train_many(job: ResolvedJob, table: Table, *, seeds: Sequence[int], device: 
     if len(cbs) != loop.k:
         raise ValueError(f"{len(cbs)} callbacks for {loop.k} seeds")
     start = 1 + (loop.restore(resume_from) if resume_from is not None else 0)
+    for m in loop.models:
+        m.epochs_run = start - 1
     has_val = loop.n_val > 0
     keys = list(HISTORY_KEYS) + (list(TRAIN_MODE_VAL_KEYS) if t.record_train_mode_val else [])
     best_name = _monitor(t.checkpoint_monitor, has_val)
     tie_name = "val_loss" if has_val else "loss"
-    stopped_early = cancelled = False
-    epoch = start - 1
-    last_blobs: dict[int, bytes] = {}
     last_written = time.monotonic()
     for epoch in range(start, t.epochs + 1):
         t0 = time.perf_counter()
-        values = loop.run_epoch(epoch).cpu().numpy()  # the one host read of the epoch
+        values = loop.run_epoch(epoch).cpu().numpy().T.tolist()  # the one host read; [k][row]
         lr = float(loop.opt.param_groups[0]["lr"])
-        bn = loop._bn_extras()
+        live = [k for k, m in enumerate(loop.models) if not m.stopped]
+        bn = loop.bn_extras() if any(cbs[k] is not None for k in live) else None
         wall = time.perf_counter() - t0
-        for k, m in enumerate(loop.models):
-            col = [float(v) for v in values[:, k]]
+        periodic = bool(checkpoint_every and epoch % checkpoint_every == 0 and (
+            checkpoint_interval_s is None
+            or time.monotonic() - last_written >= checkpoint_interval_s))
+        improved: list[int] = []
+        for k in live:
+            m, cb, col = loop.models[k], cbs[k], values[k]
             if not math.isfinite(col[0]):
                 who = f" (model with seed {m.seed})" if loop.k > 1 else ""
-                raise TrainingDiverged(
+                exc = TrainingDiverged(
                     f"training diverged at epoch {epoch}{who}: the training loss is {col[0]}; "
                     "lower the learning rate, scale the inputs or add normalisation",
                     epoch=epoch, loss=col[0])
-            nan = float("nan")
-            metrics = {"loss": col[0], "accuracy": col[1],
-                       "val_loss": col[2] if has_val else nan,
-                       "val_accuracy": col[3] if has_val else nan, "lr": lr}
-            if t.record_train_mode_val:
-                metrics["train_mode_val_loss"] = col[4] if has_val else nan
-                metrics["train_mode_val_accuracy"] = col[5] if has_val else nan
-            m.last_metrics = metrics
+                if loop.k == 1:
+                    raise exc
+                m.diverged, m.stopped = exc, True
+                continue
+            metrics = _metrics(col, lr, has_val, t.record_train_mode_val)
+            m.last_metrics, m.epochs_run = metrics, epoch
             for key in keys:
                 m.history.setdefault(key, []).append(metrics[key])
             _update_state(m, t, metrics, epoch, best_name, tie_name, has_val)
-        if any(m.early.get("stop") for m in loop.models):
-            stopped_early = True
-        if any(cb is not None and cb.should_stop() for cb in cbs):
-            cancelled = True
-        final = epoch == t.epochs or stopped_early or cancelled
-        write_last = final or bool(checkpoint_every and epoch % checkpoint_every == 0 and (
-            checkpoint_interval_s is None
-            or time.monotonic() - last_written >= checkpoint_interval_s))
-        if write_last:
-            last_written = time.monotonic()
-        for k, (m, cb) in enumerate(zip(loop.models, cbs, strict=True)):
+            m.stopped_early = bool(m.early.get("stop"))
+            m.cancelled = cb is not None and cb.should_stop()
+            m.stopped = epoch == t.epochs or m.stopped_early or m.cancelled
             blobs: dict[str, bytes] = {}
             if m.best["epoch"] == epoch:
-                m.best_blob = loop.best_blob(k, epoch, m.last_metrics)
-                blobs["best"] = m.best_blob
-            if cb is not None and write_last:
-                blobs["last"] = last_blobs[k] = loop.last_blob(k, epoch)
+                if cb is not None:
+                    m.best_blob, m.best_pending = loop.best_blob(k, epoch, metrics), None
+                    blobs["best"] = m.best_blob
+                else:  # built at the end from a snapshot of the weights
+                    improved.append(k)
+                    m.best_pending = (epoch, dict(metrics), {
+                        "best": m.best, "early_stopping": dict(m.early),
+                        "plateau": dict(m.plateau)})
+            if m.stopped or (cb is not None and periodic):
+                blobs["last"] = m.last_blob = loop.last_blob(k, epoch)
             if cb is not None:
-                extras = {"bn": bn[k], "notes": list(loop.notes),
+                extras = {"bn": bn[k] if bn is not None else [], "notes": list(loop.notes),
                           "steps": _steps(loop.n_used, t.batch_size), "train_rows": loop.n_used}
-                cb.on_epoch_end(EpochRecord(epoch, dict(m.last_metrics), wall, extras, blobs))
-        if final:
+                cb.on_epoch_end(EpochRecord(epoch, dict(metrics), wall, extras, blobs))
+        if improved:
+            loop.snapshot_best(improved)
+        if periodic or any(loop.models[k].stopped for k in live):
+            last_written = time.monotonic()
+        if all(m.stopped for m in loop.models):
             break
-    results = []
-    for k, m in enumerate(loop.models):
-        blobs = {"last": last_blobs.get(k) or loop.last_blob(k, epoch)}
-        if m.best_blob is not None:
-            blobs["best"] = m.best_blob
-        results.append(TrainingResult(
-            history={key: m.history.get(key, []) for key in keys}, epochs_run=epoch,
-            stopped_early=stopped_early, cancelled=cancelled, best_epoch=m.best["epoch"],
-            best_metrics=dict(m.best["metrics"]), final_metrics=dict(m.last_metrics),
-            notes=list(loop.notes), start_epoch=start, seed=m.seed, checkpoints=blobs))
-    return results
+    return [_result(loop, k, keys, start) for k in range(loop.k)]
+
+
+def _metrics(col: list[float], lr: float, has_val: bool, train_mode_val: bool
+             ) -> dict[str, float]:
+    nan = float("nan")
+    metrics = {"loss": col[0], "accuracy": col[1], "val_loss": col[2] if has_val else nan,
+               "val_accuracy": col[3] if has_val else nan, "lr": lr}
+    if train_mode_val:
+        metrics["train_mode_val_loss"] = col[4] if has_val else nan
+        metrics["train_mode_val_accuracy"] = col[5] if has_val else nan
+    return metrics
+
+
+def _result(loop: _Loop, k: int, keys: list[str], start: int) -> TrainingResult:
+    m = loop.models[k]
+    blobs: dict[str, bytes] = {}
+    if m.last_blob is not None:
+        blobs["last"] = m.last_blob
+    elif m.diverged is None:  # no epoch ran (resumed at the end): the resumed state
+        blobs["last"] = loop.last_blob(k, m.epochs_run)
+    best = loop.pending_best_blob(k)
+    if best is not None:
+        blobs["best"] = best
+    return TrainingResult(
+        history={key: m.history.get(key, []) for key in keys}, epochs_run=m.epochs_run,
+        stopped_early=m.stopped_early, cancelled=m.cancelled, best_epoch=m.best["epoch"],
+        best_metrics=dict(m.best["metrics"]), final_metrics=dict(m.last_metrics),
+        notes=list(loop.notes), start_epoch=start, seed=m.seed, checkpoints=blobs,
+        diverged=m.diverged)
 
 
 def _update_state(m: _ModelState, t: TrainingSpec, metrics: dict[str, float], epoch: int,

@@ -14,7 +14,7 @@ from models.spec import (
     ResolvedNetwork,
     resolve_network,
 )
-from models.stacked import initial_states, stacked_network
+from models.stacked import stacked_network
 
 
 def _net(layers: list[dict], n_features: int = 2, n_classes: int = 2) -> ResolvedNetwork:
@@ -83,11 +83,54 @@ def test_keras_init_is_glorot_with_zero_bias_and_seeded() -> None:
     assert a[0].weight.abs().max() <= limit
 
 
+@pytest.mark.parametrize("init", ["pytorch", "keras"])
+def test_variants_sharing_dense_layers_start_from_the_same_weights(init: str) -> None:
+    nets = {bn: resolve_network(NetworkSpec(hidden=[3, 2], batchnorm=bn), 2, 2)
+            for bn in ("none", "before_activation", "after_activation")}
+    no_bias = _net([{"type": "dense", "units": 3, "activation": "relu", "use_bias": False},
+                    {"type": "dropout", "rate": 0.5}, {"type": "batchnorm"},
+                    {"type": "dense", "units": 2, "activation": "relu"},
+                    {"type": "dense", "units": 1, "activation": "sigmoid"}])
+    for seed in (0, 7):
+        models = [build_network(n, init=init, seed=seed) for n in [*nets.values(), no_bias]]
+        dense = [[m for m in model if isinstance(m, torch.nn.Linear)] for model in models]
+        for layers in dense[1:]:
+            for a, b in zip(dense[0], layers, strict=True):
+                assert torch.equal(a.weight, b.weight)  # bias on/off does not shift it
+                if a.bias is not None and b.bias is not None:
+                    assert torch.equal(a.bias, b.bias)
+        assert dense[3][0].bias is None
+    a, b = build_network(nets["none"], init=init, seed=0), build_network(nets["none"], init=init,
+                                                                          seed=1)
+    assert not torch.equal(a[0].weight, b[0].weight)  # seeds differ
+    assert not torch.equal(a[0].weight.flatten()[:4], a[2].weight.flatten()[:4])  # layers differ
+
+
+def test_default_init_keeps_nn_linear_distribution_and_the_global_rng() -> None:
+    net = _net([{"type": "dense", "units": 200, "activation": "relu"},
+                {"type": "dense", "units": 1, "activation": "sigmoid"}], n_features=50)
+    state = torch.get_rng_state()
+    model = build_network(net, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # seeded: the global RNG is untouched
+    w, b = model[0].weight, model[0].bias
+    bound = 1 / 50 ** 0.5  # kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)), bias too
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    assert b.abs().max() <= bound and b.abs().max() > 0.9 * bound
+    assert abs(w.mean().item()) < 0.01 and w.std().item() == pytest.approx(bound / 3 ** 0.5,
+                                                                            rel=0.05)
+    keras = build_network(net, init="keras", seed=3)[0].weight
+    limit = (6 / (50 + 200)) ** 0.5
+    assert keras.abs().max() <= limit and keras.abs().max() > 0.95 * limit
+    assert torch.count_nonzero(build_network(net, init="keras", seed=3)[0].bias) == 0
+    with pytest.raises(ValueError, match="unknown init"):
+        build_network(net, init="lecun")
+
+
 def test_batchnorm_running_stats_follow_the_momentum_formula() -> None:
     net = _net([{"type": "dense", "units": 3}, {"type": "batchnorm", "momentum": 0.3},
                 {"type": "dense", "units": 1, "activation": "sigmoid"}])
     model = build_network(net, seed=0).train()
-    stacked = stacked_network(net, initial_states(net, [0], "pytorch"), torch.device("cpu"))
+    stacked = stacked_network(net, seeds=[0], init="pytorch", device=torch.device("cpu"))
     x = torch.randn(16, 2)
     h = model[0](x).detach()
     model(x)
@@ -124,7 +167,7 @@ def test_eval_output_does_not_depend_on_batch_composition() -> None:
 def test_stacked_network_matches_the_plain_modules(mode: str) -> None:
     net = _net(NOTEBOOK_BN_LAYERS)
     seeds = [3, 4, 5]
-    stacked = stacked_network(net, initial_states(net, seeds, "keras"), torch.device("cpu"))
+    stacked = stacked_network(net, seeds=seeds, init="keras", device=torch.device("cpu"))
     x = torch.randn(3, 20, 2)
     out = stacked(x, mode)  # type: ignore[arg-type]
     for k, seed in enumerate(seeds):

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import decode, read_checkpoint_meta
+from models.checkpoint import decode, encode, read_checkpoint_meta
 from models.datasets import Table, parse_csv
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec, ResolvedJob, resolve_job
 from models.trainer import (
     EpochRecord,
     TrainingCallbacks,
     TrainingDiverged,
+    TrainingResult,
     train_job,
     train_many,
 )
@@ -91,18 +92,43 @@ def test_same_spec_twice_gives_identical_histories(notebook: Table) -> None:
     assert c.history != a.history
 
 
-def test_four_stacked_models_equal_four_single_runs(notebook: Table) -> None:
+DROPOUT_LAYERS = [{"type": "dense", "units": 8, "activation": "tanh"},
+                  {"type": "dropout", "rate": 0.3},
+                  {"type": "dense", "units": 1, "activation": "sigmoid"}]
+MULTICLASS_LAYERS = [{"type": "dense", "units": 6, "activation": "relu"}, {"type": "batchnorm"},
+                     {"type": "dense", "units": 3, "activation": "softmax"}]
+
+
+def assert_same_run(many: TrainingResult, alone: TrainingResult) -> None:
+    """Stacked and alone agree within float rounding (vectorised kernels may round a model's
+    elements differently depending on where K puts them)."""
+    assert many.history.keys() == alone.history.keys()
+    for key, values in alone.history.items():
+        np.testing.assert_allclose(many.history[key], values, rtol=0, atol=1e-5, err_msg=key)
+    a, b = decode(many.checkpoints["last"]), decode(alone.checkpoints["last"])
+    assert a.meta["spec"] == b.meta["spec"] and a.meta["seed"] == b.meta["seed"]
+    assert a.model.keys() == b.model.keys() and a.optim.keys() == b.optim.keys()
+    for key in b.model:
+        torch.testing.assert_close(a.model[key], b.model[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert (many.epochs_run, many.best_epoch) == (alone.epochs_run, alone.best_epoch)
+
+
+@pytest.mark.parametrize("layers,classes", [(NOTEBOOK_BN_LAYERS, 2), (NOTEBOOK_PLAIN_LAYERS, 2),
+                                            (DROPOUT_LAYERS, 2), (MULTICLASS_LAYERS, 3)],
+                         ids=["batchnorm", "plain", "dropout", "multiclass"])
+def test_stacked_models_equal_single_runs(notebook: Table, layers: list[dict[str, Any]],
+                                          classes: int) -> None:
+    table = notebook if classes == 2 else toy_table(150, n_classes=3, d=2)
     seeds = [1, 2, 3, 4]
-    job = make_job(notebook, NOTEBOOK_BN_LAYERS, epochs=3, split="random")
-    stacked = train_many(job, notebook, seeds=seeds, device=CPU)
+    job = make_job(table, layers, epochs=3, split="random")
+    stacked = train_many(job, table, seeds=seeds, device=CPU)
     for seed, many in zip(seeds, stacked, strict=True):
-        alone = train_job(make_job(notebook, NOTEBOOK_BN_LAYERS, epochs=3, split="random",
-                                   seed=seed), notebook, device=CPU)
-        assert many.history == alone.history  # bitwise, not just close
-        a, b = decode(many.checkpoints["last"]), decode(alone.checkpoints["last"])
-        assert a.meta["spec"] == b.meta["spec"] and a.meta["seed"] == seed
-        for key in b.model:
-            assert torch.equal(a.model[key], b.model[key]), key
+        alone = train_job(make_job(table, layers, epochs=3, split="random", seed=seed), table,
+                          device=CPU)
+        assert many.seed == seed
+        assert_same_run(many, alone)
+    # a model's run does not depend on its neighbours in the stack
+    assert_same_run(train_many(job, table, seeds=[9, 3], device=CPU)[1], stacked[2])
 
 
 def test_one_row_last_batch_is_dropped_with_a_note() -> None:
@@ -138,8 +164,67 @@ def test_cancel_and_early_stopping(notebook: Table) -> None:
                    early_stopping={"monitor": "val_loss", "patience": 0, "min_delta": 1.0})
     result = train_job(job, notebook, device=CPU)
     assert result.stopped_early and result.epochs_run == 2
+    plateau = make_job(notebook, NOTEBOOK_PLAIN_LAYERS,
+                       lr_schedule={"type": "reduce_on_plateau", "patience": 1})
     with pytest.raises(ValueError, match="one seed at a time"):
-        train_many(job, notebook, seeds=[1, 2], device=CPU)
+        train_many(plateau, notebook, seeds=[1, 2], device=CPU)
+
+
+def test_a_cancelled_model_stops_alone(notebook: Table) -> None:
+    job = make_job(notebook, NOTEBOOK_BN_LAYERS, epochs=4)
+    recs = [Recorder(), Recorder(stop_after=1), Recorder()]
+    results = train_many(job, notebook, seeds=[1, 2, 3], device=CPU, callbacks=recs,
+                         checkpoint_every=0)
+    stopped = results[1]
+    assert stopped.cancelled and not stopped.stopped_early and stopped.epochs_run == 2
+    assert [r.epoch for r in recs[1].records] == [1, 2]  # no callbacks after its stop
+    assert all(len(v) == 2 for v in stopped.history.values())
+    assert "last" in recs[1].records[-1].checkpoints
+    assert decode(stopped.checkpoints["last"]).meta["epoch"] == 2
+    assert stopped.checkpoints["last"] == recs[1].records[-1].checkpoints["last"]
+    for k in (0, 2):  # the others ran on, unaffected
+        assert not results[k].cancelled and results[k].epochs_run == 4
+        assert [r.epoch for r in recs[k].records] == [1, 2, 3, 4]
+        assert decode(results[k].checkpoints["last"]).meta["epoch"] == 4
+    alone = train_job(make_job(notebook, NOTEBOOK_BN_LAYERS, epochs=4, seed=3), notebook,
+                      device=CPU)
+    assert_same_run(results[2], alone)
+
+
+def test_early_stopping_per_model(notebook: Table) -> None:
+    def job(seed: int = 0) -> ResolvedJob:
+        return make_job(notebook, NOTEBOOK_BN_LAYERS, epochs=12, seed=seed, optimizer={"lr": 0.02},
+                        early_stopping={"monitor": "val_accuracy", "patience": 2})
+    seeds = [1, 2, 3, 4, 5, 6]
+    results = train_many(job(), notebook, seeds=seeds, device=CPU)
+    for seed, many in zip(seeds, results, strict=True):
+        alone = train_job(job(seed), notebook, device=CPU)
+        assert many.stopped_early == alone.stopped_early
+        assert_same_run(many, alone)
+        assert len(many.history["loss"]) == many.epochs_run
+    # the models stopped at different epochs: each decided alone
+    assert len({r.epochs_run for r in results}) > 1
+    assert any(r.stopped_early for r in results)
+
+
+def test_a_diverging_model_stops_alone(notebook: Table) -> None:
+    job = make_job(notebook, NOTEBOOK_PLAIN_LAYERS, epochs=1)
+    first = train_many(job, notebook, seeds=[1, 2], device=CPU)
+    cp = decode(first[1].checkpoints["last"])
+    cp.model["0.weight"][0, 0] = float("nan")
+    poisoned = encode(cp.meta, cp.model, cp.optim, cp.rng)
+    job3 = make_job(notebook, NOTEBOOK_PLAIN_LAYERS, epochs=3)
+    ok, bad = train_many(job3, notebook, seeds=[1, 2], device=CPU,
+                         resume_from=[first[0].checkpoints["last"], poisoned])
+    assert isinstance(bad.diverged, TrainingDiverged) and bad.diverged.epoch == 2
+    assert "seed 2" in str(bad.diverged)
+    assert bad.epochs_run == 1 and bad.history["loss"] == [] and "last" not in bad.checkpoints
+    assert ok.diverged is None and ok.epochs_run == 3 and not ok.cancelled
+    alone = train_job(make_job(notebook, NOTEBOOK_PLAIN_LAYERS, epochs=3, seed=1), notebook,
+                      device=CPU, resume_from=first[0].checkpoints["last"])
+    assert_same_run(ok, alone)  # the NaN model did not leak into its neighbour
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 2"):
+        train_job(job3, notebook, device=CPU, resume_from=poisoned)
 
 
 def test_lr_schedules_and_optimizers() -> None:
