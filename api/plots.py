@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -72,3 +73,37 @@ def scatter_png(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str],
     ax.set_title(title + extra)
     ax.legend(title="class", fontsize="small")
     return _png(fig)
+
+
+def experiment_figure(summary: Mapping[str, Any], metric: str,
+                      title: str | None = None) -> Figure:
+    """One line per variant (mean across seeds) with its confidence band; `summary` is
+    models.stats.summarize's output. A dotted line marks the metric's threshold, if any."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    level = round(100 * float(summary.get("confidence", 0.95)))
+    for variant in summary["variants"]:
+        s = summary["per_variant"][variant]["metrics"].get(metric)
+        if s is None or not s["epochs"]:
+            continue
+        n_seeds = max(s["n"], default=0)
+        (line,) = ax.plot(s["epochs"], _clean(s["mean"]), label=f"{variant} (n={n_seeds})")
+        ax.fill_between(s["epochs"], _clean(s["ci_low"]), _clean(s["ci_high"]),
+                        color=line.get_color(), alpha=0.2, linewidth=0)
+    threshold = summary.get("thresholds", {}).get(metric)
+    if threshold is not None:
+        ax.axhline(threshold, color="grey", linestyle=":", linewidth=1,
+                   label=f"threshold {threshold:g}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric}: mean and {level}% CI across seeds")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        # the legend's title says what the band is, whatever `title` says
+        ax.legend(fontsize="small", title=f"mean, {level}% CI band", title_fontsize="small")
+    return fig
+
+
+def experiment_png(summary: Mapping[str, Any], metric: str, title: str | None = None) -> bytes:
+    return _png(experiment_figure(summary, metric, title))
