@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from api import errors
 from api.predictors import PredictorCache
 from api.queue import JobQueue
-from api.routes import checkpoints, datasets, health, jobs, results
+from api.routes import checkpoints, datasets, events, experiments, health, jobs, results
 from api.settings import ApiSettings
 from models.db import make_engine, session_factory
 
@@ -45,10 +45,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router, prefix="/v1")
+    app.include_router(events.router, prefix="/v1")
     app.include_router(results.router, prefix="/v1")
     app.include_router(results.compare_router, prefix="/v1")
     app.include_router(checkpoints.router, prefix="/v1")
     app.include_router(datasets.router, prefix="/v1")
+    app.include_router(experiments.router, prefix="/v1")
     return app
 
 

@@ -37,6 +37,9 @@ class JobOut(_Out):
     heartbeat_at: datetime | None = None
     elapsed_s: float | None = Field(default=None, description="seconds from start to finish "
                                                               "(or to now while running)")
+    experiment_id: str | None = Field(default=None, description="set on experiment children")
+    variant: str | None = None
+    seed: int | None = None
     spec: dict[str, Any]
 
     @field_validator("final_metrics", mode="before")
@@ -154,3 +157,47 @@ class ModelOut(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class ChildOut(BaseModel):
+    job_id: str
+    index: int
+    variant: str
+    seed: int
+    status: str
+    epoch: int = Field(description="epochs finished so far")
+    epochs: int
+    error: str | None = None
+    final_metrics: dict[str, float | None] | None = None
+    best_epoch: int | None = None
+
+    @field_validator("final_metrics", mode="before")
+    @classmethod
+    def _nan_to_none(cls, v: Any) -> Any:
+        return JobOut._nan_to_none(v)
+
+
+class ExperimentOut(BaseModel):
+    id: str
+    name: str | None
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    cancel_requested: bool = False
+    variants: list[str]
+    seeds: list[int]
+    counts: dict[str, int] = Field(description="children per status")
+    stacks: int = Field(description="groups of children that train stacked as one batched "
+                                    "model (same network and settings, different seeds)")
+    warnings: list[str] = Field(default_factory=list)
+    created_at: datetime
+    spec: dict[str, Any]
+    children: list[ChildOut]
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page")
+
+
+class RetryOut(BaseModel):
+    retried: list[str] = Field(description="job ids of the failed children queued again")
+    experiment: ExperimentOut

@@ -11,6 +11,8 @@ class ApiSettings(BaseBnlabSettings):
     # Uploads: checked while reading, before parsing.
     max_upload_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     max_csv_columns: int = Field(default=1_025, ge=2)
+    # Experiments: variants x seeds.
+    max_experiment_children: int = Field(default=1_024, ge=1)
     # Inference.
     max_predict_rows: int = Field(default=10_000, ge=1)
     predictor_cache_size: int = Field(default=16, ge=1)

@@ -1,4 +1,4 @@
-"""A running job's lease: who may write into it, renewed by a thread beside the training."""
+"""Running jobs' leases: who may write into them, renewed by a thread beside the training."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,35 +22,42 @@ def lease_owner_id(node: str) -> str:
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews the job's heartbeat every `interval` seconds while it trains.
+    """Renews the heartbeat of the jobs one task trains (one, or a stack) every `interval` s.
 
-    A renewal that matches no row means the lease is gone (the reaper gave the job to someone
-    else, or it is no longer running): `lost` is set and the training stops at the epoch end.
-    Database errors are logged and retried at the next tick; a long outage lets the lease
-    lapse, which is what should happen.
+    A renewal that matches no row means that job's lease is gone (the reaper gave it to
+    someone else, or it is no longer running): its `lost(job_id)` event is set and its training
+    stops at the epoch end. Database errors are logged and retried at the next tick; a long
+    outage lets the leases lapse, which is what should happen.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, owner: str,
+    def __init__(self, sessions: sessionmaker[Session], job_ids: Sequence[str], owner: str,
                  interval: float) -> None:
-        super().__init__(name=f"bnlab-lease-{job_id[:8]}", daemon=True)
-        self.sessions, self.job_id, self.owner, self.interval = sessions, job_id, owner, interval
-        self.lost = threading.Event()
+        super().__init__(name=f"bnlab-lease-{job_ids[0][:8]}", daemon=True)
+        self.sessions, self.owner, self.interval = sessions, owner, interval
+        self._lost = {job_id: threading.Event() for job_id in job_ids}
         self._stopped = threading.Event()
+
+    def lost(self, job_id: str) -> threading.Event:
+        return self._lost[job_id]
 
     def run(self) -> None:
         while not self._stopped.wait(self.interval):
+            live = [j for j, event in self._lost.items() if not event.is_set()]
+            if not live:
+                return
             try:
                 with self.sessions.begin() as session:
-                    held = repo.heartbeat(session, job_id=self.job_id, worker=self.owner)
+                    held = {j: repo.heartbeat(session, job_id=j, worker=self.owner)
+                            for j in live}
             except Exception:
-                log.warning("job %s: lease renewal failed; retrying in %.0fs", self.job_id,
-                            self.interval, exc_info=True)
+                log.warning("jobs %s: lease renewal failed; retrying in %.0fs",
+                            ",".join(j[:8] for j in live), self.interval, exc_info=True)
                 continue
-            if not held and not self._stopped.is_set():
-                log.warning("job %s: lease of %s lost; stopping at the end of this epoch",
-                            self.job_id, self.owner)
-                self.lost.set()
-                return
+            for job_id, ok in held.items():
+                if not ok and not self._stopped.is_set():
+                    log.warning("job %s: lease of %s lost; stopping at the end of this epoch",
+                                job_id, self.owner)
+                    self._lost[job_id].set()
 
     def stop(self) -> None:
         self._stopped.set()

@@ -25,6 +25,12 @@ class WorkerSettings(BaseBnlabSettings):
     # networks train several times faster on one thread than on contended cores; scale out
     # with more worker processes instead.
     torch_threads: int = Field(default=1, ge=0)
+    # Most experiment children (same network, different seeds) one task trains stacked as
+    # one batched model; more wait for the next task (memory and step time grow with it).
+    max_stack: int = Field(default=64, ge=1)
+    # A stack writes its members' "last" checkpoints at most this often (seconds; each epoch's
+    # metrics are still written every epoch, and "best" whenever it improves).
+    stack_checkpoint_interval: float = Field(default=10.0, ge=0)
     # Seconds between worker_heartbeat rows (the API routes device=auto by them) and between
     # renewals of a running job's lease; keep it well under lease_timeout.
     heartbeat_interval: float = Field(default=5.0, gt=0)

@@ -24,6 +24,8 @@ def train_job(self: Task, job_id: str) -> str | None:
                      checkpoint_interval=settings.checkpoint_interval,
                      heartbeat_interval=settings.heartbeat_interval,
                      lease_timeout=settings.lease_timeout, db_retry=settings.db_retry,
+                     max_stack=settings.max_stack,
+                     stack_checkpoint_interval=settings.stack_checkpoint_interval,
                      stopping=STOPPING)
     with sigterm_stops_training():
         return run_job(job_id, ctx)

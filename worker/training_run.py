@@ -5,6 +5,12 @@ source of truth and the broker only a doorbell. The job is claimed with a condit
 so a second delivery does nothing; the claim takes a lease that a thread renews while the job
 trains and that every epoch write checks (fencing), so a worker that lost the job writes
 nothing more. A job that ran before resumes from its "last" checkpoint.
+
+Experiment children that differ only by seed share a `stack_key`: the task that claims one of
+them also claims its queued siblings (those that would resume from the same epoch) and trains
+them together as one stacked model (`train_many`), each with its own lease, callbacks, history,
+checkpoints and final status, exactly as if it had run alone. A plain job is a stack of one.
+The siblings' own messages then find them claimed and do nothing.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from models.db import repository as repo
 from models.db.tables import JobStatus, utcnow
 from models.devices import DeviceError, select_device
 from models.spec import JobSpec, Limits, ResolvedJob, SpecError, UploadedDataset, resolve_job
-from models.trainer import TrainingDiverged, train_job
-from worker.callbacks import DbCallbacks, LeaseLost
+from models.trainer import TrainingDiverged, TrainingResult, train_many
+from worker.callbacks import DbCallbacks, LeaseLost, stack_callbacks
 from worker.db import retrying
 from worker.lease import LeaseKeeper, lease_owner_id
 
@@ -46,6 +52,8 @@ class RunContext:
     heartbeat_interval: float = 5.0
     lease_timeout: float = 60.0
     db_retry: float = 120.0
+    max_stack: int = 64  # most experiment children one task trains stacked
+    stack_checkpoint_interval: float = 10.0  # seconds between a stack's "last" checkpoints
     # Set in this process when its worker shuts down (solo pool: the task runs right here).
     stopping: threading.Event | None = None
 
@@ -74,17 +82,18 @@ def diverged_reason(exc: TrainingDiverged, last_checkpoint: int | None) -> str:
 
 
 def run_job(job_id: str, ctx: RunContext) -> str | None:
-    """Claim, train and finish one job; returns its final status ("queued" when released
-    for another worker), or None if not claimed (or the lease was lost).
+    """Claim, train and finish one job (with its stack siblings, if it has any); returns the
+    job's final status ("queued" when released for another worker), or None if not claimed
+    (or the lease was lost).
 
-    Once claimed, the job never stays `running` past an exception seen here.
+    Once claimed, no job of the stack stays `running` past an exception seen here.
     """
     with ctx.sessions() as session:
         job = repo.get_job(session, job_id=job_id)
         if job is None:
             log.warning("job %s does not exist; dropping the message", job_id)
             return None
-        stored_spec = job.spec
+        stored_spec, stack_key = job.spec, job.stack_key
     # The device is chosen (CUDA first touched) inside the task, before the claim, so the
     # claim records it; a bad device request still claims the job and then fails it.
     device: torch.device | None = None
@@ -105,35 +114,45 @@ def run_job(job_id: str, ctx: RunContext) -> str | None:
             repo.make_due(session, job_id=job_id)
         return None
     owner = lease_owner_id(ctx.worker)
-    resume = retrying(lambda: _claim(job_id, ctx, owner, device_name),
-                      what=f"job {job_id} claim", deadline_s=ctx.db_retry)
-    if resume is None:
+    stack = retrying(lambda: _claim(job_id, stack_key if early_error is None else None, ctx,
+                                    owner, device_name),
+                     what=f"job {job_id} claim", deadline_s=ctx.db_retry)
+    if not stack:
         _explain_unclaimed(job_id, ctx)
         return None
-    log.info("job %s claimed by %s on %s", job_id, owner, device_name)
-    keeper = LeaseKeeper(ctx.sessions, job_id, owner, ctx.heartbeat_interval)
+    ids = [c.job_id for c in stack]
+    if len(stack) > 1:
+        log.info("job %s claimed by %s on %s with %d stacked siblings", job_id, owner,
+                 device_name, len(stack) - 1)
+    else:
+        log.info("job %s claimed by %s on %s", job_id, owner, device_name)
+    keeper = LeaseKeeper(ctx.sessions, ids, owner, ctx.heartbeat_interval)
     keeper.start()
     try:
         if early_error is not None:
             raise early_error
         assert device is not None
-        return _train(job_id, spec, device, ctx, owner, keeper.lost, resume)
-    except LeaseLost:
-        log.warning("job %s: %s no longer holds its lease; stopped without writing more",
-                    job_id, owner)
+        return _train(stack, spec, device, ctx, owner, keeper).get(job_id)
+    except LeaseLost as exc:
+        log.warning("%s; %s stopped without writing more", exc, owner)
+        # The stack's other jobs are still ours: give them back rather than let them lapse.
+        for other in ids:
+            retrying(lambda other=other: _release(ctx, other, owner),  # type: ignore[misc]
+                     what=f"job {other} release", deadline_s=ctx.db_retry)
         return None
     except Exception as exc:
         reason = failure_reason(exc)
         if isinstance(exc, TrainingDiverged):
             reason = diverged_reason(exc, _last_checkpoint_epoch(ctx, job_id))
-        log.warning("job %s failed: %s", job_id, reason,
+        log.warning("job %s failed: %s", ",".join(ids), reason,
                     exc_info=not isinstance(exc, (*_READABLE, TrainingDiverged)))
-        _finish(ctx, job_id, owner, status="failed", error=reason)
+        for failed in ids:
+            _finish(ctx, failed, owner, status="failed", error=reason)
         return "failed"
     except BaseException as exc:
-        # The worker is being stopped hard (cold shutdown, interrupt): not the job's fault, so
-        # it goes back to the queue (or fails once its attempts are spent), and the process ends.
-        # Retried like every other write here: on SQLite a WAL snapshot conflict answers
+        # The worker is being stopped hard (cold shutdown, interrupt): not the jobs' fault, so
+        # they go back to the queue (or fail once their attempts are spent), and the process
+        # ends. Retried like every other write here: on SQLite a WAL snapshot conflict answers
         # "database is locked" at once, without waiting for the busy timeout.
         reason = f"worker stopped ({type(exc).__name__})"
         # The interrupt may have landed mid-write: the frames it unwound still reference that
@@ -142,38 +161,73 @@ def run_job(job_id: str, ctx: RunContext) -> str | None:
         traceback.clear_frames(exc.__traceback__)
         gc.collect()
 
-        def release() -> JobStatus | None:
+        def release() -> list[JobStatus | None]:
             with ctx.sessions.begin() as session:
-                status = repo.release_job(session, job_id=job_id, worker=owner, error=reason)
-                repo.make_due(session, job_id=job_id)
-                return status
+                out = [repo.release_job(session, job_id=j, worker=owner, error=reason)
+                       for j in ids]
+                for j in ids:
+                    repo.make_due(session, job_id=j)
+                return out
         new_status = retrying(release, what=f"job {job_id} release", deadline_s=ctx.db_retry)
-        log.warning("job %s released (%s) after %s", job_id, new_status, type(exc).__name__)
+        log.warning("job %s released (%s) after %s", ",".join(ids), new_status,
+                    type(exc).__name__)
         raise
     finally:
         keeper.stop()
 
 
-Resume = tuple[int, bytes | None]  # (epoch the checkpoint ends at, its "last" blob)
+@dataclass(frozen=True)
+class Claimed:
+    """A job this task holds: its seed and where it resumes (epoch, "last" blob)."""
+
+    job_id: str
+    seed: int
+    epoch: int
+    blob: bytes | None
 
 
-def _claim(job_id: str, ctx: RunContext, owner: str, device: str) -> Resume | None:
-    """Claim the job and prepare its resume in one transaction: (start epoch, "last" blob),
-    or None if it was not claimed. Epoch rows after the checkpoint (written by a lost attempt
-    that checkpointed less often) are deleted, so the history stays exactly 1..N."""
+def _claim(job_id: str, stack_key: str | None, ctx: RunContext, owner: str, device: str
+           ) -> list[Claimed]:
+    """Claim the job, and its queued stack siblings that resume from the same epoch, and
+    prepare their resume, in one transaction; [] if the job itself was not claimed. Epoch rows
+    after a checkpoint (written by a lost attempt that checkpointed less often) are deleted,
+    so each history stays exactly 1..N."""
     with ctx.sessions.begin() as session:
-        if not repo.claim_job(session, job_id=job_id, worker=ctx.worker, device=device,
-                              lease_owner=owner):
-            return None
-        last = repo.get_checkpoint(session, job_id=job_id, kind="last")
-        epoch = last.epoch if last is not None else 0
-        dropped = repo.truncate_after(session, job_id=job_id, epoch=epoch)
-        if last is None:
-            return 0, None
-        log.info("resuming job %s from epoch %d", job_id, epoch)
-        if dropped:
-            log.info("job %s: dropped %d epoch rows after the checkpoint", job_id, dropped)
-        return epoch, bytes(last.content)
+        lead = _claim_one(session, job_id, ctx, owner, device, want_epoch=None)
+        if lead is None:
+            return []
+        stack = [lead]
+        if stack_key is not None:
+            for sibling in repo.queued_stack_siblings(session, stack_key=stack_key,
+                                                      exclude=job_id):
+                if len(stack) >= ctx.max_stack:
+                    break
+                claimed = _claim_one(session, sibling, ctx, owner, device,
+                                     want_epoch=lead.epoch)
+                if claimed is not None:
+                    stack.append(claimed)
+        return stack
+
+
+def _claim_one(session: Session, job_id: str, ctx: RunContext, owner: str, device: str,
+               want_epoch: int | None) -> Claimed | None:
+    last = repo.get_checkpoint(session, job_id=job_id, kind="last")
+    epoch = last.epoch if last is not None else 0
+    if want_epoch is not None and epoch != want_epoch:
+        return None  # a stack trains in lockstep: this one waits for its own message
+    if not repo.claim_job(session, job_id=job_id, worker=ctx.worker, device=device,
+                          lease_owner=owner):
+        return None
+    dropped = repo.truncate_after(session, job_id=job_id, epoch=epoch)
+    job = repo.get_job(session, job_id=job_id)
+    assert job is not None
+    seed = JobSpec.model_validate(job.spec).training.seed
+    if last is None:
+        return Claimed(job_id, seed, 0, None)
+    log.info("resuming job %s from epoch %d", job_id, epoch)
+    if dropped:
+        log.info("job %s: dropped %d epoch rows after the checkpoint", job_id, dropped)
+    return Claimed(job_id, seed, epoch, bytes(last.content))
 
 
 def _explain_unclaimed(job_id: str, ctx: RunContext) -> None:
@@ -204,21 +258,45 @@ def _load(spec: JobSpec, ctx: RunContext) -> tuple[ResolvedJob, Any]:
     return resolved, table
 
 
-def checkpoint_interval(resolved: ResolvedJob, ctx: RunContext) -> float | None:
-    """Seconds between "last" checkpoints for this job: None (every checkpoint_every epochs)
-    for small networks, time-bounded for large ones."""
-    params = sum(row.params for row in resolved.network.summary())
-    return ctx.checkpoint_interval if params > ctx.checkpoint_small_params else None
+def checkpoint_interval(resolved: ResolvedJob, ctx: RunContext, k: int = 1) -> float | None:
+    """Seconds between "last" checkpoints: None (every checkpoint_every epochs) for one small
+    network; time-bounded for large ones, and for a stack of k, whose k checkpoints per epoch
+    would otherwise cost more than its training."""
+    params = k * sum(row.params for row in resolved.network.summary())
+    if params > ctx.checkpoint_small_params:
+        return ctx.checkpoint_interval
+    return ctx.stack_checkpoint_interval if k > 1 else None
 
 
-def _train(job_id: str, spec: JobSpec, device: torch.device, ctx: RunContext, owner: str,
-           lost: threading.Event, resume: Resume) -> str | None:
+def _train(stack: list[Claimed], spec: JobSpec, device: torch.device, ctx: RunContext,
+           owner: str, keeper: LeaseKeeper) -> dict[str, str | None]:
+    """Train the stack (one job, or siblings that differ only by seed) and finish each job;
+    returns each job's final status (None where its lease was lost)."""
     resolved, table = _load(spec, ctx)
-    callbacks = DbCallbacks(ctx.sessions, job_id, lease_owner=owner, lost=lost,
-                            stopping=ctx.stopping, retry_s=ctx.db_retry)
-    result = train_job(resolved, table, device=device, callbacks=callbacks,
-                       resume_from=resume[1], checkpoint_every=ctx.checkpoint_every,
-                       checkpoint_interval_s=checkpoint_interval(resolved, ctx))
+    writer, callbacks = stack_callbacks(
+        ctx.sessions, [c.job_id for c in stack], lease_owner=owner,
+        lost=[keeper.lost(c.job_id) for c in stack], stopping=ctx.stopping,
+        retry_s=ctx.db_retry)
+    # A stack resumes in lockstep: every member has a checkpoint at one epoch, or none has.
+    resume = [c.blob for c in stack if c.blob is not None]
+    results = train_many(resolved, table, seeds=[c.seed for c in stack], device=device,
+                         callbacks=callbacks,
+                         resume_from=resume or None,
+                         checkpoint_every=ctx.checkpoint_every,
+                         checkpoint_interval_s=checkpoint_interval(resolved, ctx, len(stack)))
+    writer.flush()  # an epoch some members never completed (they stopped) is still written
+    return {c.job_id: _conclude(c.job_id, result, cb, spec, ctx, owner)
+            for c, result, cb in zip(stack, results, callbacks, strict=True)}
+
+
+def _conclude(job_id: str, result: TrainingResult, callbacks: DbCallbacks, spec: JobSpec,
+              ctx: RunContext, owner: str) -> str | None:
+    """Record how one job of the stack ended: its own stop reason, divergence or success."""
+    if result.diverged is not None:
+        why = diverged_reason(result.diverged, _last_checkpoint_epoch(ctx, job_id))
+        log.warning("job %s failed: %s", job_id, why)
+        _finish(ctx, job_id, owner, status="failed", error=why)
+        return "failed"
     reason = callbacks.stop_reason if result.cancelled else None
     if reason == "lost":
         log.warning("job %s: %s lost its lease; stopped without finishing it", job_id, owner)

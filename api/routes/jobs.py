@@ -6,9 +6,9 @@ import hashlib
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,7 +37,8 @@ def job_out(job: Job) -> JobOut:
         warnings=job.warnings or [], final_metrics=job.final_metrics,
         best_metrics=job.best_metrics, best_epoch=job.best_epoch, dataset_id=job.dataset_id,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        heartbeat_at=job.heartbeat_at, elapsed_s=elapsed, spec=job.spec,
+        heartbeat_at=job.heartbeat_at, elapsed_s=elapsed, experiment_id=job.experiment_id,
+        variant=job.variant, seed=job.seed, spec=job.spec,
     )
 
 
@@ -120,17 +121,47 @@ def list_jobs(
     status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    experiment_id: Annotated[str | None, Query(description="only this experiment's "
+                                                           "children")] = None,
 ) -> JobPage:
     """Newest first."""
     try:
-        rows, next_cursor = repo.list_jobs(session, status=status, limit=limit, cursor=cursor)
+        rows, next_cursor = repo.list_jobs(session, status=status, limit=limit, cursor=cursor,
+                                           experiment_id=experiment_id)
     except repo.InvalidCursor as exc:
         raise InvalidInput([f"cursor: {exc}"]) from None
     return JobPage(items=[job_out(j) for j in rows], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def get_job(job: JobDep) -> JobOut:
+def job_etag(job: Job, *parts: object) -> str:
+    """A weak ETag of what is read from a job: every write to the job's row (progress, status,
+    heartbeat, a stored or truncated epoch) moves its updated_at. Weak: `elapsed_s` follows
+    the clock between writes. `parts` add request parameters (history's since, format)."""
+    raw = "|".join(str(p) for p in (job.id, job.status, job.epochs_done,
+                                    job.updated_at.isoformat(), *parts))
+    return f'W/"{hashlib.sha256(raw.encode()).hexdigest()[:24]}"'
+
+
+def not_modified(request: Request, etag: str) -> Response | None:
+    """304 when If-None-Match names `etag` (weak comparison, as RFC 9110 asks for GET)."""
+    header = request.headers.get("if-none-match")
+    if header is None:
+        return None
+    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
+    if "*" in tags or etag.removeprefix("W/") in tags:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED,
+                        headers={"ETag": etag, "Cache-Control": "no-cache"})
+    return None
+
+
+@router.get("/{job_id}", response_model=JobOut,
+            responses={304: {"description": "If-None-Match holds the current ETag"}})
+def get_job(job: JobDep, request: Request, response: Response) -> Any:
+    etag = job_etag(job)
+    if (unchanged := not_modified(request, etag)) is not None:
+        return unchanged
+    response.headers["ETag"] = etag
+    response.headers["Cache-Control"] = "no-cache"  # caches may keep it, but must revalidate
     return job_out(job)
 
 

@@ -7,12 +7,13 @@ import io
 import math
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from api import plots
 from api.deps import JobDep, SessionDep
 from api.errors import InvalidInput, NotFound
 from api.resolve import dataset_shape
+from api.routes.jobs import job_etag, not_modified
 from api.schemas import CheckpointRef, ModelOut
 from models.db import repository as repo
 from models.db.tables import Job
@@ -48,15 +49,24 @@ def history_of(session: SessionDep, job: Job, since: int = 0) -> dict[str, list[
     return out
 
 
-@router.get("/{job_id}/history", responses={200: {"content": {"text/csv": {}}}})
+@router.get("/{job_id}/history", responses={
+    200: {"content": {"text/csv": {}}},
+    304: {"description": "If-None-Match holds the current ETag"}})
 def get_history(
-    job: JobDep, session: SessionDep,
+    job: JobDep, session: SessionDep, request: Request, response: Response,
     since: Annotated[int, Query(ge=0, description="only epochs after this one")] = 0,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Any:
     """Keras's `history.history` shape, one list per metric indexed like `epoch` (1-based)."""
+    # Every stored (or truncated) epoch moves the job row's updated_at: the tag is known
+    # before the rows are read.
+    etag = job_etag(job, since, format)
+    if (unchanged := not_modified(request, etag)) is not None:
+        return unchanged
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
     history = history_of(session, job, since)
     if format == "json":
+        response.headers.update(headers)
         return history
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -65,7 +75,7 @@ def get_history(
     for row in zip(*(history[k] for k in keys), strict=True):
         writer.writerow(["" if v is None else v for v in row])
     return Response(buf.getvalue(), media_type="text/csv", headers={
-        "Content-Disposition": f'attachment; filename="{job.id}-history.csv"'})
+        **headers, "Content-Disposition": f'attachment; filename="{job.id}-history.csv"'})
 
 
 def parse_metrics(metrics: str) -> list[str]:

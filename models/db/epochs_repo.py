@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -12,6 +13,17 @@ from models.db._sql import dialect_insert, forget
 from models.db.tables import EpochMetric, Job, utcnow
 
 METRIC_COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    """One job's epoch, as record_epochs takes it."""
+
+    job_id: str
+    epoch: int
+    metrics: Mapping[str, float | None]
+    wall_time: float | None = None
+    extras: Mapping[str, Any] | None = None
 
 
 def record_epoch(
@@ -36,6 +48,35 @@ def record_epoch(
                     .values(epochs_done=epoch, updated_at=utcnow())
                     .execution_options(synchronize_session=False))
     forget(session, Job, job_id)
+    return inserted
+
+
+def record_epochs(session: Session, *, rows: Sequence[EpochRow]) -> int:
+    """record_epoch for many (job, epoch) rows at once (a stack's epoch): one INSERT, and one
+    epochs_done UPDATE per distinct epoch. Rows already stored are left alone; returns how many
+    were new."""
+    if not rows:
+        return 0
+    values = []
+    for r in rows:
+        known = {k: r.metrics.get(k) for k in METRIC_COLUMNS}
+        rest = {k: v for k, v in r.metrics.items() if k not in METRIC_COLUMNS}
+        merged = {**rest, **(r.extras or {})}
+        values.append({"job_id": r.job_id, "epoch": r.epoch, "wall_time": r.wall_time,
+                       "extras": merged or None, "created_at": utcnow(), **known})
+    stmt = (dialect_insert(session, EpochMetric).values(values)
+            .on_conflict_do_nothing(index_elements=["job_id", "epoch"])
+            .returning(EpochMetric.job_id))
+    inserted = len(session.execute(stmt).all())
+    by_epoch: dict[int, list[str]] = {}
+    for r in rows:
+        by_epoch.setdefault(r.epoch, []).append(r.job_id)
+    for epoch, job_ids in by_epoch.items():
+        session.execute(update(Job).where(Job.id.in_(job_ids), Job.epochs_done < epoch)
+                        .values(epochs_done=epoch, updated_at=utcnow())
+                        .execution_options(synchronize_session=False))
+        for job_id in job_ids:
+            forget(session, Job, job_id)
     return inserted
 
 

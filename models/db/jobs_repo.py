@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.db._sql import forget
-from models.db.tables import QUEUES, TERMINAL, Job, JobStatus, utcnow
+from models.db.tables import QUEUES, TERMINAL, Job, JobStatus, new_id, utcnow
 
 
 class InvalidCursor(ValueError):
@@ -26,16 +27,21 @@ def create_job(
     session: Session, *, spec: dict[str, Any], name: str | None, epochs_total: int,
     queue: str = "cpu", dataset_id: str | None = None, warnings: list[str] | None = None,
     device: str | None = None, idempotency_key: str | None = None,
-    request_hash: str | None = None, max_attempts: int = 3,
+    request_hash: str | None = None, max_attempts: int = 3, job_id: str | None = None,
+    experiment_id: str | None = None, variant: str | None = None, seed: int | None = None,
+    child_index: int | None = None, stack_key: str | None = None,
 ) -> Job:
     """Add a queued job (flushed, not committed). `device` is the requested one until claimed.
+    Experiment children also pass their id, experiment, variant, seed, index and stack key.
 
     A duplicate `idempotency_key` raises sqlalchemy.exc.IntegrityError at the flush; look it
     up first with find_by_idempotency_key and treat the race with a rollback and a re-read.
     """
     if queue not in QUEUES:
         raise ValueError(f"queue must be one of {QUEUES}, not {queue!r}")
-    job = Job(spec=spec, name=name, epochs_total=epochs_total, queue=queue, dataset_id=dataset_id,
+    job = Job(id=job_id or new_id(), experiment_id=experiment_id, variant=variant, seed=seed,
+              child_index=child_index, stack_key=stack_key, spec=spec, name=name,
+              epochs_total=epochs_total, queue=queue, dataset_id=dataset_id,
               warnings=list(warnings or []), device=device, idempotency_key=idempotency_key,
               request_hash=request_hash, max_attempts=max_attempts, status=JobStatus.queued,
               attempts=0, epochs_done=0, cancel_requested=False)
@@ -54,12 +60,13 @@ def find_by_idempotency_key(session: Session, *, idempotency_key: str) -> Job | 
     return session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
 
 
-def _encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    """A keyset cursor for (created_at, id) listings, opaque to clients."""
+    raw = f"{created_at.isoformat()}|{row_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, job_id = raw.split("|", 1)
@@ -73,7 +80,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 def list_jobs(
     session: Session, *, status: JobStatus | str | None = None, limit: int = 50,
-    cursor: str | None = None,
+    cursor: str | None = None, experiment_id: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """One page of jobs, newest first, and the cursor of the next page (None on the last).
 
@@ -85,15 +92,17 @@ def list_jobs(
     stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     if status is not None:
         stmt = stmt.where(Job.status == JobStatus(status))
+    if experiment_id is not None:
+        stmt = stmt.where(Job.experiment_id == experiment_id)
     if cursor:
-        created, job_id = _decode_cursor(cursor)
+        created, job_id = decode_cursor(cursor)
         stmt = stmt.where(or_(Job.created_at < created,
                               and_(Job.created_at == created, Job.id < job_id)))
     rows = list(session.scalars(stmt))
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
-    return rows, _encode_cursor(rows[-1])
+    return rows, encode_cursor(rows[-1].created_at, rows[-1].id)
 
 
 def _update(session: Session, job_id: str, where: list[Any], **values: Any) -> bool:
@@ -127,6 +136,20 @@ def heartbeat(session: Session, *, job_id: str, worker: str | None = None) -> bo
     if worker is not None:
         where.append(Job.lease_owner == worker)
     return _update(session, job_id, where, heartbeat_at=utcnow())
+
+
+def heartbeat_many(session: Session, *, job_ids: Sequence[str], worker: str) -> set[str]:
+    """Renew the leases `worker` holds among `job_ids` with one UPDATE; returns those renewed
+    (a job missing from it is no longer running under `worker`: its lease is lost)."""
+    now = utcnow()
+    stmt = (update(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.running,
+                              Job.lease_owner == worker)
+            .values(heartbeat_at=now, updated_at=now).returning(Job.id)
+            .execution_options(synchronize_session=False))
+    held = {row[0] for row in session.execute(stmt)}
+    for job_id in job_ids:
+        forget(session, Job, job_id)
+    return held
 
 
 def update_progress(session: Session, *, job_id: str, epochs_done: int) -> bool:
@@ -214,14 +237,20 @@ def stop_flags(session: Session, *, job_id: str, lease_owner: str | None = None
 
     `lost`: the job is gone, no longer running, or (with `lease_owner`) held by someone else.
     """
-    row = session.execute(select(Job.cancel_requested, Job.release_requested, Job.status,
-                                 Job.lease_owner).where(Job.id == job_id)).one_or_none()
-    if row is None:
-        return False, False, True
-    cancel, release, status, owner = row
-    cancelled = status == JobStatus.cancelled
-    lost = status != JobStatus.running or (lease_owner is not None and owner != lease_owner)
-    return bool(cancel) or cancelled, bool(release), lost and not cancelled
+    return stop_flags_many(session, job_ids=[job_id], lease_owner=lease_owner)[job_id]
+
+
+def stop_flags_many(session: Session, *, job_ids: Sequence[str], lease_owner: str | None = None
+                    ) -> dict[str, tuple[bool, bool, bool]]:
+    """stop_flags of several jobs (a stack trained together) with one query."""
+    rows = session.execute(select(Job.id, Job.cancel_requested, Job.release_requested,
+                                  Job.status, Job.lease_owner).where(Job.id.in_(job_ids)))
+    out = {job_id: (False, False, True) for job_id in job_ids}  # gone: lost
+    for job_id, cancel, release, status, owner in rows:
+        cancelled = status == JobStatus.cancelled
+        lost = status != JobStatus.running or (lease_owner is not None and owner != lease_owner)
+        out[job_id] = (bool(cancel) or cancelled, bool(release), lost and not cancelled)
+    return out
 
 
 def held_by(session: Session, *, lease_prefix: str) -> list[Job]:

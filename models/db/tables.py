@@ -88,6 +88,31 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class Experiment(Base):
+    """A grid of variants x seeds; its children are ordinary jobs (job.experiment_id).
+
+    Status and counts are derived from the children on read; only the request is stored here.
+    """
+
+    __tablename__ = "experiment"
+    __table_args__ = (Index("ix_experiment_created_at_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str | None] = mapped_column(String(255))
+    spec: Mapped[dict[str, Any]]  # the normalised ExperimentSpec
+    variants: Mapped[list[str]]  # variant names, in expansion order
+    seeds: Mapped[list[int]] = mapped_column(JSON)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    children: Mapped[list[Job]] = relationship(
+        back_populates="experiment", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="Job.child_index")
+
+
 class Job(Base):
     """One training job; the database is the source of truth, the broker only a doorbell."""
 
@@ -100,6 +125,8 @@ class Job(Base):
         Index("ix_job_status_created_at_id", "status", "created_at", "id"),
         # The reaper looks for running jobs with a stale heartbeat.
         Index("ix_job_status_heartbeat_at", "status", "heartbeat_at"),
+        # A worker claiming a stack looks for its queued siblings.
+        Index("ix_job_stack_key_status", "stack_key", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -131,6 +158,14 @@ class Job(Base):
     final_metrics: Mapped[dict[str, Any] | None] = mapped_column(MetricsJSON)
     best_metrics: Mapped[dict[str, Any] | None] = mapped_column(MetricsJSON)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
+    # Experiment children: which experiment, variant and seed; children with one stack_key
+    # differ only by seed and train together as one stacked model.
+    experiment_id: Mapped[str | None] = mapped_column(
+        ForeignKey("experiment.id", ondelete="CASCADE"), index=True)
+    variant: Mapped[str | None] = mapped_column(String(255))
+    seed: Mapped[int | None] = mapped_column(Integer)
+    child_index: Mapped[int | None] = mapped_column(Integer)
+    stack_key: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -142,6 +177,7 @@ class Job(Base):
         order_by="EpochMetric.epoch")
     checkpoints: Mapped[list[Checkpoint]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True)
+    experiment: Mapped[Experiment | None] = relationship(back_populates="children")
 
 
 class EpochMetric(Base):

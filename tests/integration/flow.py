@@ -116,3 +116,43 @@ def notebook_flow(client: httpx.Client, content: bytes, *, epochs: int = 5,
         check_history(client, ids[name], epochs)
         check_job_outputs(client, ids[name], params=params, rows=rows)
     return {name: jobs[job_id] for name, job_id in ids.items()}
+
+
+def wait_experiment(client: httpx.Client, exp_id: str, *, timeout: float = 120.0,
+                    logs: Callable[[], str] = str) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/experiments/{exp_id}").json()
+        if body["status"] in TERMINAL:
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"experiment not finished after {timeout}s: {body.get('counts')}\n"
+                         f"{logs()}")
+
+
+def experiment_flow(client: httpx.Client, content: bytes, *, seeds: int, epochs: int,
+                    logs: Callable[[], str] = str) -> dict[str, Any]:
+    """The notebook's question as one experiment: plain vs BN, `seeds` seeds each."""
+    dataset_id = upload(client, content)
+    base = notebook_job("plain", dataset_id, epochs=epochs)
+    del base["network"], base["name"], base["training"]["seed"]
+    body = {"name": "notebook", "base": base, "seeds": seeds,
+            "variants": [{"name": "plain", "network": {"layers": NOTEBOOK_PLAIN_LAYERS}},
+                         {"name": "bn", "network": {"layers": NOTEBOOK_BN_LAYERS}}]}
+    r = client.post("/v1/experiments", json=body, headers={"Idempotency-Key": "flow"})
+    assert r.status_code == 202, r.text
+    exp = wait_experiment(client, r.json()["id"], logs=logs)
+    assert exp["status"] == "succeeded", (exp, logs())
+    assert exp["counts"]["succeeded"] == 2 * seeds
+    for child in exp["children"]:
+        check_history(client, child["job_id"], epochs)
+    summary = client.get(f"/v1/experiments/{exp['id']}/summary").json()
+    for variant in ("plain", "bn"):
+        band = summary["per_variant"][variant]["metrics"]["val_accuracy"]
+        assert band["n"] == [seeds] * epochs and len(band["ci_low"]) == epochs
+    (pair,) = [c for c in summary["comparisons"] if c["metric"] == "val_accuracy"]
+    assert pair["n_pairs"] == seeds and pair["final"]["mean_diff"] is not None
+    png = client.get(f"/v1/experiments/{exp['id']}/curves.png")
+    assert png.status_code == 200 and png.content.startswith(PNG_MAGIC)
+    return exp

@@ -15,7 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.flow import check_history, notebook_flow, submit, wait_done
+from tests.integration.flow import (
+    check_history,
+    experiment_flow,
+    notebook_flow,
+    submit,
+    wait_done,
+)
 from tests.integration.procs import (
     BNLAB,
     PYTHON,
@@ -76,6 +82,19 @@ def test_notebook_on_redis_and_postgres(redis_stack: Stack, notebook_csv: bytes)
     with httpx.Client(base_url=redis_stack.base_url, timeout=30) as client:
         jobs = notebook_flow(client, notebook_csv, epochs=5, logs=redis_stack.procs.dump_logs)
     assert all(job["worker"].split("@")[0] in ("a", "b") for job in jobs.values()), jobs
+
+
+def test_notebook_experiment_trains_stacked_on_redis_and_postgres(
+        redis_stack: Stack, notebook_csv: bytes) -> None:
+    with httpx.Client(base_url=redis_stack.base_url, timeout=30) as client:
+        exp = experiment_flow(client, notebook_csv, seeds=4, epochs=3,
+                              logs=redis_stack.procs.dump_logs)
+    assert {c["variant"] for c in exp["children"]} == {"plain", "bn"}
+    # Each variant's seeds differ only by seed: a worker claimed siblings and trained them as
+    # one stacked model (the log line of the claim says how many).
+    logs = "".join(w.log_tail(10**8) for w in redis_stack.workers)
+    stacked = [int(n) for n in re.findall(r"with (\d+) stacked siblings", logs)]
+    assert stacked and max(stacked) >= 1, logs[-3000:]
 
 
 def test_workers_beat_into_the_database(redis_stack: Stack, service_db_url: str) -> None:
@@ -146,6 +165,7 @@ def test_notebook_on_embedded_default(embedded_server: tuple[str, Procs],
     base_url, procs = embedded_server
     with httpx.Client(base_url=base_url, timeout=30) as client:
         notebook_flow(client, notebook_csv, epochs=5, logs=procs.dump_logs)
+        experiment_flow(client, notebook_csv, seeds=3, epochs=3, logs=procs.dump_logs)
     home = tmp_path / "home"
     assert (home / "bnlab.sqlite3").exists()
     assert list((home / "broker" / "processed").glob("*.msg")), "messages went elsewhere"

@@ -308,3 +308,78 @@ def test_divergence_names_the_epoch_and_the_kept_checkpoint(
         assert ckpts["last"] == k - 1
     else:
         assert "no checkpoint was written before it" in job.error
+
+
+def add_stack(sessions: sessionmaker[Session], body: dict[str, Any], seeds: list[int],
+              key: str = "k" * 32) -> list[str]:
+    """Jobs that differ only by seed, sharing a stack key (what an experiment creates)."""
+    ids = []
+    with sessions.begin() as session:
+        for i, seed in enumerate(seeds):
+            spec = JobSpec.model_validate({**body, "training": {**body["training"],
+                                                                 "seed": seed}})
+            ids.append(repo.create_job(
+                session, spec=spec.model_dump(mode="json"), name=spec.name,
+                epochs_total=spec.training.epochs, device=spec.device, seed=seed,
+                child_index=i, stack_key=key).id)
+    return ids
+
+
+def test_a_stack_trains_together_and_each_member_ends_on_its_own(
+        sessions: sessionmaker[Session], ctx: RunContext, dataset_id: str) -> None:
+    body = notebook_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=3)
+    ids = add_stack(sessions, body, [0, 1, 2, 3])
+    with sessions.begin() as session:  # one member was cancelled before it started
+        repo.request_cancel(session, job_id=ids[3])
+    assert run_job(ids[1], replace(ctx, max_stack=2)) == "succeeded"
+    states = [job_state(sessions, j) for j in ids]
+    # the message's job and the first queued sibling (max_stack 2); the rest wait
+    assert [s[0].status for s in states] == ["succeeded", "succeeded", "queued", "cancelled"]
+    assert states[0][1] == states[1][1] == [1, 2, 3]
+    assert states[0][0].lease_owner is None and states[0][0].worker == WORKER
+    assert states[0][0].final_metrics != states[1][0].final_metrics  # different seeds
+    assert run_job(ids[2], ctx) == "succeeded"  # alone now
+    assert job_state(sessions, ids[2])[1] == [1, 2, 3]
+
+
+def test_a_stack_claims_only_siblings_that_resume_from_the_same_epoch(
+        sessions: sessionmaker[Session], ctx: RunContext, dataset_id: str) -> None:
+    body = notebook_body(dataset_id, layers=NOTEBOOK_PLAIN_LAYERS, epochs=3)
+    ids = add_stack(sessions, body, [0, 1, 2])
+    # ids[0] ran 2 epochs on a worker that died; ids[1] ran 1; ids[2] never started
+    with sessions.begin() as session:
+        for job_id, epochs in ((ids[0], 2), (ids[1], 1)):
+            assert repo.claim_job(session, job_id=job_id, worker="dead", device="cpu")
+            for e in range(1, epochs + 1):
+                repo.record_epoch(session, job_id=job_id, epoch=e, metrics={"loss": 1.0})
+                repo.put_checkpoint(session, job_id=job_id, kind="last", epoch=e,
+                                    content=b"x")
+            assert repo.release_job(session, job_id=job_id) == "queued"
+    assert run_job(ids[2], ctx) == "succeeded"  # from scratch: neither sibling matches
+    assert [job_state(sessions, j)[0].status for j in ids] == ["queued", "queued", "succeeded"]
+
+
+def test_cancelling_one_stacked_member_stops_only_it(
+        ctx: RunContext, sessions: sessionmaker[Session]) -> None:
+    epochs_total = 600
+    body = {"dataset": {"name": "moons", "n_samples": 64}, "network": {"hidden": [4]},
+            "training": {"epochs": epochs_total, "batch_size": 32}}
+    ids = add_stack(sessions, body, [0, 1, 2])
+    outcome: list[str | None] = []
+    runner = threading.Thread(target=lambda: outcome.append(run_job(ids[0], ctx)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while job_state(sessions, ids[1])[0].epochs_done < 2:
+        assert runner.is_alive() and time.monotonic() < deadline, "stack never got going"
+        time.sleep(0.05)
+    with sessions.begin() as session:
+        assert str(repo.request_cancel(session, job_id=ids[1])) == "running"
+    runner.join(120)
+
+    assert outcome == ["succeeded"]
+    states = [job_state(sessions, j) for j in ids]
+    assert [str(s[0].status) for s in states] == ["succeeded", "cancelled", "succeeded"]
+    for _job, epochs, ckpts in states:
+        assert epochs == list(range(1, len(epochs) + 1)) and ckpts["last"] == epochs[-1]
+    assert len(states[0][1]) == len(states[2][1]) == epochs_total
+    assert 2 <= len(states[1][1]) < epochs_total

@@ -1,0 +1,159 @@
+"""Experiments: a stored request whose children are ordinary jobs (job.experiment_id).
+
+Children are created with ids derived from the experiment's id, variant and seed, so a child
+keeps its id through retries and the expansion is reproducible. Status is derived on read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from models.db._sql import forget
+from models.db.jobs_repo import InvalidCursor, decode_cursor, encode_cursor, request_cancel
+from models.db.tables import (
+    TERMINAL,
+    Checkpoint,
+    EpochMetric,
+    Experiment,
+    Job,
+    JobStatus,
+    utcnow,
+)
+
+
+def child_job_id(experiment_id: str, variant: str, seed: int) -> str:
+    """A child's job id: a pure function of its experiment, variant and seed."""
+    return hashlib.sha256(f"{experiment_id}/{variant}/{seed}".encode()).hexdigest()[:32]
+
+
+def create_experiment(
+    session: Session, *, spec: dict[str, Any], name: str | None, variants: list[str],
+    seeds: list[int], idempotency_key: str | None = None, request_hash: str | None = None,
+) -> Experiment:
+    """Add an experiment row (flushed, not committed); add its children with create_job."""
+    exp = Experiment(spec=spec, name=name, variants=list(variants), seeds=list(seeds),
+                     idempotency_key=idempotency_key, request_hash=request_hash,
+                     cancel_requested=False)
+    session.add(exp)
+    session.flush()
+    return exp
+
+
+def get_experiment(session: Session, *, experiment_id: str) -> Experiment | None:
+    return session.get(Experiment, experiment_id)
+
+
+def find_experiment_by_idempotency_key(session: Session, *, idempotency_key: str
+                                       ) -> Experiment | None:
+    return session.scalar(select(Experiment)
+                          .where(Experiment.idempotency_key == idempotency_key))
+
+
+def list_experiments(session: Session, *, limit: int = 50, cursor: str | None = None
+                     ) -> tuple[list[Experiment], str | None]:
+    """One page, newest first, and the next page's cursor (None on the last page)."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    stmt = (select(Experiment).order_by(Experiment.created_at.desc(), Experiment.id.desc())
+            .limit(limit + 1))
+    if cursor:
+        created, exp_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(Experiment.created_at < created,
+                              and_(Experiment.created_at == created, Experiment.id < exp_id)))
+    rows = list(session.scalars(stmt))
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1].created_at, rows[-1].id)
+
+
+def children(session: Session, *, experiment_id: str) -> list[Job]:
+    """The experiment's jobs in expansion order (variants outer, seeds inner)."""
+    stmt = (select(Job).where(Job.experiment_id == experiment_id)
+            .order_by(Job.child_index, Job.id))
+    return list(session.scalars(stmt))
+
+
+def status_counts(jobs: list[Job]) -> dict[str, int]:
+    counts = Counter(str(j.status) for j in jobs)
+    return {s.value: counts.get(s.value, 0) for s in JobStatus}
+
+
+def experiment_status(jobs: list[Job], cancel_requested: bool) -> str:
+    """queued (nothing started) | running | succeeded (all) | failed | cancelled.
+
+    Finished with some failures is `failed` (retry re-runs those); cancelled only when it was
+    cancelled and nothing failed."""
+    counts = status_counts(jobs)
+    active = counts["queued"] + counts["running"]
+    if active:
+        started = counts["running"] + sum(counts[s] for s in TERMINAL)
+        return "running" if started else "queued"
+    if counts["failed"]:
+        return "failed"
+    if cancel_requested or counts["cancelled"]:
+        return "cancelled"
+    return "succeeded"
+
+
+def cancel_experiment(session: Session, *, experiment_id: str) -> int:
+    """Cancel every unfinished child (queued at once, running at its next epoch end).
+    Returns how many children were affected."""
+    session.execute(update(Experiment).where(Experiment.id == experiment_id)
+                    .values(cancel_requested=True, updated_at=utcnow())
+                    .execution_options(synchronize_session=False))
+    forget(session, Experiment, experiment_id)
+    ids = list(session.scalars(select(Job.id).where(
+        Job.experiment_id == experiment_id,
+        Job.status.in_([JobStatus.queued, JobStatus.running]))))
+    for job_id in ids:
+        request_cancel(session, job_id=job_id)
+    return len(ids)
+
+
+def reset_failed(session: Session, *, experiment_id: str) -> list[str]:
+    """Put the experiment's failed children back to queued with a clean slate (no history,
+    no checkpoints, no attempts); the others are untouched. Returns the ids reset."""
+    ids = list(session.scalars(select(Job.id).where(Job.experiment_id == experiment_id,
+                                                    Job.status == JobStatus.failed)))
+    reset: list[str] = []
+    for job_id in ids:
+        stmt = (update(Job).where(Job.id == job_id, Job.status == JobStatus.failed)
+                .values(status=JobStatus.queued, attempts=0, error=None, epochs_done=0,
+                        final_metrics=None, best_metrics=None, best_epoch=None,
+                        started_at=None, finished_at=None, heartbeat_at=None, worker=None,
+                        lease_owner=None, cancel_requested=False, release_requested=False,
+                        updated_at=utcnow())
+                .execution_options(synchronize_session=False))
+        if session.execute(stmt).rowcount == 1:  # type: ignore[attr-defined]
+            session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id)
+                            .execution_options(synchronize_session=False))
+            session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id)
+                            .execution_options(synchronize_session=False))
+            reset.append(job_id)
+        forget(session, Job, job_id)
+    if reset:
+        session.execute(update(Experiment).where(Experiment.id == experiment_id)
+                        .values(cancel_requested=False, updated_at=utcnow())
+                        .execution_options(synchronize_session=False))
+        forget(session, Experiment, experiment_id)
+    return reset
+
+
+def queued_stack_siblings(session: Session, *, stack_key: str, exclude: str) -> list[str]:
+    """Queued jobs of one stack (same spec but the seed), not cancelled, oldest child first."""
+    stmt = (select(Job.id).where(Job.stack_key == stack_key, Job.status == JobStatus.queued,
+                                 Job.cancel_requested.is_(False), Job.id != exclude)
+            .order_by(Job.child_index, Job.id))
+    return list(session.scalars(stmt))
+
+
+__all__ = ["InvalidCursor", "cancel_experiment", "child_job_id", "children",
+           "create_experiment", "experiment_status", "find_experiment_by_idempotency_key",
+           "get_experiment", "list_experiments", "queued_stack_siblings", "reset_failed",
+           "status_counts"]
