@@ -15,11 +15,13 @@ from typing import Annotated
 
 import typer
 
+from cli.client_commands import register as register_client_commands
 from config.settings import BaseBnlabSettings
 
 app = typer.Typer(help="bnlab: train small PyTorch networks described as JSON.",
                   no_args_is_help=True, add_completion=False)
 log = logging.getLogger("bnlab.cli")
+register_client_commands(app)  # submit, watch, ls, status, ...: the HTTP client's commands
 
 # Time a worker gets on shutdown (SIGTERM: its job checkpoints at the end of the current
 # epoch and goes back to the queue) before it is killed; a killed worker's job is resumed from

@@ -1,0 +1,47 @@
+"""bnlab's Python client: `from client import Client, AsyncClient`.
+
+    with Client() as bn:                      # $BNLAB_URL, $BNLAB_API_KEY
+        ds = bn.datasets.upload("concertriccir2.csv")
+        job = bn.jobs.create({"dataset": {"id": ds.id}, "network": {"hidden": [3, 2]},
+                              "training": {"epochs": 50}})
+        job.wait(progress=True)
+        history = job.history()               # Keras's shape; as_frame=True for pandas
+
+Imports httpx and pydantic only (never torch or the server); specs may be given as dicts or as
+`models.spec.JobSpec` / `models.experiment.ExperimentSpec`.
+"""
+
+from client._async import AsyncClient, AsyncExperiment, AsyncJob
+from client._sync import Client, Experiment, Job
+from client.errors import (
+    APIError,
+    AuthenticationError,
+    BadRequest,
+    BnlabError,
+    Conflict,
+    ConnectionError,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServerError,
+    Timeout,
+    ValidationError,
+    WaitTimeout,
+)
+from client.types import (
+    Dataset,
+    DoneEvent,
+    EpochEvent,
+    Event,
+    ExperimentChild,
+    Prediction,
+    StatusEvent,
+)
+
+__all__ = [
+    "APIError", "AsyncClient", "AsyncExperiment", "AsyncJob", "AuthenticationError",
+    "BadRequest", "BnlabError", "Client", "Conflict", "ConnectionError", "Dataset", "DoneEvent",
+    "EpochEvent", "Event", "Experiment", "ExperimentChild", "Job", "NotFound",
+    "PayloadTooLarge", "Prediction", "RateLimited", "ServerError", "StatusEvent", "Timeout",
+    "ValidationError", "WaitTimeout",
+]

@@ -1,0 +1,566 @@
+"""The commands that talk to a running service over HTTP, built on `client` (no torch, no
+server imports): submit, watch, ls, status, history, curves, predict, cancel, datasets ...,
+experiment ....
+
+The server is $BNLAB_URL (or --url), the key $BNLAB_API_KEY. Read commands take --json for
+scripts. Anything for a person (progress, tables, messages) goes to stderr or is a table on
+stdout; with --json, stdout holds the JSON alone. Exit codes: 0 success; 1 the watched job or
+experiment did not succeed, or the server refused the request; 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Column, Table
+
+from client import (
+    BnlabError,
+    Client,
+    DoneEvent,
+    EpochEvent,
+    Event,
+    Experiment,
+    Job,
+    NotFound,
+    StatusEvent,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+out = Console(soft_wrap=True)  # tables on stdout
+err = Console(stderr=True)
+
+UrlOpt = Annotated[str | None, typer.Option(
+    "--url", envvar="BNLAB_URL", show_default=False,
+    help="The service's base URL (default $BNLAB_URL or http://127.0.0.1:8000).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only (for scripts).")]
+IdArg = Annotated[str, typer.Argument(help="A job id or an experiment id.")]
+FINAL_SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """A refused request is a one-line message and exit code 1, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except BnlabError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def dump(model: Job | Experiment) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"{path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path}: a JSON object is needed")
+    return data
+
+
+def is_experiment(spec: dict[str, Any]) -> bool:
+    return "variants" in spec and "base" in spec
+
+
+def job_or_experiment(bn: Client, some_id: str) -> Job | Experiment:
+    try:
+        return bn.jobs.get(some_id)
+    except NotFound:
+        try:
+            return bn.experiments.get(some_id)
+        except NotFound:
+            raise NotFound(404, "NotFound", f"no job or experiment with id '{some_id}'") \
+                from None
+
+
+def short_metrics(metrics: dict[str, float | None]) -> str:
+    names = (("loss", "loss"), ("accuracy", "acc"), ("val_accuracy", "val_acc"))
+    return " ".join(f"{short} {metrics[k]:.3f}" for k, short in names
+                    if metrics.get(k) is not None)
+
+
+# -- live progress ------------------------------------------------------------------------------
+
+class LiveProgress:
+    """A rich progress bar per job (per child for an experiment) with its latest metrics."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TextColumn("{task.fields[metrics]}"),
+            TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> LiveProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def add(self, key: str, label: str, total: int | None, epoch: int = 0,
+            status: str = "") -> TaskID:
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(label, total=total or None,
+                                                     completed=epoch, status=status, metrics="")
+        return self.tasks[key]
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StatusEvent):
+            key = event.job_id or "job"
+            task = self.add(key, key, event.epochs)
+            self.progress.update(task, status=event.status, total=event.epochs or None,
+                                 completed=event.epoch or 0)
+        elif isinstance(event, EpochEvent):
+            key = event.job_id or "job"
+            label = f"{event.variant} seed={event.seed}" if event.variant is not None else key
+            task = self.add(key, label, None)
+            self.progress.update(task, completed=event.epoch, status="running",
+                                 metrics=short_metrics(event.metrics))
+        elif isinstance(event, DoneEvent):
+            self._final(event.data)
+
+    def _final(self, data: dict[str, Any]) -> None:
+        children = data.get("children") or [
+            {"job_id": data.get("id"), "status": data.get("status"), "epoch": data.get("epoch")}]
+        for child in children:
+            task = self.tasks.get(str(child.get("job_id")))
+            if task is not None:
+                self.progress.update(task, status=child.get("status"),
+                                     completed=child.get("epoch") or 0)
+
+
+def watch_until_done(item: Job | Experiment, quiet: bool) -> Job | Experiment:
+    """Follow `item` live (progress on stderr unless quiet) and return its final state."""
+    if quiet:
+        return item.wait()
+    with LiveProgress(err) as live:
+        if isinstance(item, Experiment):
+            for c in item.children:
+                live.add(c.job_id, f"{c.variant} seed={c.seed}", c.epochs, c.epoch, c.status)
+        else:
+            live.add(item.id, item.name or item.id, item.epochs, item.epoch, item.status)
+        item.wait(progress=live)
+    return item
+
+
+def finish(item: Job | Experiment, as_json: bool) -> None:
+    """Report the final state; exit 1 unless it succeeded."""
+    show(item, as_json)
+    if item.status != "succeeded":
+        raise typer.Exit(1)
+
+
+# -- display ------------------------------------------------------------------------------------
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def show(item: Job | Experiment, as_json: bool) -> None:
+    if as_json:
+        print_json(dump(item))
+    else:
+        show_status(item)
+
+
+def show_status(item: Job | Experiment) -> None:
+    if isinstance(item, Job):
+        rows = [("id", item.id), ("name", item.name), ("status", item.status),
+                ("epoch", f"{item.epoch}/{item.epochs}"), ("worker", item.worker),
+                ("elapsed_s", item.elapsed_s), ("best_epoch", item.best_epoch),
+                ("error", item.error)]
+        rows += [(k, (item.final_metrics or {}).get(k)) for k in FINAL_SHOWN
+                 if item.final_metrics]
+        for k, v in rows:
+            if v is not None:
+                out.print(f"[bold]{k:>12}[/bold]  {fmt(v)}", highlight=False)
+        for w in item.warnings:
+            out.print(f"[yellow]{'warning':>12}[/yellow]  {w}", highlight=False)
+        return
+    out.print(f"experiment [bold]{item.id}[/bold] {item.name or ''}: {item.status}  "
+              + "  ".join(f"{k} {v}" for k, v in item.counts.items() if v), highlight=False)
+    table = Table("variant", "seed", Column("job", no_wrap=True), "status", "epoch",
+                  "val_accuracy")
+    for c in item.children:
+        table.add_row(c.variant, str(c.seed), c.job_id, c.status, f"{c.epoch}/{c.epochs}",
+                      fmt((c.final_metrics or {}).get("val_accuracy")))
+    out.print(table)
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+@handles_errors
+def submit(
+    spec: Annotated[Path, typer.Argument(help="A job spec (JSON), or an experiment "
+                                              "(an object with base and variants).")],
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Follow it to the end; exit 1 "
+                                                              "unless it succeeds.")] = False,
+    as_json: JsonOpt = False, url: UrlOpt = None,
+) -> None:
+    """Submit a job (or an experiment); prints its id."""
+    body = read_json(spec)
+    with Client(url) as bn:
+        item: Job | Experiment = (bn.experiments.create(body) if is_experiment(body)
+                                  else bn.jobs.create(body))
+        kind = "experiment" if isinstance(item, Experiment) else "job"
+        if not as_json:
+            err.print(f"submitted {kind} {item.id} ({item.status})", highlight=False)
+            for w in getattr(item, "warnings", []):
+                err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        if watch:
+            finish(watch_until_done(item, quiet=False), as_json)
+        elif as_json:
+            print_json(dump(item))
+        else:
+            sys.stdout.write(item.id + "\n")
+
+
+@handles_errors
+def watch(some_id: IdArg, as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """Follow a job or an experiment live; exit 1 unless it succeeds."""
+    with Client(url) as bn:
+        finish(watch_until_done(job_or_experiment(bn, some_id), quiet=False), as_json)
+
+
+@handles_errors
+def ls(
+    status: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 20,
+    as_json: JsonOpt = False, url: UrlOpt = None,
+) -> None:
+    """List jobs, newest first."""
+    with Client(url) as bn:
+        jobs = list(bn.jobs.list(status=status, limit=limit, page_size=min(limit, 200)))
+    if as_json:
+        print_json([dump(j) for j in jobs])
+        return
+    table = Table(Column("id", no_wrap=True), "name", "status", "epoch", "val_accuracy", "created")
+    for j in jobs:
+        table.add_row(j.id, j.name or "", j.status, f"{j.epoch}/{j.epochs}",
+                      fmt((j.final_metrics or {}).get("val_accuracy")),
+                      j.created_at.strftime("%Y-%m-%d %H:%M:%S") if j.created_at else "")
+    out.print(table)
+
+
+@handles_errors
+def status(some_id: IdArg, as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """A job's or an experiment's state."""
+    with Client(url) as bn:
+        item = job_or_experiment(bn, some_id)
+    show(item, as_json)
+
+
+@handles_errors
+def history(
+    job_id: Annotated[str, typer.Argument(help="A job id.")],
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV, one row per epoch.")] = False,
+    as_json: JsonOpt = False, url: UrlOpt = None,
+) -> None:
+    """A job's per-epoch metrics (Keras's history)."""
+    with Client(url) as bn:
+        if as_csv:
+            sys.stdout.write(bn.jobs.history_csv(job_id))
+            return
+        h = bn.jobs.history(job_id)
+    if as_json:
+        print_json(h)
+        return
+    keys = [k for k in h if k not in ("epoch", "wall_time")]
+    table = Table("epoch", *keys)
+    for i, epoch in enumerate(h["epoch"]):
+        table.add_row(str(epoch), *(fmt(h[k][i]) for k in keys))
+    out.print(table)
+
+
+@handles_errors
+def curves(
+    ids: Annotated[str, typer.Argument(help="A job id, several (comma-separated, overlaid), "
+                                            "or an experiment id.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")],
+    metrics: Annotated[str | None, typer.Option(help="Comma-separated (one, for an "
+                                                     "experiment; default val_accuracy).")] = None,
+    url: UrlOpt = None,
+) -> None:
+    """Save training curves as a PNG."""
+    with Client(url) as bn:
+        if "," in ids:
+            png = bn.curves(ids.split(","), metrics or "val_accuracy")
+        else:
+            item = job_or_experiment(bn, ids)
+            if isinstance(item, Experiment):
+                png = bn.experiments.curves(item.id, (metrics or "val_accuracy").split(",")[0])
+            elif metrics:
+                png = bn.jobs.curves(item.id, metrics)
+            else:
+                png = bn.jobs.curves(item.id)
+    output.write_bytes(png)
+    err.print(f"wrote {output} ({len(png)} bytes)", highlight=False)
+
+
+def read_rows(path: Path, feature_columns: list[str] | None) -> list[list[float]]:
+    """Rows of a CSV: with a header, the dataset's feature columns by name (so the label
+    column, if present, is left out); without one, every column in order."""
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    rows = [r for r in rows if r]
+    if not rows:
+        raise typer.BadParameter(f"{path}: no rows")
+
+    def numeric(row: list[str]) -> bool:
+        try:
+            [float(x) for x in row]
+        except ValueError:
+            return False
+        return True
+
+    if numeric(rows[0]):
+        return [[float(x) for x in r] for r in rows]
+    header, body = rows[0], rows[1:]
+    wanted = [c for c in (feature_columns or header) if c in header]
+    if feature_columns and len(wanted) != len(feature_columns):
+        missing = sorted(set(feature_columns) - set(header))
+        raise typer.BadParameter(f"{path}: columns {missing} missing (need {feature_columns})")
+    idx = [header.index(c) for c in wanted]
+    try:
+        return [[float(r[i]) for i in idx] for r in body]
+    except (ValueError, IndexError) as exc:
+        raise typer.BadParameter(f"{path}: {exc}") from None
+
+
+@handles_errors
+def predict(
+    job_id: Annotated[str, typer.Argument(help="A job id.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="CSV of feature rows (a header "
+                                                              "names the columns).")],
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "last",
+    as_json: JsonOpt = False, url: UrlOpt = None,
+) -> None:
+    """Eval-mode predictions for the rows of a CSV."""
+    with Client(url) as bn:
+        job = bn.jobs.get(job_id)
+        features = bn.datasets.get(job.dataset_id).feature_columns if job.dataset_id else None
+        result = bn.jobs.predict(job_id, read_rows(input, features), checkpoint=checkpoint)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    table = Table("row", "class", *(f"p({c})" for c in result.class_names))
+    for i, (cls, probs) in enumerate(zip(result.classes, result.probabilities, strict=True)):
+        table.add_row(str(i), cls, *(f"{p:.4f}" for p in probs))
+    out.print(table)
+
+
+@handles_errors
+def cancel(some_id: IdArg, as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """Cancel a job or an experiment (a running job stops at its next epoch end)."""
+    with Client(url) as bn:
+        item = job_or_experiment(bn, some_id)
+        item = item.cancel()
+    if as_json:
+        print_json(dump(item))
+    else:
+        err.print(f"{item.id}: {item.status}"
+                  + (" (cancel requested)" if item.cancel_requested else ""), highlight=False)
+
+
+# -- bnlab datasets ...
+
+datasets_app = typer.Typer(help="Upload and list datasets.", no_args_is_help=True)
+
+
+@datasets_app.command("upload")
+@handles_errors
+def datasets_upload(
+    file: Annotated[Path, typer.Argument(help="A CSV file with a header row.")],
+    name: Annotated[str | None, typer.Option(help="A name to show.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="The class column (default: the "
+                                                          "server's rule).")] = None,
+    as_json: JsonOpt = False, url: UrlOpt = None,
+) -> None:
+    """Upload a CSV; prints its id."""
+    with Client(url) as bn:
+        ds = bn.datasets.upload(file, name=name, label_column=label_column)
+    if as_json:
+        print_json(ds.model_dump(mode="json"))
+        return
+    err.print(f"dataset {ds.id}: {ds.n_rows} rows, features {ds.feature_columns}, label "
+              f"{ds.label_column} {ds.class_counts}", highlight=False)
+    sys.stdout.write(ds.id + "\n")
+
+
+@datasets_app.command("ls")
+@handles_errors
+def datasets_ls(as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """List uploaded datasets."""
+    with Client(url) as bn:
+        items = bn.datasets.list()
+    if as_json:
+        print_json([d.model_dump(mode="json") for d in items])
+        return
+    table = Table(Column("id", no_wrap=True), "name", "rows", "features", "label", "classes")
+    for d in items:
+        table.add_row(d.id, d.name or d.filename or "", str(d.n_rows), ",".join(
+            d.feature_columns), d.label_column, json.dumps(d.class_counts))
+    out.print(table)
+
+
+# -- bnlab experiment ...
+
+experiment_app = typer.Typer(help="Experiments: variants x seeds, summarised.",
+                             no_args_is_help=True)
+
+
+@experiment_app.command("submit")
+@handles_errors
+def experiment_submit(
+    file: Annotated[Path, typer.Argument(help="An experiment spec (JSON).")],
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Follow it to the end; exit 1 "
+                                                              "unless it succeeds.")] = False,
+    as_json: JsonOpt = False, url: UrlOpt = None,
+) -> None:
+    """Submit an experiment; prints its id."""
+    body = read_json(file)
+    with Client(url) as bn:
+        exp = bn.experiments.create(body)
+        if not as_json:
+            err.print(f"submitted experiment {exp.id}: {len(exp.children)} jobs "
+                      f"({len(exp.variants)} variants x {len(exp.seeds)} seeds)",
+                      highlight=False)
+        if watch:
+            finish(watch_until_done(exp, quiet=False), as_json)
+        elif as_json:
+            print_json(dump(exp))
+        else:
+            sys.stdout.write(exp.id + "\n")
+
+
+@experiment_app.command("ls")
+@handles_errors
+def experiment_ls(limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+                  as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """List experiments, newest first."""
+    with Client(url) as bn:
+        items = list(bn.experiments.list(limit=limit, page_size=min(limit, 200)))
+    if as_json:
+        print_json([dump(e) for e in items])
+        return
+    table = Table(Column("id", no_wrap=True), "name", "status", "variants", "seeds", "counts")
+    for e in items:
+        table.add_row(e.id, e.name or "", e.status, ",".join(e.variants), str(len(e.seeds)),
+                      " ".join(f"{k}={v}" for k, v in e.counts.items() if v))
+    out.print(table)
+
+
+@experiment_app.command("summary")
+@handles_errors
+def experiment_summary(
+    experiment_id: Annotated[str, typer.Argument(help="An experiment id.")],
+    as_csv: Annotated[bool, typer.Option("--csv", help="Per-epoch bands as CSV.")] = False,
+    as_json: JsonOpt = False, url: UrlOpt = None,
+) -> None:
+    """Per-variant final values with confidence intervals, and paired differences."""
+    with Client(url) as bn:
+        if as_csv:
+            sys.stdout.write(bn.experiments.summary_csv(experiment_id))
+            return
+        s = bn.experiments.summary(experiment_id)
+    if as_json:
+        print_json(s)
+        return
+    show_summary(s)
+
+
+def show_summary(s: dict[str, Any]) -> None:
+    conf = round(100 * float(s.get("confidence", 0.95)))
+    table = Table("variant", "metric", "n", "final mean", f"{conf}% CI", "best mean",
+                  "reached threshold")
+    for v, per in (s.get("per_variant") or {}).items():
+        for m, ms in (per.get("metrics") or {}).items():
+            final, best, thr = ms.get("final") or {}, ms.get("best") or {}, ms.get("threshold")
+            ci = f"[{fmt(final.get('ci_low'))}, {fmt(final.get('ci_high'))}]"
+            reached = f"{thr['reached']}/{thr['of']} (≥ {thr['value']})" \
+                if isinstance(thr, dict) and "reached" in thr else ""
+            table.add_row(v, m, fmt(final.get("n")), fmt(final.get("mean")), ci,
+                          fmt(best.get("mean")), reached)
+    out.print(table)
+    comp = Table("b - a", "metric", "pairs", "final diff", f"{conf}% CI", "p (t)",
+                 "p (wilcoxon)", "note")
+    for c in s.get("comparisons") or []:
+        f = c.get("final") or {}
+        comp.add_row(f"{c['b']} - {c['a']}", c["metric"], fmt(c.get("n_pairs")),
+                     fmt(f.get("mean_diff")), f"[{fmt(f.get('ci_low'))}, "
+                     f"{fmt(f.get('ci_high'))}]", fmt(f.get("p_value")),
+                     fmt(f.get("wilcoxon_p")), f.get("note") or "")
+    out.print(comp)
+
+
+@experiment_app.command("status")
+@handles_errors
+def experiment_status(experiment_id: Annotated[str, typer.Argument(help="An experiment id.")],
+                      as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """An experiment's state and its children."""
+    with Client(url) as bn:
+        exp = bn.experiments.get(experiment_id)
+    show(exp, as_json)
+
+
+@experiment_app.command("cancel")
+@handles_errors
+def experiment_cancel(experiment_id: Annotated[str, typer.Argument(help="An experiment id.")],
+                      as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """Cancel every child that has not finished."""
+    with Client(url) as bn:
+        exp = bn.experiments.cancel(experiment_id)
+    show(exp, as_json)
+
+
+@experiment_app.command("retry")
+@handles_errors
+def experiment_retry(experiment_id: Annotated[str, typer.Argument(help="An experiment id.")],
+                     as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """Queue the failed children again."""
+    with Client(url) as bn:
+        exp = bn.experiments.retry(experiment_id)
+    show(exp, as_json)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the client commands to `bnlab`."""
+    for command in (submit, watch, ls, status, history, curves, predict, cancel):
+        app.command()(command)
+    app.add_typer(datasets_app, name="datasets")
+    app.add_typer(experiment_app, name="experiment")

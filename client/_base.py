@@ -1,0 +1,204 @@
+"""What the sync and async clients share: settings, the requests each call makes, the retry
+policy and error translation. The two clients only differ in how they wait for I/O."""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import json
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from client.errors import ConnectionError, Timeout, WaitTimeout, error_for
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT = 30.0
+# The server pings an idle event stream every 15 s; a read waiting longer means it is gone.
+STREAM_READ_TIMEOUT = 60.0
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 8.0
+RETRY_AFTER_MAX_S = 60.0
+USER_AGENT = "bnlab-client/0.1"
+
+
+def base_url_from(base_url: str | None) -> str:
+    return (base_url or os.environ.get("BNLAB_URL") or DEFAULT_URL).rstrip("/")
+
+
+def headers_for(api_key: str | None) -> dict[str, str]:
+    key = api_key if api_key is not None else os.environ.get("BNLAB_API_KEY")
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def new_idempotency_key() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One API request and how to read its answer. `idempotent`: safe to send again after the
+    request may have reached the server (every GET; POSTs with an Idempotency-Key)."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: Mapping[str, Any] | None = None
+    json: Any = None
+    files: Any = None
+    data: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    idempotent: bool = True
+
+
+# -- the retry policy -------------------------------------------------------------------------
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """Retry-After as seconds (a number or an HTTP date), capped; None if absent."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
+
+
+def backoff_s(attempt: int) -> float:
+    """Exponential with jitter: ~0.5, 1, 2, ... s, at most BACKOFF_MAX_S."""
+    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** attempt) * (0.5 + random.random() / 2)
+
+
+def response_delay(call: Call[Any], response: httpx.Response, attempt: int,
+                   max_retries: int) -> float | None:
+    """Seconds to wait before sending `call` again after `response`; None: do not retry."""
+    if attempt >= max_retries or response.status_code not in RETRY_STATUSES:
+        return None
+    if not call.idempotent and response.status_code not in (429, 503):
+        return None  # the server may have done it; only "not now" answers are safe to repeat
+    hint = retry_after_s(response)
+    return hint if hint is not None else backoff_s(attempt)
+
+
+def transport_delay(call: Call[Any], exc: httpx.TransportError, attempt: int,
+                    max_retries: int) -> float | None:
+    if attempt >= max_retries:
+        return None
+    never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+    if not call.idempotent and not never_sent:
+        return None
+    return backoff_s(attempt)
+
+
+def transport_error(exc: httpx.TransportError, url: str) -> ConnectionError:
+    cls = Timeout if isinstance(exc, httpx.TimeoutException) else ConnectionError
+    return cls(f"{type(exc).__name__} talking to {url}: {exc or 'no detail'}")
+
+
+def checked(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        raise error_for(response, retry_after_s(response))
+    return response
+
+
+# -- parsers ----------------------------------------------------------------------------------
+
+def as_json(response: httpx.Response) -> Any:
+    return response.json()
+
+
+def as_text(response: httpx.Response) -> str:
+    return response.text
+
+
+def as_bytes(response: httpx.Response) -> bytes:
+    return response.content
+
+
+def as_none(_: httpx.Response) -> None:
+    return None
+
+
+# -- request bodies ---------------------------------------------------------------------------
+
+def spec_body(spec: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+    """A JobSpec / ExperimentSpec (validated, normalised) or a plain dict, as JSON."""
+    if isinstance(spec, BaseModel):
+        return spec.model_dump(mode="json", exclude_unset=False)
+    return json.loads(json.dumps(dict(spec)))  # a copy, and a clear error if not JSON-able
+
+
+def upload_files(source: Any, filename: str | None) -> tuple[str, bytes]:
+    """A path, CSV bytes, a file object or a pandas DataFrame -> (filename, CSV bytes)."""
+    if hasattr(source, "to_csv"):  # a DataFrame, without importing pandas
+        buf = io.StringIO()
+        source.to_csv(buf, index=False)
+        return filename or "dataframe.csv", buf.getvalue().encode()
+    if isinstance(source, bytes):
+        return filename or "data.csv", source
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        return filename or path.name, path.read_bytes()
+    if hasattr(source, "read"):
+        content = source.read()
+        name = filename or Path(getattr(source, "name", "data.csv")).name
+        return name, content.encode() if isinstance(content, str) else content
+    raise TypeError(f"upload a path, bytes, a file or a pandas DataFrame, not "
+                    f"{type(source).__name__}")
+
+
+def rows_body(rows: Any, checkpoint: str) -> dict[str, Any]:
+    """Rows as a list of lists (a DataFrame or numpy array works too)."""
+    if hasattr(rows, "to_numpy"):
+        rows = rows.to_numpy()
+    if hasattr(rows, "tolist"):
+        rows = rows.tolist()
+    return {"inputs": [[float(x) for x in row] for row in rows], "checkpoint": checkpoint}
+
+
+def history_frame(history: dict[str, list[Any]]) -> Any:
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("as_frame=True needs pandas: pip install pandas") from None
+    return pd.DataFrame(history).set_index("epoch")
+
+
+def metrics_param(metrics: str | Sequence[str]) -> str:
+    return metrics if isinstance(metrics, str) else ",".join(metrics)
+
+
+def check_deadline(deadline: float | None, timeout: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise WaitTimeout(f"not finished after {timeout} s")
+
+
+STREAM_CALL: Call[None] = Call("GET", "", lambda r: None)  # the retry policy of a stream
+
+
+def replace_model(model: M, fresh: M) -> M:
+    """Update a handle in place (keeping its client) and return it."""
+    object.__setattr__(model, "__dict__", fresh.__dict__)
+    object.__setattr__(model, "__pydantic_extra__", fresh.__pydantic_extra__)
+    object.__setattr__(model, "__pydantic_fields_set__", fresh.__pydantic_fields_set__)
+    return model

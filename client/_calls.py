@@ -1,0 +1,145 @@
+"""Every API call, described once (path, parameters, body, parser) for both clients."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from client._base import (
+    Call,
+    as_bytes,
+    as_json,
+    as_none,
+    as_text,
+    metrics_param,
+    new_idempotency_key,
+    rows_body,
+    spec_body,
+    upload_files,
+)
+from client.types import Dataset, Prediction
+
+
+def _key(idempotency_key: str | None) -> dict[str, str]:
+    # One key per logical request, generated before the first attempt: every retry of it
+    # carries the same key, so the server creates at most one job.
+    return {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+
+
+# -- datasets --
+
+def upload_dataset(source: Any, *, name: str | None, label_column: str | None,
+                   filename: str | None) -> Call[Dataset]:
+    fname, content = upload_files(source, filename)
+    data = {k: v for k, v in (("name", name), ("label_column", label_column)) if v is not None}
+    # Not idempotent on the server: retried only when it cannot have arrived.
+    return Call("POST", "/v1/datasets", lambda r: Dataset.model_validate(r.json()),
+                files={"file": (fname, content, "text/csv")}, data=data, idempotent=False)
+
+
+def get_dataset(dataset_id: str) -> Call[Dataset]:
+    return Call("GET", f"/v1/datasets/{dataset_id}", lambda r: Dataset.model_validate(r.json()))
+
+
+def list_datasets() -> Call[Any]:
+    return Call("GET", "/v1/datasets", as_json)
+
+
+# -- jobs --
+
+def create_job(spec: BaseModel | Mapping[str, Any], idempotency_key: str | None) -> Call[Any]:
+    return Call("POST", "/v1/jobs", as_json, json=spec_body(spec), headers=_key(idempotency_key))
+
+
+def get_job(job_id: str) -> Call[Any]:
+    return Call("GET", f"/v1/jobs/{job_id}", as_json)
+
+
+def list_jobs(*, status: str | None, limit: int, cursor: str | None,
+              experiment_id: str | None = None) -> Call[Any]:
+    params = {k: v for k, v in (("status", status), ("limit", limit), ("cursor", cursor),
+                                ("experiment_id", experiment_id)) if v is not None}
+    return Call("GET", "/v1/jobs", as_json, params=params)
+
+
+def cancel_job(job_id: str) -> Call[Any]:
+    return Call("POST", f"/v1/jobs/{job_id}/cancel", as_json)
+
+
+def delete_job(job_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/jobs/{job_id}", as_none)
+
+
+def history(job_id: str, *, since: int = 0) -> Call[Any]:
+    return Call("GET", f"/v1/jobs/{job_id}/history", as_json, params={"since": since})
+
+
+def history_csv(job_id: str) -> Call[str]:
+    return Call("GET", f"/v1/jobs/{job_id}/history", as_text, params={"format": "csv"})
+
+
+def curves(job_id: str, metrics: str | Sequence[str]) -> Call[bytes]:
+    return Call("GET", f"/v1/jobs/{job_id}/curves.png", as_bytes,
+                params={"metrics": metrics_param(metrics)})
+
+
+def compare_curves(job_ids: Sequence[str], metrics: str | Sequence[str]) -> Call[bytes]:
+    return Call("GET", "/v1/curves.png", as_bytes,
+                params={"jobs": ",".join(job_ids), "metrics": metrics_param(metrics)})
+
+
+def model(job_id: str) -> Call[Any]:
+    return Call("GET", f"/v1/jobs/{job_id}/model", as_json)
+
+
+def predict(job_id: str, rows: Any, checkpoint: str) -> Call[Prediction]:
+    return Call("POST", f"/v1/jobs/{job_id}/predict",
+                lambda r: Prediction.model_validate(r.json()), json=rows_body(rows, checkpoint))
+
+
+# -- experiments --
+
+def create_experiment(spec: BaseModel | Mapping[str, Any],
+                      idempotency_key: str | None) -> Call[Any]:
+    return Call("POST", "/v1/experiments", as_json, json=spec_body(spec),
+                headers=_key(idempotency_key))
+
+
+def get_experiment(experiment_id: str) -> Call[Any]:
+    return Call("GET", f"/v1/experiments/{experiment_id}", as_json)
+
+
+def list_experiments(*, limit: int, cursor: str | None) -> Call[Any]:
+    params: dict[str, Any] = {"limit": limit}
+    if cursor is not None:
+        params["cursor"] = cursor
+    return Call("GET", "/v1/experiments", as_json, params=params)
+
+
+def cancel_experiment(experiment_id: str) -> Call[Any]:
+    return Call("POST", f"/v1/experiments/{experiment_id}/cancel", as_json)
+
+
+def _retried(response: Any) -> Any:
+    body = response.json()  # {"retried": [job ids], "experiment": {...}}
+    return body.get("experiment", body) if isinstance(body, dict) else body
+
+
+def retry_experiment(experiment_id: str) -> Call[Any]:
+    return Call("POST", f"/v1/experiments/{experiment_id}/retry", _retried)
+
+
+def summary(experiment_id: str) -> Call[Any]:
+    return Call("GET", f"/v1/experiments/{experiment_id}/summary", as_json)
+
+
+def summary_csv(experiment_id: str) -> Call[str]:
+    return Call("GET", f"/v1/experiments/{experiment_id}/summary", as_text,
+                params={"format": "csv"})
+
+
+def experiment_curves(experiment_id: str, metric: str) -> Call[bytes]:
+    return Call("GET", f"/v1/experiments/{experiment_id}/curves.png", as_bytes,
+                params={"metric": metric})
