@@ -26,6 +26,7 @@ test: venv
 
 bench: venv
 	$(BIN)/python -m bench.train_throughput
+	$(BIN)/python -m bench.experiment_throughput
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
