@@ -10,11 +10,12 @@ import hashlib
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from models.db._sql import forget
-from models.db.jobs_repo import InvalidCursor, decode_cursor, encode_cursor, request_cancel
+from models.db.jobs_repo import request_cancel
+from models.db.paging import InvalidCursor, newest_first
 from models.db.tables import (
     TERMINAL,
     Checkpoint,
@@ -57,19 +58,7 @@ def find_experiment_by_idempotency_key(session: Session, *, idempotency_key: str
 def list_experiments(session: Session, *, limit: int = 50, cursor: str | None = None
                      ) -> tuple[list[Experiment], str | None]:
     """One page, newest first, and the next page's cursor (None on the last page)."""
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
-    stmt = (select(Experiment).order_by(Experiment.created_at.desc(), Experiment.id.desc())
-            .limit(limit + 1))
-    if cursor:
-        created, exp_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(Experiment.created_at < created,
-                              and_(Experiment.created_at == created, Experiment.id < exp_id)))
-    rows = list(session.scalars(stmt))
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    return rows, encode_cursor(rows[-1].created_at, rows[-1].id)
+    return newest_first(session, select(Experiment), Experiment, limit=limit, cursor=cursor)
 
 
 def children(session: Session, *, experiment_id: str) -> list[Job]:

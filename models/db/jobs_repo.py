@@ -6,21 +6,16 @@ one job can never both win: the one whose UPDATE matched no row lost.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from models.db._sql import forget
+from models.db.paging import newest_first
 from models.db.tables import QUEUES, TERMINAL, Job, JobStatus, new_id, utcnow
-
-
-class InvalidCursor(ValueError):
-    """A `cursor` that list_jobs did not produce."""
 
 
 def create_job(
@@ -60,24 +55,6 @@ def find_by_idempotency_key(session: Session, *, idempotency_key: str) -> Job | 
     return session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
 
 
-def encode_cursor(created_at: datetime, row_id: str) -> str:
-    """A keyset cursor for (created_at, id) listings, opaque to clients."""
-    raw = f"{created_at.isoformat()}|{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, job_id = raw.split("|", 1)
-        created = datetime.fromisoformat(stamp)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidCursor("invalid cursor: pass the next_cursor of the previous page") from exc
-    if created.tzinfo is None:
-        raise InvalidCursor("invalid cursor: pass the next_cursor of the previous page")
-    return created, job_id
-
-
 def list_jobs(
     session: Session, *, status: JobStatus | str | None = None, limit: int = 50,
     cursor: str | None = None, experiment_id: str | None = None,
@@ -87,22 +64,12 @@ def list_jobs(
     Keyset pagination on (created_at, id): stable while jobs are added. A malformed cursor
     raises InvalidCursor (a ValueError).
     """
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
-    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    stmt = select(Job)
     if status is not None:
         stmt = stmt.where(Job.status == JobStatus(status))
     if experiment_id is not None:
         stmt = stmt.where(Job.experiment_id == experiment_id)
-    if cursor:
-        created, job_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(Job.created_at < created,
-                              and_(Job.created_at == created, Job.id < job_id)))
-    rows = list(session.scalars(stmt))
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    return rows, encode_cursor(rows[-1].created_at, rows[-1].id)
+    return newest_first(session, stmt, Job, limit=limit, cursor=cursor)
 
 
 def _update(session: Session, job_id: str, where: list[Any], **values: Any) -> bool:

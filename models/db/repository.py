@@ -34,7 +34,6 @@ from models.db.experiments_repo import (
     status_counts,
 )
 from models.db.jobs_repo import (
-    InvalidCursor,
     claim_job,
     create_job,
     delete_job,
@@ -57,6 +56,7 @@ from models.db.jobs_repo import (
     touch_queued,
     update_progress,
 )
+from models.db.paging import InvalidCursor
 from models.db.workers_repo import beat_worker, live_workers
 
 __all__ = [
