@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.middleware import request_id_of
 from models.datasets import DatasetError
 from models.spec import SpecError
 
@@ -102,10 +103,16 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # Logged with its traceback here; the client only learns that it was not its fault.
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _json(500, "InternalError", "the server failed to handle this request; it has been "
-                 "logged")
+    # Logged with its traceback and request id here; the client only learns that it was not
+    # its fault, and the id to quote. This handler runs outside the middleware stack, so the
+    # X-Request-ID header is set here.
+    rid = request_id_of(request.scope)
+    log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path,
+                  rid, exc_info=exc)
+    body = {**error_body("InternalError", "the server failed to handle this request; it has "
+                         "been logged under this request id"), "request_id": rid}
+    return JSONResponse(body, status_code=500,
+                        headers={"X-Request-ID": rid} if rid is not None else None)
 
 
 def install(app: FastAPI) -> None:

@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
+from api.middleware import BodyLimit, RequestId
 from api.predictors import PredictorCache
 from api.queue import JobQueue
 from api.routes import checkpoints, datasets, events, experiments, health, jobs, results
@@ -43,6 +45,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.queue = queue
     app.state.predictors = PredictorCache(settings.predictor_cache_size)
     errors.install(app)
+    # Outermost last: RequestId wraps everything (a 413 carries an id too), CORS answers
+    # preflights before the body cap looks at them.
+    app.add_middleware(BodyLimit, limit_for=settings.body_limit)
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key",
+                                          "If-None-Match", "Last-Event-ID"],
+                           expose_headers=["ETag", "Location", "X-Request-ID", "Retry-After"])
+    app.add_middleware(RequestId)
     app.include_router(health.router)
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(events.router, prefix="/v1")

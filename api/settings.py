@@ -8,6 +8,11 @@ from config.settings import BaseBnlabSettings
 
 
 class ApiSettings(BaseBnlabSettings):
+    # Request bodies: JSON (specs, predict rows) and, separately, CSV uploads; both refused
+    # with 413 while streaming, before a route reads them.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # Browsers may call the API from these origins (comma-separated, exact; empty: CORS off).
+    cors_origins: str = ""
     # Uploads: checked while reading, before parsing.
     max_upload_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     max_csv_columns: int = Field(default=1_025, ge=2)
@@ -20,3 +25,14 @@ class ApiSettings(BaseBnlabSettings):
     worker_alive_within_s: float = Field(default=60.0, gt=0)
     # /readyz gives up on the broker after this long.
     ready_timeout_s: float = Field(default=2.0, gt=0)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    def body_limit(self, path: str) -> int:
+        """The cap on a request body at `path`: uploads get the file limit plus room for the
+        multipart envelope, everything else max_body_bytes."""
+        if path.rstrip("/") == "/v1/datasets":
+            return self.max_upload_bytes + 64 * 1024
+        return self.max_body_bytes
