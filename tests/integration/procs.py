@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,3 +119,25 @@ def celery_worker_argv(name: str, queues: str = "cpu", pool: str = "solo") -> li
     return [PYTHON, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", pool, "-c", "1",
             "-Q", queues, "-n", name, "--loglevel", "INFO", "--without-gossip",
             "--without-mingle"]
+
+
+@contextlib.contextmanager
+def embedded_serve(root: Path, **env: str) -> Iterator[tuple[str, Procs]]:
+    """`bnlab serve` with no database or broker configured (SQLite + filesystem broker under
+    root/"home", and its own worker); `env` adds settings. Yields (base URL, processes)."""
+    port = free_port()
+    procs = Procs(root)
+    try:
+        procs.start("serve", [BNLAB, "serve", "--port", str(port)],
+                    clean_env(BNLAB_HOME=str(root / "home"), **env))
+        base_url = f"http://127.0.0.1:{port}"
+        wait_ready(base_url, procs)
+        yield base_url, procs
+    finally:
+        procs.stop_all()
+        # `bnlab serve` starts its worker in a session of its own: never leave one behind
+        serve_log = procs.procs[0].log_tail(10**8) if procs.procs else ""
+        for pid in re.findall(r"embedded worker started \(pid (\d+)\)", serve_log):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGKILL)
+        print(procs.dump_logs())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -23,12 +22,12 @@ from tests.integration.flow import (
     wait_done,
 )
 from tests.integration.procs import (
-    BNLAB,
     PYTHON,
     Proc,
     Procs,
     celery_worker_argv,
     clean_env,
+    embedded_serve,
     free_port,
     wait_for_log,
     wait_ready,
@@ -142,22 +141,8 @@ def test_two_concurrent_jobs_on_two_workers(redis_stack: Stack) -> None:
 @pytest.fixture
 def embedded_server(tmp_path: Path) -> Iterator[tuple[str, Procs]]:
     """`bnlab serve` with no database or broker configured: SQLite + filesystem broker."""
-    port = free_port()
-    env = clean_env(BNLAB_HOME=str(tmp_path / "home"))
-    procs = Procs(tmp_path)
-    try:
-        procs.start("serve", [BNLAB, "serve", "--port", str(port)], env)
-        base_url = f"http://127.0.0.1:{port}"
-        wait_ready(base_url, procs)
-        yield base_url, procs
-    finally:
-        procs.stop_all()
-        # `bnlab serve` starts its worker in a session of its own: never leave one behind
-        serve_log = procs.procs[0].log_tail(10**8) if procs.procs else ""
-        for pid in re.findall(r"embedded worker started \(pid (\d+)\)", serve_log):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(int(pid), signal.SIGKILL)
-        print(procs.dump_logs())
+    with embedded_serve(tmp_path) as server:
+        yield server
 
 
 def test_notebook_on_embedded_default(embedded_server: tuple[str, Procs],
