@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.middleware import request_id_of
@@ -113,6 +114,57 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                          "been logged under this request id"), "request_id": rid}
     return JSONResponse(body, status_code=500,
                         headers={"X-Request-ID": rid} if rid is not None else None)
+
+
+class ErrorOut(BaseModel):
+    """Every error body (and the schema /openapi.json documents for each error status)."""
+
+    error: str = Field(description="the kind, e.g. NotFound, SpecError, RateLimited")
+    detail: str | list[str] = Field(description="what to change, one message per problem")
+    request_id: str | None = Field(default=None, description="on 5xx (and some 4xx): quote it")
+
+
+SUBMISSIONS = ("/v1/jobs", "/v1/experiments", "/v1/datasets")
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make /openapi.json document the errors each /v1 route really answers, with the ErrorOut
+    body (FastAPI would document its own 422 shape, which this API never sends)."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = default_openapi()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["ErrorOut"] = ErrorOut.model_json_schema()
+        body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+        for path, operations in schema.get("paths", {}).items():
+            if not path.startswith("/v1"):
+                continue
+            for method, op in operations.items():
+                codes = {"422": "invalid parameters or body; `detail` lists what to change",
+                         "500": "an unexpected failure; the body names the request id"}
+                if "{" in path or path == "/v1/curves.png":
+                    codes["404"] = "no such id (or another key's)"
+                if path.endswith(("/cancel", "/retry")) or method == "delete":
+                    codes["409"] = "the object's state does not allow it; `detail` says why"
+                if "requestBody" in op:
+                    codes["400"] = "the body could not be parsed (not JSON, broken multipart)"
+                submission = method == "post" and path in SUBMISSIONS
+                if submission or path.endswith(("/predict", "/boundary")):
+                    codes["429"] = ("rate limited (or, for submissions, too many active jobs): "
+                                    "wait Retry-After seconds")
+                responses = op.setdefault("responses", {})
+                for code, text in codes.items():
+                    doc = responses.setdefault(code, {"description": text})
+                    doc["content"] = body
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install(app: FastAPI) -> None:

@@ -9,14 +9,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
+from api.auth import UNAUTHORIZED, Authenticate, Authenticator, bearer_scheme
 from api.middleware import BodyLimit, RequestId
 from api.predictors import PredictorCache
 from api.queue import JobQueue
-from api.routes import checkpoints, datasets, events, experiments, health, jobs, results
+from api.ratelimit import RateLimit, RateLimiter, parse_rate
+from api.routes import (
+    checkpoints,
+    dashboard,
+    datasets,
+    events,
+    experiments,
+    health,
+    jobs,
+    results,
+    visuals,
+)
 from api.settings import ApiSettings
 from models.db import make_engine, session_factory
 
@@ -45,9 +57,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.queue = queue
     app.state.predictors = PredictorCache(settings.predictor_cache_size)
     errors.install(app)
-    # Outermost last: RequestId wraps everything (a 413 carries an id too), CORS answers
-    # preflights before the body cap looks at them.
+    # Outermost last: RequestId wraps everything (a 401, 413 or 429 carries an id too), CORS
+    # answers preflights before authentication; a request is authenticated, then rate limited,
+    # then its body capped, all before a route reads the body.
     app.add_middleware(BodyLimit, limit_for=settings.body_limit)
+    limiters = {kind: RateLimiter(rate) for kind, text in (
+        ("submissions", settings.rate_limit_submissions),
+        ("predictions", settings.rate_limit_predictions)) if (rate := parse_rate(text))}
+    app.add_middleware(RateLimit, limiters=limiters)
+    app.add_middleware(Authenticate,
+                       authenticator=Authenticator(settings.api_key_list, app.state.sessions))
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
                            allow_methods=["GET", "POST", "DELETE"],
@@ -55,14 +74,20 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                                           "If-None-Match", "Last-Event-ID"],
                            expose_headers=["ETag", "Location", "X-Request-ID", "Retry-After"])
     app.add_middleware(RequestId)
+    # Everything under /v1 needs the key when auth is on (Authenticate); this documents it.
+    v1: dict[str, Any] = {"prefix": "/v1", "dependencies": [Depends(bearer_scheme)],
+                          "responses": UNAUTHORIZED}
     app.include_router(health.router)
-    app.include_router(jobs.router, prefix="/v1")
-    app.include_router(events.router, prefix="/v1")
-    app.include_router(results.router, prefix="/v1")
-    app.include_router(results.compare_router, prefix="/v1")
-    app.include_router(checkpoints.router, prefix="/v1")
-    app.include_router(datasets.router, prefix="/v1")
-    app.include_router(experiments.router, prefix="/v1")
+    app.include_router(jobs.router, **v1)
+    app.include_router(events.router, **v1)
+    app.include_router(results.router, **v1)
+    app.include_router(results.compare_router, **v1)
+    app.include_router(checkpoints.router, **v1)
+    app.include_router(datasets.router, **v1)
+    app.include_router(experiments.router, **v1)
+    app.include_router(visuals.router, **v1)
+    app.include_router(dashboard.router)
+    errors.document_errors(app)
     return app
 
 

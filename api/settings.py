@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from api.ratelimit import parse_rate
 from config.settings import BaseBnlabSettings
 
 
 class ApiSettings(BaseBnlabSettings):
+    # Authentication is on when this lists keys (comma-separated raw keys, e.g. compose's .env)
+    # or once any key was made with `bnlab keys create`; then /v1 needs `Authorization: Bearer`.
+    api_keys: str = Field(default="", repr=False)  # never in a logged repr
+    # Per key and per API process: "N/second|minute|hour", or "" for no limit.
+    # Submissions: POST /v1/jobs, /v1/experiments, /v1/datasets.
+    rate_limit_submissions: str = "60/minute"
+    # Predictions: POST /v1/jobs/{id}/predict and GET /v1/jobs/{id}/boundary.
+    rate_limit_predictions: str = "600/minute"
+    # Queued + running jobs one key may have (experiment children count); checked at submission.
+    max_active_jobs_per_key: int = Field(default=256, ge=1)
     # Request bodies: JSON (specs, predict rows) and, separately, CSV uploads; both refused
     # with 413 while streaming, before a route reads them.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
@@ -25,6 +36,16 @@ class ApiSettings(BaseBnlabSettings):
     worker_alive_within_s: float = Field(default=60.0, gt=0)
     # /readyz gives up on the broker after this long.
     ready_timeout_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("rate_limit_submissions", "rate_limit_predictions")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)  # raises ValueError with what is expected
+        return value
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -1,7 +1,9 @@
-"""`bnlab`: serve the API (plus an embedded Celery worker), run a worker, apply migrations."""
+"""`bnlab`: serve the API (plus an embedded Celery worker), run a worker, apply migrations,
+manage API keys."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -22,6 +24,9 @@ app = typer.Typer(help="bnlab: train small PyTorch networks described as JSON.",
                   no_args_is_help=True, add_completion=False)
 log = logging.getLogger("bnlab.cli")
 register_client_commands(app)  # submit, watch, ls, status, ...: the HTTP client's commands
+keys_app = typer.Typer(help="API keys (stored hashed in the database; shown once).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 # Time a worker gets on shutdown (SIGTERM: its job checkpoints at the end of the current
 # epoch and goes back to the queue) before it is killed; a killed worker's job is resumed from
@@ -120,11 +125,40 @@ class EmbeddedWorker:
             proc.wait()
 
 
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses; a hostname or 0.0.0.0 / :: is not."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_enabled(settings: BaseBnlabSettings) -> bool:
+    """What the API will decide: keys in BNLAB_API_KEYS, or any key in the database."""
+    from api.settings import ApiSettings
+    from models.db import make_engine, session_factory
+    from models.db import repository as repo
+
+    if ApiSettings().api_key_list:
+        return True
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with session_factory(engine)() as session:
+            return repo.any_api_key(session)
+    finally:
+        engine.dispose()
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn and celery log level.")] = "info",
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Allow a non-loopback --host with authentication off (anyone who "
+                           "can reach the port can train and read everything).")] = False,
 ) -> None:
     """Run the API. Embedded default (no BNLAB_BROKER_URL): also a Celery worker process."""
     import uvicorn
@@ -135,6 +169,15 @@ def serve(
     # this handler and re-raises the signal after its own graceful shutdown).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     _migrate(settings)
+    if not is_loopback(host) and not auth_enabled(settings):
+        if not insecure:
+            typer.echo(
+                f"refusing to listen on {host}: authentication is off, so anyone who can reach "
+                "this port could run training jobs and read every job and dataset. Turn it on "
+                "with BNLAB_API_KEYS=<key>[,<key>...] or `bnlab keys create`, bind 127.0.0.1, "
+                "or pass --insecure if the network is trusted.", err=True)
+            raise typer.Exit(2)
+        log.warning("listening on %s with authentication OFF (--insecure)", host)
     worker: EmbeddedWorker | None = None
     if settings.embedded:
         env = {**os.environ, "BNLAB_HOME": str(Path(settings.home).resolve())}
@@ -182,6 +225,74 @@ def migrate() -> None:
     settings = BaseBnlabSettings()
     _migrate(settings)
     typer.echo(f"database at head: {settings.sqlalchemy_url.split('@')[-1]}")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str | None, typer.Option(help="A label to tell keys apart.")] = None,
+) -> None:
+    """Make an API key and print it once (only its hash is stored). Auth is on from now on."""
+    from api.auth import hash_key, new_key
+    from models.db import make_engine, session_factory
+    from models.db import repository as repo
+
+    settings = BaseBnlabSettings()
+    _migrate(settings)
+    engine = make_engine(settings.sqlalchemy_url)
+    key = new_key()
+    try:
+        with session_factory(engine).begin() as session:
+            row = repo.create_api_key(session, key_hash=hash_key(key), prefix=key[:10],
+                                      name=name)
+            key_id = row.id
+    finally:
+        engine.dispose()
+    typer.echo(key)
+    typer.echo(f"key id {key_id}: keep the key now, it cannot be shown again; send it as "
+               "`Authorization: Bearer <key>` (BNLAB_API_KEY for the CLI and client)", err=True)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key: id, name, first characters, created, revoked."""
+    from models.db import make_engine, session_factory
+    from models.db import repository as repo
+
+    settings = BaseBnlabSettings()
+    _migrate(settings)
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with session_factory(engine)() as session:
+            rows = repo.list_api_keys(session)
+            for r in rows:
+                revoked = f"revoked {r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "active"
+                typer.echo(f"{r.id}  {r.prefix}...  {r.created_at:%Y-%m-%d %H:%M}  {revoked}  "
+                           f"{r.name or ''}".rstrip())
+    finally:
+        engine.dispose()
+    if not rows:
+        typer.echo("no keys: `bnlab keys create` makes one (BNLAB_API_KEYS keys are not listed)",
+                   err=True)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The id `keys list` shows.")]) -> None:
+    """Revoke a key at once; what it created stays (unreachable). Auth stays on."""
+    from models.db import make_engine, session_factory
+    from models.db import repository as repo
+
+    settings = BaseBnlabSettings()
+    _migrate(settings)
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with session_factory(engine).begin() as session:
+            done = repo.revoke_api_key(session, key_id=key_id)
+    finally:
+        engine.dispose()
+    if not done:
+        typer.echo(f"no active key with id '{key_id}' (see `bnlab keys list`)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
 
 
 if __name__ == "__main__":

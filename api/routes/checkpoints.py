@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import TYPE_CHECKING
 
-from api.deps import JobDep, PredictorsDep, SessionDep, SettingsDep
+from fastapi import APIRouter, Response
+from sqlalchemy.orm import Session
+
+from api.deps import MAX_EPOCH_NUMBER, JobDep, PredictorsDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound, PayloadTooLarge
+from api.predictors import PredictorCache
 from api.schemas import CheckpointOut, CheckpointRef, PredictRequest, PredictResponse
 from models.db import repository as repo
 from models.db.tables import Checkpoint, Job
+
+if TYPE_CHECKING:  # torch loads on the first prediction, not at import
+    from models.inference import Predictor
 
 router = APIRouter(prefix="/jobs", tags=["checkpoints"])
 
@@ -45,7 +52,7 @@ def download_checkpoint(job: JobDep, which: str, session: SessionDep) -> Respons
 
 
 def _find(session: SessionDep, job: Job, which: str) -> Checkpoint:
-    if which not in KINDS and not which.isdigit():
+    if which not in KINDS and not (which.isdigit() and int(which) <= MAX_EPOCH_NUMBER):
         raise InvalidInput([f"checkpoint '{which}': use 'best', 'last' or an epoch number"])
     ckpt = repo.get_checkpoint(session, job_id=job.id, which=which)
     if ckpt is not None:
@@ -57,7 +64,34 @@ def _find(session: SessionDep, job: Job, which: str) -> Checkpoint:
     raise NotFound(f"job '{job.id}' keeps no checkpoint of epoch {which}; it keeps: {kept}")
 
 
-def _classes(session: SessionDep, job: Job) -> list[str] | None:
+def checkpoint_meta(session: Session, job: Job, kind: str) -> Checkpoint:
+    """The job's `kind` checkpoint row without its content (404 when there is none yet)."""
+    meta = next((c for c in repo.list_checkpoints(session, job_id=job.id) if c.kind == kind),
+                None)
+    if meta is None:
+        raise _no_checkpoint(job, kind)
+    return meta
+
+
+def predictor_for(session: Session, job: Job, meta: Checkpoint, predictors: PredictorCache
+                  ) -> tuple[Predictor, CheckpointRef]:
+    """The eval-mode model of a checkpoint, from the cache (keyed by its sha256) or loaded
+    once; and the checkpoint actually used (a newer one may have landed since `meta`)."""
+    from models.inference import load_predictor  # torch on first use
+
+    ref = CheckpointRef(kind=meta.kind, epoch=meta.epoch, sha256=meta.sha256)
+    predictor = predictors.get((job.id, ref.kind, ref.sha256))
+    if predictor is None:
+        ckpt = repo.get_checkpoint(session, job_id=job.id, which=ref.kind)
+        if ckpt is None:  # deleted between the two reads
+            raise _no_checkpoint(job, ref.kind)
+        ref = CheckpointRef(kind=ckpt.kind, epoch=ckpt.epoch, sha256=ckpt.sha256)
+        predictor = load_predictor(ckpt.content, classes=_classes(session, job))
+        predictors.put((job.id, ref.kind, ref.sha256), predictor)
+    return predictor, ref
+
+
+def _classes(session: Session, job: Job) -> list[str] | None:
     if job.dataset_id is None:
         return None  # generated data: class ids are the names
     dataset = repo.get_dataset(session, dataset_id=job.dataset_id)
@@ -77,23 +111,10 @@ def predict(job: JobDep, body: PredictRequest, session: SessionDep, settings: Se
     if len(body.inputs) > settings.max_predict_rows:
         raise PayloadTooLarge(f"{len(body.inputs)} input rows; the limit (max_predict_rows) is "
                               f"{settings.max_predict_rows}: split the request")
-    # Metadata first: a cache hit never loads the blob from the database.
-    meta = next((c for c in repo.list_checkpoints(session, job_id=job.id)
-                 if c.kind == body.checkpoint), None)
-    if meta is None:
-        raise _no_checkpoint(job, body.checkpoint)
-    ref = CheckpointRef(kind=meta.kind, epoch=meta.epoch, sha256=meta.sha256)
-    from models.inference import InferenceInputError, load_predictor  # torch on first use
+    predictor, ref = predictor_for(session, job, checkpoint_meta(session, job, body.checkpoint),
+                                   predictors)
+    from models.inference import InferenceInputError  # torch on first use
 
-    predictor = predictors.get((job.id, ref.kind, ref.sha256))
-    if predictor is None:
-        ckpt = repo.get_checkpoint(session, job_id=job.id, which=ref.kind)
-        if ckpt is None:  # deleted between the two reads
-            raise _no_checkpoint(job, body.checkpoint)
-        # Possibly newer than `meta`: describe what is actually loaded.
-        ref = CheckpointRef(kind=ckpt.kind, epoch=ckpt.epoch, sha256=ckpt.sha256)
-        predictor = load_predictor(ckpt.content, classes=_classes(session, job))
-        predictors.put((job.id, ref.kind, ref.sha256), predictor)
     try:
         result = predictor.predict(body.inputs)
     except InferenceInputError as exc:

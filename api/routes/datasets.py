@@ -7,7 +7,7 @@ from typing import Annotated, Any, get_args
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
 from api import plots
-from api.deps import DatasetDep, SessionDep, SettingsDep
+from api.deps import DatasetDep, PrincipalDep, SessionDep, SettingsDep
 from api.errors import PayloadTooLarge
 from api.schemas import DatasetOut, DatasetPage, GeneratorOut, GeneratorParam
 from models.datasets import class_counts, parse_csv
@@ -47,7 +47,7 @@ def _read_capped(file: UploadFile, limit: int) -> bytes:
 def upload_dataset(
     file: Annotated[UploadFile, File(description="CSV with a header row; numeric features and "
                                                  "one label column")],
-    session: SessionDep, settings: SettingsDep, response: Response,
+    session: SessionDep, settings: SettingsDep, response: Response, principal: PrincipalDep,
     name: Annotated[str | None, Form(max_length=200)] = None,
     label_column: Annotated[str | None, Form(max_length=256, description=(
         "default: the first of class/label/target/y, else the last column"))] = None,
@@ -61,7 +61,7 @@ def upload_dataset(
         n_rows=table.n_rows,
         n_features=table.n_features, columns=[*table.feature_names, table.label_column],
         label_column=table.label_column, classes=table.classes,
-        class_counts=class_counts(table),
+        class_counts=class_counts(table), owner=principal.owner,
     )
     session.commit()
     response.headers["Location"] = f"/v1/datasets/{dataset.id}"
@@ -69,10 +69,11 @@ def upload_dataset(
 
 
 @router.get("", response_model=DatasetPage)
-def list_datasets(session: SessionDep,
+def list_datasets(session: SessionDep, principal: PrincipalDep,
                   limit: Annotated[int, Query(ge=1, le=200)] = 50) -> DatasetPage:
     """Newest first."""
-    return DatasetPage(items=[dataset_out(d) for d in repo.list_datasets(session, limit=limit)])
+    rows = repo.list_datasets(session, limit=limit, owner=principal.owner)
+    return DatasetPage(items=[dataset_out(d) for d in rows])
 
 
 def _generators() -> list[type[Any]]:

@@ -31,7 +31,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import JobId
+from api.deps import MAX_EPOCH_NUMBER, JobId, PrincipalDep
 from api.errors import InvalidInput, NotFound
 from api.routes.jobs import job_out
 from api.routes.results import COLUMNS, EXTRA_SERIES
@@ -86,9 +86,10 @@ def epoch_after(last_event_id: str | None) -> int:
         epoch = int(last_event_id)
     except ValueError:
         epoch = -1
-    if epoch < 0:
-        raise InvalidInput([f"Last-Event-ID: '{last_event_id}' is not an epoch number; send the "
-                            "id of the last epoch event received, or none to start over"])
+    if not 0 <= epoch <= MAX_EPOCH_NUMBER:
+        raise InvalidInput([f"Last-Event-ID: '{last_event_id[:40]}' is not an epoch number; "
+                            "send the id of the last epoch event received, or none to start "
+                            "over"])
     return epoch
 
 
@@ -173,11 +174,12 @@ def resume_after(
 ResumeDep = Annotated[str | None, Depends(resume_after)]
 
 
-def existing_job_id(job_id: JobId, sessions: SessionsDep) -> str:
+def existing_job_id(job_id: JobId, sessions: SessionsDep, principal: PrincipalDep) -> str:
     # A short session of its own: the request's session dependency would hold a database
-    # connection for as long as the stream lasts.
+    # connection for as long as the stream lasts. Ownership is checked here, once: the job's
+    # owner never changes.
     with sessions() as session:
-        if repo.get_job(session, job_id=job_id) is None:
+        if repo.get_job(session, job_id=job_id, owner=principal.owner) is None:
             raise NotFound(f"no job with id '{job_id}': list jobs with GET /v1/jobs")
     return job_id
 

@@ -20,8 +20,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import plots
-from api.deps import QueueDep, SessionDep, SettingsDep
+from api.auth import require_visible_dataset
+from api.deps import MAX_EPOCH_NUMBER, PrincipalDep, QueueDep, SessionDep, SettingsDep
 from api.errors import Conflict, InvalidInput, NotFound, NotReady
+from api.ratelimit import check_active_jobs
 from api.resolve import resolve
 from api.routes.events import Poll, ResumeDep, SessionsDep, epoch_payload, stream
 from api.routes.jobs import choose_queue
@@ -51,8 +53,9 @@ EXAMPLES: dict[str, Any] = {
 ExperimentId = Annotated[str, Path(description="id returned by POST /v1/experiments")]
 
 
-def get_experiment_or_404(experiment_id: ExperimentId, session: SessionDep) -> Experiment:
-    exp = repo.get_experiment(session, experiment_id=experiment_id)
+def get_experiment_or_404(experiment_id: ExperimentId, session: SessionDep,
+                          principal: PrincipalDep) -> Experiment:
+    exp = repo.get_experiment(session, experiment_id=experiment_id, owner=principal.owner)
     if exp is None:
         raise NotFound(f"no experiment with id '{experiment_id}': list experiments with "
                        "GET /v1/experiments")
@@ -87,8 +90,8 @@ def _stack_key(experiment_id: str, key: str | None) -> str | None:
     return hashlib.sha256(f"{experiment_id}/{key}".encode()).hexdigest()[:32]
 
 
-def _resolve_children(session: Session, children: list[Child], settings: SettingsDep
-                      ) -> tuple[dict[int, list[str]], dict[str, str | None]]:
+def _resolve_children(session: Session, children: list[Child], settings: SettingsDep,
+                      owner: str) -> tuple[dict[int, list[str]], dict[str, str | None]]:
     """Resolve one child per variant (seeds change nothing a check looks at): warnings per
     child index and the uploaded dataset's id per variant; raises SpecError naming the
     variant of every problem."""
@@ -99,6 +102,7 @@ def _resolve_children(session: Session, children: list[Child], settings: Setting
         if child.variant in warnings:
             continue
         try:
+            require_visible_dataset(session, child.spec, owner)
             resolved, dataset = resolve(session, child.spec, settings.limits())
         except SpecError as exc:
             errors += [f"variant '{child.variant}': {e}" for e in exc.errors]
@@ -122,10 +126,13 @@ def _resolve_children(session: Session, children: list[Child], settings: Setting
                         409: {"description": "Idempotency-Key reused with another body"},
                         422: {"description": "a variant cannot run; `detail` says which and "
                                              "what to change"},
+                        429: {"description": "rate limited, or max_active_jobs_per_key "
+                                             "reached"},
                         503: {"description": "the broker is unreachable; nothing was stored"}})
 def submit_experiment(
     body: Annotated[ExperimentSpec, Body(openapi_examples=EXAMPLES)],
     session: SessionDep, settings: SettingsDep, queue: QueueDep, response: Response,
+    principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(max_length=255, description=(
         "retry-safe submission: the same key and body return the first experiment"))] = None,
 ) -> ExperimentOut:
@@ -133,19 +140,21 @@ def submit_experiment(
     stored = body.model_dump(mode="json")
     request_hash = hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()
     if idempotency_key is not None:
-        earlier = repo.find_experiment_by_idempotency_key(session,
-                                                          idempotency_key=idempotency_key)
+        earlier = repo.find_experiment_by_idempotency_key(
+            session, idempotency_key=idempotency_key, owner=principal.owner)
         if earlier is not None:
             return _replayed(session, earlier, request_hash, response)
     children = expand(body, max_children=settings.max_experiment_children)
-    warnings, dataset_ids = _resolve_children(session, children, settings)
+    warnings, dataset_ids = _resolve_children(session, children, settings, principal.owner)
+    check_active_jobs(session, owner=principal.owner, adding=len(children),
+                      limit=settings.max_active_jobs_per_key)
     queues = {c.index: choose_queue(session, c.spec.device, settings.worker_alive_within_s)
               for c in children}
     try:
         exp = repo.create_experiment(session, spec=stored, name=body.name,
                                      variants=variant_names(body), seeds=body.seed_list(),
                                      idempotency_key=idempotency_key,
-                                     request_hash=request_hash)
+                                     request_hash=request_hash, owner=principal.owner)
         jobs = [repo.create_job(
             session, job_id=repo.child_job_id(exp.id, c.variant, c.seed),
             spec=c.spec.model_dump(mode="json"), name=c.spec.name, queue=queues[c.index],
@@ -153,13 +162,14 @@ def submit_experiment(
             warnings=warnings[c.index],
             dataset_id=dataset_ids[c.variant],
             max_attempts=settings.max_attempts, experiment_id=exp.id, variant=c.variant,
-            seed=c.seed, child_index=c.index, stack_key=_stack_key(exp.id, c.stack_key))
+            seed=c.seed, child_index=c.index, stack_key=_stack_key(exp.id, c.stack_key),
+            owner=principal.owner)
             for c in children]
         session.commit()  # commit, then enqueue: the workers must find the rows
     except IntegrityError:
         session.rollback()
         earlier = repo.find_experiment_by_idempotency_key(
-            session, idempotency_key=idempotency_key or "")
+            session, idempotency_key=idempotency_key or "", owner=principal.owner)
         if earlier is None:
             raise
         return _replayed(session, earlier, request_hash, response)
@@ -188,12 +198,13 @@ def _replayed(session: Session, exp: Experiment, request_hash: str,
 
 @router.get("", response_model=ExperimentPage)
 def list_experiments(
-    session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    session: SessionDep, principal: PrincipalDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> ExperimentPage:
     """Newest first."""
     try:
-        rows, next_cursor = repo.list_experiments(session, limit=limit, cursor=cursor)
+        rows, next_cursor = repo.list_experiments(session, limit=limit, cursor=cursor,
+                                                  owner=principal.owner)
     except repo.InvalidCursor as exc:
         raise InvalidInput([f"cursor: {exc}"]) from None
     return ExperimentPage(items=[experiment_out(session, e) for e in rows],
@@ -215,8 +226,13 @@ def cancel_experiment(exp: ExperimentDep, session: SessionDep) -> ExperimentOut:
 
 
 @router.post("/{experiment_id}/retry", response_model=RetryOut)
-def retry_experiment(exp: ExperimentDep, session: SessionDep, queue: QueueDep) -> RetryOut:
+def retry_experiment(exp: ExperimentDep, session: SessionDep, queue: QueueDep,
+                     settings: SettingsDep) -> RetryOut:
     """Queue the failed children again from scratch; the others are left as they are."""
+    failed = sum(str(j.status) == "failed" for j in repo.children(session, experiment_id=exp.id))
+    if failed:
+        check_active_jobs(session, owner=exp.owner, adding=failed,
+                          limit=settings.max_active_jobs_per_key)
     ids = repo.reset_failed(session, experiment_id=exp.id)
     if not ids:
         raise Conflict(f"experiment '{exp.id}' has no failed children: nothing to retry")
@@ -302,7 +318,7 @@ def parse_cursor(value: str | None, n_children: int) -> list[int]:
         last = [int(part) for part in value.split(".")]
     except ValueError:
         last = []
-    if len(last) != n_children or any(e < 0 for e in last):
+    if len(last) != n_children or any(not 0 <= e <= MAX_EPOCH_NUMBER for e in last):
         raise InvalidInput([f"Last-Event-ID: '{value[:80]}' is not an id of this experiment's "
                             "events; send the id of the last event received, or none to "
                             "start over"])
@@ -347,10 +363,12 @@ class ExperimentEvents:
 
 
 def experiment_resume(experiment_id: ExperimentId, sessions: SessionsDep,
-                      resume: ResumeDep) -> list[int]:
-    """Each child's resume epoch; a dependency, so a bad id is a 404/422 before the stream."""
+                      resume: ResumeDep, principal: PrincipalDep) -> list[int]:
+    """Each child's resume epoch; a dependency, so a bad id (or another key's) is a 404/422
+    before the stream."""
     with sessions() as session:  # short: the stream must not hold a connection
-        if repo.get_experiment(session, experiment_id=experiment_id) is None:
+        if repo.get_experiment(session, experiment_id=experiment_id,
+                               owner=principal.owner) is None:
             raise NotFound(f"no experiment with id '{experiment_id}': list experiments with "
                            "GET /v1/experiments")
         n = len(repo.children(session, experiment_id=experiment_id))

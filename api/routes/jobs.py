@@ -12,9 +12,11 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import JobDep, QueueDep, SessionDep, SettingsDep
+from api.auth import require_visible_dataset
+from api.deps import JobDep, PrincipalDep, QueueDep, SessionDep, SettingsDep
 from api.errors import Conflict, InvalidInput, NotReady
 from api.examples import JOB_EXAMPLES
+from api.ratelimit import check_active_jobs
 from api.resolve import resolve
 from api.schemas import JobOut, JobPage
 from models.db import repository as repo
@@ -60,11 +62,13 @@ def choose_queue(session: Session, device: str, within_s: float) -> str:
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
              responses={200: {"description": "an earlier job with the same Idempotency-Key"},
                         409: {"description": "Idempotency-Key reused with another body"},
+                        429: {"description": "rate limited, or max_active_jobs_per_key reached"},
                         503: {"description": "the broker is unreachable; nothing was stored"},
                         422: {"description": "the spec cannot run; `detail` lists what to change"}})
 def submit_job(
     spec: Annotated[JobSpec, Body(openapi_examples=JOB_EXAMPLES)],
     session: SessionDep, settings: SettingsDep, queue: QueueDep, response: Response,
+    principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(max_length=255, description=(
         "retry-safe submission: the same key and body return the first job"))] = None,
 ) -> JobOut:
@@ -72,10 +76,14 @@ def submit_job(
     stored = spec.model_dump(mode="json")  # normalised: defaults filled, one spelling
     request_hash = hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()
     if idempotency_key is not None:
-        earlier = repo.find_by_idempotency_key(session, idempotency_key=idempotency_key)
+        earlier = repo.find_by_idempotency_key(session, idempotency_key=idempotency_key,
+                                               owner=principal.owner)
         if earlier is not None:
             return _replayed(earlier, request_hash, response)
+    require_visible_dataset(session, spec, principal.owner)
     resolved, dataset = resolve(session, spec, settings.limits())
+    check_active_jobs(session, owner=principal.owner, adding=1,
+                      limit=settings.max_active_jobs_per_key)
     queue_name = choose_queue(session, spec.device, settings.worker_alive_within_s)
     try:
         job = repo.create_job(
@@ -83,13 +91,14 @@ def submit_job(
             epochs_total=spec.training.epochs, warnings=resolved.warnings,
             dataset_id=dataset.id if dataset is not None else None,
             idempotency_key=idempotency_key, request_hash=request_hash,
-            max_attempts=settings.max_attempts,
+            max_attempts=settings.max_attempts, owner=principal.owner,
         )
         session.commit()  # commit, then enqueue: the worker must find the row
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the race.
         session.rollback()
-        earlier = repo.find_by_idempotency_key(session, idempotency_key=idempotency_key or "")
+        earlier = repo.find_by_idempotency_key(session, idempotency_key=idempotency_key or "",
+                                               owner=principal.owner)
         if earlier is None:
             raise
         return _replayed(earlier, request_hash, response)
@@ -117,7 +126,7 @@ def _replayed(job: Job, request_hash: str, response: Response) -> JobOut:
 
 @router.get("", response_model=JobPage)
 def list_jobs(
-    session: SessionDep,
+    session: SessionDep, principal: PrincipalDep,
     status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
@@ -127,7 +136,7 @@ def list_jobs(
     """Newest first."""
     try:
         rows, next_cursor = repo.list_jobs(session, status=status, limit=limit, cursor=cursor,
-                                           experiment_id=experiment_id)
+                                           experiment_id=experiment_id, owner=principal.owner)
     except repo.InvalidCursor as exc:
         raise InvalidInput([f"cursor: {exc}"]) from None
     return JobPage(items=[job_out(j) for j in rows], next_cursor=next_cursor)

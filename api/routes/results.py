@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 
 from api import plots
-from api.deps import JobDep, SessionDep
+from api.deps import MAX_EPOCH_NUMBER, JobDep, PrincipalDep, SessionDep
 from api.errors import InvalidInput, NotFound
 from api.resolve import dataset_shape
 from api.routes.jobs import job_etag, not_modified
@@ -54,7 +54,8 @@ def history_of(session: SessionDep, job: Job, since: int = 0) -> dict[str, list[
     304: {"description": "If-None-Match holds the current ETag"}})
 def get_history(
     job: JobDep, session: SessionDep, request: Request, response: Response,
-    since: Annotated[int, Query(ge=0, description="only epochs after this one")] = 0,
+    since: Annotated[int, Query(ge=0, le=MAX_EPOCH_NUMBER,
+                                description="only epochs after this one")] = 0,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Any:
     """Keras's `history.history` shape, one list per metric indexed like `epoch` (1-based)."""
@@ -107,7 +108,7 @@ compare_router = APIRouter(tags=["results"])
 
 @compare_router.get("/curves.png", response_class=Response, responses=PNG)
 def compare_curves(
-    session: SessionDep,
+    session: SessionDep, principal: PrincipalDep,
     jobs: Annotated[str, Query(description="comma-separated job ids (up to 20), e.g. the "
                                            "notebook's plain and bn jobs")],
     metrics: Annotated[str, Query(description="comma-separated")] = "val_accuracy",
@@ -119,7 +120,7 @@ def compare_curves(
         raise InvalidInput(["jobs: give 1 to 20 comma-separated job ids"])
     series: dict[str, tuple[list[int], dict[str, list[Any]]]] = {}
     for job_id in ids:
-        job = repo.get_job(session, job_id=job_id)
+        job = repo.get_job(session, job_id=job_id, owner=principal.owner)
         if job is None:
             raise NotFound(f"no job with id '{job_id}': list jobs with GET /v1/jobs")
         history = history_of(session, job)

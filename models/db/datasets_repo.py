@@ -8,13 +8,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.db.tables import Dataset
+from models.db.tables import ANONYMOUS, Dataset
 
 
 def create_dataset(
     session: Session, *, content: bytes, n_rows: int, n_features: int, columns: list[str],
     label_column: str, classes: list[str], class_counts: dict[str, int],
     name: str | None = None, filename: str | None = None, sha256: str | None = None,
+    owner: str = ANONYMOUS,
 ) -> Dataset:
     """Add a dataset row (size and sha256 computed from `content`; a given sha256 must match)."""
     digest = hashlib.sha256(content).hexdigest()
@@ -23,20 +24,27 @@ def create_dataset(
     row = Dataset(name=name, filename=filename, content=content, size=len(content), sha256=digest,
                   n_rows=n_rows, n_features=n_features, columns=list(columns),
                   label_column=label_column, classes=list(classes),
-                  class_counts=dict(class_counts))
+                  class_counts=dict(class_counts), owner=owner)
     session.add(row)
     session.flush()
     return row
 
 
-def get_dataset(session: Session, *, dataset_id: str) -> Dataset | None:
-    """The dataset's metadata (content stays deferred), or None."""
-    return session.get(Dataset, dataset_id)
+def get_dataset(session: Session, *, dataset_id: str, owner: str | None = None
+                ) -> Dataset | None:
+    """The dataset's metadata (content stays deferred), or None; with `owner`, None too
+    when someone else owns it."""
+    row = session.get(Dataset, dataset_id)
+    return row if row is not None and owner in (None, row.owner) else None
 
 
-def list_datasets(session: Session, *, limit: int = 100) -> list[Dataset]:
-    """Newest first, metadata only."""
-    stmt = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit)
+def list_datasets(session: Session, *, limit: int = 100, owner: str | None = None
+                  ) -> list[Dataset]:
+    """Newest first, metadata only; with `owner`, only that owner's."""
+    stmt = select(Dataset)
+    if owner is not None:
+        stmt = stmt.where(Dataset.owner == owner)
+    stmt = stmt.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit)
     return list(session.scalars(stmt))
 
 

@@ -17,6 +17,7 @@ from models.db._sql import forget
 from models.db.jobs_repo import request_cancel
 from models.db.paging import InvalidCursor, newest_first
 from models.db.tables import (
+    ANONYMOUS,
     TERMINAL,
     Checkpoint,
     EpochMetric,
@@ -35,30 +36,39 @@ def child_job_id(experiment_id: str, variant: str, seed: int) -> str:
 def create_experiment(
     session: Session, *, spec: dict[str, Any], name: str | None, variants: list[str],
     seeds: list[int], idempotency_key: str | None = None, request_hash: str | None = None,
+    owner: str = ANONYMOUS,
 ) -> Experiment:
     """Add an experiment row (flushed, not committed); add its children with create_job."""
     exp = Experiment(spec=spec, name=name, variants=list(variants), seeds=list(seeds),
                      idempotency_key=idempotency_key, request_hash=request_hash,
-                     cancel_requested=False)
+                     cancel_requested=False, owner=owner)
     session.add(exp)
     session.flush()
     return exp
 
 
-def get_experiment(session: Session, *, experiment_id: str) -> Experiment | None:
-    return session.get(Experiment, experiment_id)
+def get_experiment(session: Session, *, experiment_id: str, owner: str | None = None
+                   ) -> Experiment | None:
+    """The experiment, or None; with `owner`, None too when someone else owns it."""
+    exp = session.get(Experiment, experiment_id)
+    return exp if exp is not None and owner in (None, exp.owner) else None
 
 
-def find_experiment_by_idempotency_key(session: Session, *, idempotency_key: str
-                                       ) -> Experiment | None:
-    return session.scalar(select(Experiment)
-                          .where(Experiment.idempotency_key == idempotency_key))
+def find_experiment_by_idempotency_key(session: Session, *, idempotency_key: str,
+                                       owner: str = ANONYMOUS) -> Experiment | None:
+    """The experiment `owner` created with this Idempotency-Key (keys are per owner)."""
+    return session.scalar(select(Experiment).where(
+        Experiment.idempotency_key == idempotency_key, Experiment.owner == owner))
 
 
-def list_experiments(session: Session, *, limit: int = 50, cursor: str | None = None
-                     ) -> tuple[list[Experiment], str | None]:
-    """One page, newest first, and the next page's cursor (None on the last page)."""
-    return newest_first(session, select(Experiment), Experiment, limit=limit, cursor=cursor)
+def list_experiments(session: Session, *, limit: int = 50, cursor: str | None = None,
+                     owner: str | None = None) -> tuple[list[Experiment], str | None]:
+    """One page, newest first, and the next page's cursor (None on the last page); with
+    `owner`, only that owner's."""
+    stmt = select(Experiment)
+    if owner is not None:
+        stmt = stmt.where(Experiment.owner == owner)
+    return newest_first(session, stmt, Experiment, limit=limit, cursor=cursor)
 
 
 def children(session: Session, *, experiment_id: str) -> list[Job]:

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.db._sql import forget
 from models.db.paging import newest_first
-from models.db.tables import QUEUES, TERMINAL, Job, JobStatus, new_id, utcnow
+from models.db.tables import ANONYMOUS, QUEUES, TERMINAL, Job, JobStatus, new_id, utcnow
 
 
 def create_job(
@@ -24,13 +24,15 @@ def create_job(
     device: str | None = None, idempotency_key: str | None = None,
     request_hash: str | None = None, max_attempts: int = 3, job_id: str | None = None,
     experiment_id: str | None = None, variant: str | None = None, seed: int | None = None,
-    child_index: int | None = None, stack_key: str | None = None,
+    child_index: int | None = None, stack_key: str | None = None, owner: str = ANONYMOUS,
 ) -> Job:
     """Add a queued job (flushed, not committed). `device` is the requested one until claimed.
     Experiment children also pass their id, experiment, variant, seed, index and stack key.
+    `owner`: the API key's id that created it (what auth-off requests get: "anonymous").
 
-    A duplicate `idempotency_key` raises sqlalchemy.exc.IntegrityError at the flush; look it
-    up first with find_by_idempotency_key and treat the race with a rollback and a re-read.
+    A duplicate (`owner`, `idempotency_key`) raises sqlalchemy.exc.IntegrityError at the
+    flush; look it up first with find_by_idempotency_key and treat the race with a rollback
+    and a re-read.
     """
     if queue not in QUEUES:
         raise ValueError(f"queue must be one of {QUEUES}, not {queue!r}")
@@ -39,25 +41,35 @@ def create_job(
               epochs_total=epochs_total, queue=queue, dataset_id=dataset_id,
               warnings=list(warnings or []), device=device, idempotency_key=idempotency_key,
               request_hash=request_hash, max_attempts=max_attempts, status=JobStatus.queued,
-              attempts=0, epochs_done=0, cancel_requested=False)
+              attempts=0, epochs_done=0, cancel_requested=False, owner=owner)
     session.add(job)
     session.flush()
     return job
 
 
-def get_job(session: Session, *, job_id: str) -> Job | None:
-    """The job, or None."""
-    return session.get(Job, job_id)
+def get_job(session: Session, *, job_id: str, owner: str | None = None) -> Job | None:
+    """The job, or None; with `owner`, None too when someone else owns it."""
+    job = session.get(Job, job_id)
+    return job if job is not None and owner in (None, job.owner) else None
 
 
-def find_by_idempotency_key(session: Session, *, idempotency_key: str) -> Job | None:
-    """The job created with this Idempotency-Key, or None."""
-    return session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+def find_by_idempotency_key(session: Session, *, idempotency_key: str,
+                            owner: str = ANONYMOUS) -> Job | None:
+    """The job `owner` created with this Idempotency-Key, or None (keys are per owner)."""
+    return session.scalar(select(Job).where(Job.idempotency_key == idempotency_key,
+                                            Job.owner == owner))
+
+
+def count_active(session: Session, *, owner: str) -> int:
+    """How many of `owner`'s jobs are queued or running (experiment children included)."""
+    stmt = select(func.count()).select_from(Job).where(
+        Job.owner == owner, Job.status.in_([JobStatus.queued, JobStatus.running]))
+    return int(session.scalar(stmt) or 0)
 
 
 def list_jobs(
     session: Session, *, status: JobStatus | str | None = None, limit: int = 50,
-    cursor: str | None = None, experiment_id: str | None = None,
+    cursor: str | None = None, experiment_id: str | None = None, owner: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """One page of jobs, newest first, and the cursor of the next page (None on the last).
 
@@ -69,6 +81,8 @@ def list_jobs(
         stmt = stmt.where(Job.status == JobStatus(status))
     if experiment_id is not None:
         stmt = stmt.where(Job.experiment_id == experiment_id)
+    if owner is not None:
+        stmt = stmt.where(Job.owner == owner)
     return newest_first(session, stmt, Job, limit=limit, cursor=cursor)
 
 

@@ -35,6 +35,7 @@ from models.db.experiments_repo import (
 )
 from models.db.jobs_repo import (
     claim_job,
+    count_active,
     create_job,
     delete_job,
     find_by_idempotency_key,
@@ -56,23 +57,34 @@ from models.db.jobs_repo import (
     touch_queued,
     update_progress,
 )
+from models.db.keys_repo import (
+    any_api_key,
+    create_api_key,
+    find_api_key,
+    list_api_keys,
+    revoke_api_key,
+)
 from models.db.paging import InvalidCursor
 from models.db.workers_repo import beat_worker, live_workers
 
 __all__ = [
     "EpochRow",
     "InvalidCursor",
+    "any_api_key",
     "beat_worker",
     "cancel_experiment",
     "child_job_id",
     "children",
     "claim_job",
+    "count_active",
+    "create_api_key",
     "create_dataset",
     "create_experiment",
     "create_job",
     "delete_dataset",
     "delete_job",
     "experiment_status",
+    "find_api_key",
     "find_by_idempotency_key",
     "find_experiment_by_idempotency_key",
     "finish_job",
@@ -87,6 +99,7 @@ __all__ = [
     "history",
     "is_cancel_requested",
     "latest_epoch",
+    "list_api_keys",
     "list_checkpoints",
     "list_datasets",
     "list_experiments",
@@ -102,6 +115,7 @@ __all__ = [
     "request_cancel",
     "request_release",
     "reset_failed",
+    "revoke_api_key",
     "stale_jobs",
     "status_counts",
     "stop_flags",

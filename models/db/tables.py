@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
@@ -37,6 +38,14 @@ NAMING_CONVENTION = {
 def new_id() -> str:
     """A fresh row id: uuid4 as 32 hex characters."""
     return uuid.uuid4().hex
+
+
+# Who owns a row: an API key's id, or this when auth is off (every row is then shared).
+ANONYMOUS = "anonymous"
+
+
+def _owner() -> Mapped[str]:
+    return mapped_column(String(64), default=ANONYMOUS, server_default=ANONYMOUS)
 
 
 def utcnow() -> datetime:
@@ -72,6 +81,7 @@ class Dataset(Base):
     """An uploaded CSV: its bytes (deferred: listing never loads them) and what was parsed."""
 
     __tablename__ = "dataset"
+    __table_args__ = (Index("ix_dataset_owner_created_at_id", "owner", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str | None] = mapped_column(String(255))
@@ -85,6 +95,7 @@ class Dataset(Base):
     label_column: Mapped[str] = mapped_column(String(255))
     classes: Mapped[list[str]]
     class_counts: Mapped[dict[str, Any]]
+    owner: Mapped[str] = _owner()
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
@@ -95,7 +106,12 @@ class Experiment(Base):
     """
 
     __tablename__ = "experiment"
-    __table_args__ = (Index("ix_experiment_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_experiment_created_at_id", "created_at", "id"),
+        Index("ix_experiment_owner_created_at_id", "owner", "created_at", "id"),
+        # Idempotency keys are per owner: one key's choice never collides with another's.
+        UniqueConstraint("owner", "idempotency_key"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str | None] = mapped_column(String(255))
@@ -103,8 +119,9 @@ class Experiment(Base):
     variants: Mapped[list[str]]  # variant names, in expansion order
     seeds: Mapped[list[int]] = mapped_column(JSON)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    owner: Mapped[str] = _owner()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -127,6 +144,10 @@ class Job(Base):
         Index("ix_job_status_heartbeat_at", "status", "heartbeat_at"),
         # A worker claiming a stack looks for its queued siblings.
         Index("ix_job_stack_key_status", "stack_key", "status"),
+        # One owner's listing, and its active-job count (max_active_jobs_per_key).
+        Index("ix_job_owner_created_at_id", "owner", "created_at", "id"),
+        Index("ix_job_owner_status", "owner", "status"),
+        UniqueConstraint("owner", "idempotency_key"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -147,8 +168,9 @@ class Job(Base):
     # Set when the worker holding the lease shuts down: stop at the epoch end, go back to queued.
     release_requested: Mapped[bool] = mapped_column(Boolean, default=False,
                                                     server_default=false())
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    owner: Mapped[str] = _owner()
     dataset_id: Mapped[str | None] = mapped_column(
         ForeignKey("dataset.id", ondelete="SET NULL"), index=True)
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -217,6 +239,23 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="checkpoints")
+
+
+class ApiKey(Base):
+    """An API key made by `bnlab keys create`: only its sha256 is kept (the key is shown once).
+
+    Its id is the owner of what it creates, so revoking a key and making a new one does not
+    hand the old key's jobs to the new one.
+    """
+
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str | None] = mapped_column(String(255))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # shown by `bnlab keys list`
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
 
 
 class WorkerHeartbeat(Base):
