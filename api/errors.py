@@ -7,6 +7,7 @@ from a traceback reaches a client.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -96,11 +97,25 @@ async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
     return _json(422, "ValidationError", validation_messages(exc.errors()))
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str:
+    """Every method the API serves at this path, from its OpenAPI paths (Starlette's own 405
+    names only the first matching route's, e.g. POST alone for GET + POST /v1/jobs)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, request.url.path):
+            methods |= {m.upper() for m in operations if m != "parameters"}
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     names = {404: "NotFound", 405: "MethodNotAllowed"}
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
     return _json(exc.status_code, names.get(exc.status_code, "HTTPError"), exc.detail,
-                 getattr(exc, "headers", None))
+                 headers or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

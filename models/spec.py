@@ -127,7 +127,11 @@ class NetworkSpec(_Strict):
 
 def _keras_to_torch_momentum(m: float) -> float:
     # Keras: running = m*running + (1-m)*batch; PyTorch: running = (1-m)*running + m*batch
-    return round(1.0 - m, 12)
+    torch_m = round(1.0 - m, 12)
+    if not 0.0 < torch_m < 1.0:  # a Keras momentum within 1e-12 of 0 or 1
+        raise ValueError(f"Keras momentum {m!r} is PyTorch momentum {torch_m!r}, which must be "
+                         "strictly between 0 and 1: use a Keras momentum such as 0.99")
+    return torch_m
 
 
 # ---------------------------------------------------------------------------- datasets

@@ -179,3 +179,14 @@ def test_generated_datasets_discriminate_by_name() -> None:
     with pytest.raises(ValidationError):
         JobSpec.model_validate({"dataset": {"id": "../etc/passwd"}, "network": {"hidden": [8]}})
 
+
+
+@pytest.mark.parametrize("m", [5e-324, 1e-13, 1 - 1e-13])
+def test_keras_momentum_that_rounds_out_of_range_is_refused(m: float) -> None:
+    for network in ({"hidden": [2], "batchnorm": "after_activation", "momentum": m},
+                    {"layers": [{"type": "dense", "units": 2}, {"type": "batchnorm",
+                                                                "momentum": m},
+                                {"type": "dense", "units": 1}]}):
+        with pytest.raises(ValidationError, match="strictly between 0 and 1"):
+            JobSpec.model_validate({"dataset": {"name": "moons"},
+                                    "network": {**network, "momentum_convention": "keras"}})

@@ -23,7 +23,6 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import (
-    allow_header_conformance,
     negative_data_rejection,
     positive_data_acceptance,
 )
@@ -125,9 +124,8 @@ def test_api_conforms(case: Any, real_ids: RealIds) -> None:
     assert response.status_code < 500, (
         f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:500]}")
     gaps = set(KNOWN_GAPS.get(f"{case.operation.method.upper()} {case.operation.path}", ()))
-    # allow_header_conformance: see test_405_allow_lists_every_method (a gap on every path).
     case.validate_response(response, headers=AUTH,
-                           excluded_checks=[*EXCLUDED, allow_header_conformance, *gaps])
+                           excluded_checks=[*EXCLUDED, *gaps])
 
 
 @pytest.fixture
@@ -158,9 +156,6 @@ def test_422_schema_is_the_error_body(client: TestClient) -> None:
         f"documented 422 body: {ref} {sorted(props)}")
 
 
-@pytest.mark.xfail(strict=True, reason="api gap: a 405's Allow header names only the first "
-                   "matching route's method (starlette tries routes one by one), e.g. "
-                   "`Allow: POST` on GET+POST /v1/jobs; RFC 9110 wants every method")
 def test_405_allow_lists_every_method(client: TestClient) -> None:
     r = client.put("/v1/jobs")
     assert r.status_code == 405
