@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import decode
-from models.network import apply_head, build_network
+from models.network import apply_head, build_network, fold_batchnorm
 from models.spec import BatchNormLayer
 
 
@@ -78,6 +78,7 @@ def load_predictor(blob: bytes, *, classes: list[str] | None = None,
     net = cp.network
     model = build_network(net)
     model.load_state_dict(cp.model, strict=True)
+    model = fold_batchnorm(model.eval())  # serving only: BN's affine map joins a dense layer
     names = list(classes) if classes is not None else [str(c) for c in cp.meta["classes"]]
     n_out = max(net.output_units, 2)
     if len(names) != n_out:

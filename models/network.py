@@ -116,6 +116,58 @@ def dense_init(units: int, width: int, bias: bool, init: str, seed: int, ordinal
     return w, torch.empty(units).uniform_(-bound, bound, generator=gen) if bias else None
 
 
+def _bn_affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as y = a*x + b (float64)."""
+    assert bn.running_mean is not None and bn.running_var is not None
+    mean, var = bn.running_mean.double(), bn.running_var.double()
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(mean)
+    a = gamma / torch.sqrt(var + bn.eps)
+    return a, beta - mean * a
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    out = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        out.weight.copy_(weight.to(out.weight.dtype))
+        out.bias.copy_(bias.to(out.bias.dtype))
+    return out
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
+    """An eval-only copy of `model` with each BatchNorm that uses running statistics folded
+    into the dense layer right before it (Linear -> BN) or, failing that, right after it
+    (BN -> Linear, the Keras placement after an activation): one matmul fewer per BN at
+    serving time, same function. The arithmetic is float64, so outputs agree to float32
+    rounding. BN without running statistics (batch statistics in eval) is kept as it is."""
+    mods = list(model)
+    out: list[nn.Module] = []
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        foldable = isinstance(m, nn.BatchNorm1d) and m.track_running_stats
+        if foldable and out and isinstance(out[-1], nn.Linear):
+            a, b = _bn_affine(m)  # type: ignore[arg-type]
+            prev = out[-1]
+            bias = prev.bias.double() if prev.bias is not None else torch.zeros_like(a)
+            out[-1] = _linear(prev.weight.double() * a[:, None], bias * a + b)
+            i += 1
+            continue
+        nxt = mods[i + 1] if i + 1 < len(mods) else None
+        if foldable and isinstance(nxt, nn.Linear):
+            a, b = _bn_affine(m)  # type: ignore[arg-type]
+            w = nxt.weight.double()
+            bias = nxt.bias.double() if nxt.bias is not None else torch.zeros(w.shape[0],
+                                                                                dtype=w.dtype)
+            out.append(_linear(w * a[None, :], w @ b + bias))
+            i += 2
+            continue
+        out.append(m)
+        i += 1
+    return nn.Sequential(*out).eval()
+
+
 def apply_head(logits: torch.Tensor) -> torch.Tensor:
     """Class probabilities (n, k) from the network's logits: 1 unit -> [1-p, p], else softmax."""
     if logits.shape[-1] == 1:

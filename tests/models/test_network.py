@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 from models.devices import DeviceError, select_device
-from models.network import build_network
+from models.network import build_network, fold_batchnorm
 from models.spec import (
     NOTEBOOK_BN_LAYERS,
     NOTEBOOK_PLAIN_LAYERS,
+    JobSpec,
     NetworkSpec,
     ResolvedNetwork,
+    resolve_job,
     resolve_network,
 )
 from models.stacked import stacked_network
@@ -190,3 +194,55 @@ def test_select_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="CUDA is not available"):
             select_device("cuda:0")
+
+
+def _trained_like(net_layers: list[dict[str, Any]], seed: int) -> torch.nn.Sequential:
+    """A network whose BN layers hold non-trivial running stats and affine parameters."""
+    spec = JobSpec.model_validate({"dataset": {"name": "blobs", "n_features": 3,
+                                               "n_classes": 3},
+                                   "network": {"layers": net_layers}})
+    job = resolve_job(spec, n_features=3, n_classes=3, n_rows=100)
+    model = build_network(job.network, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, torch.nn.BatchNorm1d):
+                if m.running_mean is not None and m.running_var is not None:
+                    m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+                    m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 3 + 0.05)
+                if m.weight is not None and m.bias is not None:
+                    m.weight.copy_(torch.randn(m.num_features, generator=gen))
+                    m.bias.copy_(torch.randn(m.num_features, generator=gen))
+    return model.eval()
+
+
+BN = {"type": "batchnorm"}
+OUT = {"type": "dense", "units": 3, "activation": "softmax"}
+
+
+@pytest.mark.parametrize(("layers", "bn_left"), [
+    # Keras placement: Dense(relu) -> BN, folded into the next dense layer
+    ([{"type": "dense", "units": 5, "activation": "relu"}, BN,
+      {"type": "dense", "units": 4, "activation": "relu"}, BN, OUT], 0),
+    # PyTorch placement: Linear -> BN -> ReLU, folded into the dense layer before it
+    ([{"type": "dense", "units": 5, "use_bias": False}, BN, {"type": "activation",
+                                                            "activation": "relu"}, OUT], 0),
+    ([{"type": "dense", "units": 5}, {**BN, "affine": False},
+      {"type": "activation", "activation": "tanh"}, OUT], 0),
+    # batch statistics in eval: not an affine map, kept
+    ([{"type": "dense", "units": 5}, {**BN, "track_running_stats": False},
+      {"type": "activation", "activation": "relu"}, OUT], 1),
+])
+def test_folded_batchnorm_serves_the_same_function(layers: list[dict[str, Any]],
+                                                    bn_left: int) -> None:
+    model = _trained_like(layers, seed=3)
+    folded = fold_batchnorm(model)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in folded) == bn_left
+    x = torch.randn(256, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-6, rtol=0)
+        # the fold is done in float64: no further from the exact function than float32 BN is
+        exact = _trained_like(layers, seed=3).double()(x.double())
+        assert (folded(x).double() - exact).abs().max() <= (
+            model(x).double() - exact).abs().max() + 1e-7
+    assert not folded.training
