@@ -47,14 +47,13 @@ class LeaseKeeper(threading.Thread):
                 return
             try:
                 with self.sessions.begin() as session:
-                    held = {j: repo.heartbeat(session, job_id=j, worker=self.owner)
-                            for j in live}
+                    renewed = repo.heartbeat_many(session, job_ids=live, worker=self.owner)
             except Exception:
                 log.warning("jobs %s: lease renewal failed; retrying in %.0fs",
                             ",".join(j[:8] for j in live), self.interval, exc_info=True)
                 continue
-            for job_id, ok in held.items():
-                if not ok and not self._stopped.is_set():
+            for job_id in live:
+                if job_id not in renewed and not self._stopped.is_set():
                     log.warning("job %s: lease of %s lost; stopping at the end of this epoch",
                                 job_id, self.owner)
                     self._lost[job_id].set()

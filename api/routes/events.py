@@ -21,7 +21,6 @@ Other streams (experiments) reuse `stream()` with a `Poller` of their own.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
@@ -34,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.deps import MAX_EPOCH_NUMBER, JobId, PrincipalDep
 from api.errors import InvalidInput, NotFound
 from api.routes.jobs import job_out
-from api.routes.results import COLUMNS, EXTRA_SERIES
+from api.routes.results import COLUMNS, EXTRA_SERIES, finite
 from models.db import repository as repo
 from models.db.tables import TERMINAL, EpochMetric, Job
 
@@ -93,21 +92,15 @@ def epoch_after(last_event_id: str | None) -> int:
     return epoch
 
 
-def _finite(v: Any) -> float | None:
-    if v is None:
-        return None
-    f = float(v)
-    return f if math.isfinite(f) else None  # JSON has no NaN
-
 
 def epoch_payload(row: EpochMetric) -> dict[str, Any]:
     """One epoch's metrics as the history endpoint names them."""
     data: dict[str, Any] = {"job_id": row.job_id, "epoch": row.epoch}
     for col in COLUMNS:
-        data[col] = _finite(getattr(row, col))
+        data[col] = finite(getattr(row, col))
     for name in EXTRA_SERIES:
         if (row.extras or {}).get(name) is not None:
-            data[name] = _finite(row.extras[name])  # type: ignore[index]
+            data[name] = finite(row.extras[name])  # type: ignore[index]
     return data
 
 

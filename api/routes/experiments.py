@@ -7,7 +7,6 @@ differ only by seed share a stack key, and a worker trains each stack as one bat
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -26,7 +25,7 @@ from api.errors import Conflict, InvalidInput, NotFound, NotReady
 from api.ratelimit import check_active_jobs
 from api.resolve import resolve
 from api.routes.events import Poll, ResumeDep, SessionsDep, epoch_payload, stream
-from api.routes.jobs import choose_queue
+from api.routes.jobs import body_hash, choose_queue
 from api.routes.results import PNG, history_of
 from api.schemas import ChildOut, ExperimentOut, ExperimentPage, RetryOut
 from models.db import repository as repo
@@ -138,7 +137,7 @@ def submit_experiment(
 ) -> ExperimentOut:
     """Expand variants x seeds into child jobs (deterministically), store and enqueue them."""
     stored = body.model_dump(mode="json")
-    request_hash = hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()
+    request_hash = body_hash(stored)
     if idempotency_key is not None:
         earlier = repo.find_experiment_by_idempotency_key(
             session, idempotency_key=idempotency_key, owner=principal.owner)

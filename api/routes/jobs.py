@@ -44,6 +44,11 @@ def job_out(job: Job) -> JobOut:
     )
 
 
+def body_hash(stored: dict[str, Any]) -> str:
+    """What an Idempotency-Key replay compares: the normalised body, key order aside."""
+    return hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()
+
+
 def choose_queue(session: Session, device: str, within_s: float) -> str:
     """cuda* -> gpu; auto -> gpu while a worker with a GPU serves it, else cpu; cpu -> cpu.
 
@@ -74,7 +79,7 @@ def submit_job(
 ) -> JobOut:
     """Validate the spec against its dataset, store it, then enqueue the job's id."""
     stored = spec.model_dump(mode="json")  # normalised: defaults filled, one spelling
-    request_hash = hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()
+    request_hash = body_hash(stored)
     if idempotency_key is not None:
         earlier = repo.find_by_idempotency_key(session, idempotency_key=idempotency_key,
                                                owner=principal.owner)

@@ -29,7 +29,8 @@ PNG: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 
 
-def _finite(v: Any) -> float | None:
+def finite(v: Any) -> float | None:
+    """A metric as JSON can carry it: NaN/inf (a diverged epoch) become None."""
     if v is None:
         return None
     f = float(v)
@@ -41,11 +42,11 @@ def history_of(session: SessionDep, job: Job, since: int = 0) -> dict[str, list[
     rows = repo.history(session, job_id=job.id, since=since)
     out: dict[str, list[Any]] = {"epoch": [r.epoch for r in rows]}
     for col in COLUMNS:
-        out[col] = [_finite(getattr(r, col)) for r in rows]
+        out[col] = [finite(getattr(r, col)) for r in rows]
     for name in EXTRA_SERIES:
         values = [(r.extras or {}).get(name) for r in rows]
         if any(v is not None for v in values):
-            out[name] = [_finite(v) for v in values]
+            out[name] = [finite(v) for v in values]
     return out
 
 

@@ -22,6 +22,7 @@ from api.errors import InvalidInput, NotFound
 from api.resolve import uploaded_table
 from api.routes.checkpoints import checkpoint_meta, predictor_for
 from api.routes.jobs import job_etag, not_modified
+from api.routes.results import finite
 from api.schemas import CheckpointRef
 from models.datasets import Table, generate
 from models.db import repository as repo
@@ -172,12 +173,6 @@ def get_boundary(
 # ---------------------------------------------------------------------------- batchnorm
 
 
-def _finite(v: Any) -> float | None:
-    if v is None:
-        return None
-    f = float(v)
-    return f if math.isfinite(f) else None
-
 
 @router.get("/{job_id}/bn", response_model=BnOut,
             responses={304: {"description": "If-None-Match holds the current ETag"}})
@@ -200,7 +195,7 @@ def get_bn(job: JobDep, session: SessionDep, request: Request, response: Respons
                 if summary:
                     present.add((layer["module"], s))
                 for key in ("mean", "min", "max"):
-                    layer[s][key].append(_finite(summary.get(key)))
+                    layer[s][key].append(finite(summary.get(key)))
     for layer in layers.values():
         for s in STATS:  # a statistic the layer never had (gamma/beta without affine)
             if (layer["module"], s) not in present:
