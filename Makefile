@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, from the pinned wheel, so the project's torch range installs nothing more.
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,bench]"
 	touch $@
 
 venv: $(BIN)/.installed
@@ -25,8 +25,7 @@ test: venv
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: venv
-	$(BIN)/python -m bench.train_throughput
-	$(BIN)/python -m bench.experiment_throughput
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

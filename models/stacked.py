@@ -59,11 +59,11 @@ class _Padded(nn.Module):
     """A layer whose parameters live in the network's one flat (K, row) buffer.
 
     `add_param` only declares a parameter; `StackedNetwork` allocates the buffer and hands each
-    layer leaf views of it (see there for why). With `whole_blocks`, the autograd leaves are the
-    parameters' whole padded blocks (`blocks`) and `params` are detached (K, *shape) views.
+    layer views of it (see there for why): `params` are detached (K, *shape) views (state dicts,
+    initialisation) and `blocks` the autograd leaves, shaped by `leaf` the way `forward` consumes
+    them, so that a step records no view ops (each costs a node forward and backward, and on a
+    small model the per-op overhead is the step's cost).
     """
-
-    whole_blocks = False
 
     def __init__(self, k: int) -> None:
         super().__init__()
@@ -85,6 +85,15 @@ class _Padded(nn.Module):
         """The (K, *shape) parameter, or None if the layer has none of that name."""
         return self.params.get(name)
 
+    def block_size(self, name: str) -> int:
+        """Elements of `flat` the leaf spans (from its block's start)."""
+        return self.k * math.prod(self.shapes[name])
+
+    def leaf(self, name: str, block: torch.Tensor) -> torch.Tensor:
+        """The autograd leaf's view of its `block_size` elements (also applied to the gradient,
+        so backward accumulates in place with matching strides)."""
+        return block.view(self.k, *self.shapes[name])
+
 
 class _Dense(_Padded):
     def __init__(self, k: int, width: int, units: int, bias: bool) -> None:
@@ -93,13 +102,19 @@ class _Dense(_Padded):
         if bias:
             self.add_param("bias", (units,), 0.0)
 
+    def leaf(self, name: str, block: torch.Tensor) -> torch.Tensor:
+        units, width = self.shapes["weight"]
+        if name == "weight":  # (K, units, width) stored, consumed transposed by bmm
+            return block.view(self.k, units, width).transpose(1, 2)
+        return block.view(self.k, 1, units)  # bias, broadcast over the batch
+
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
-        w_t = self.params["weight"].transpose(1, 2)
-        bias = self.params.get("bias")
+        w_t = self.blocks["weight"]
+        bias = self.blocks.get("bias")
         if bias is None:
             return torch.bmm(x, w_t)
-        return torch.baddbmm(bias.unsqueeze(1), x, w_t)
+        return torch.baddbmm(bias, x, w_t)
 
 
 class _BatchNorm(_Padded):
@@ -114,7 +129,6 @@ class _BatchNorm(_Padded):
     without a copy; the padding channels see zeros and are never exported.
     """
 
-    whole_blocks = True
     running_mean: torch.Tensor | None
     running_var: torch.Tensor | None
     num_batches_tracked: torch.Tensor | None
@@ -136,6 +150,12 @@ class _BatchNorm(_Padded):
             self.running_var = self.stats[1][:k * width].view(k, width)
             self.num_batches_tracked = torch.zeros(k, dtype=torch.long, device=device)
 
+    def block_size(self, name: str) -> int:
+        return self.channels
+
+    def leaf(self, name: str, block: torch.Tensor) -> torch.Tensor:
+        return block  # the whole padded block, passed to F.batch_norm as it is
+
     def buffers_state(self) -> dict[str, torch.Tensor]:
         if self.running_mean is None or self.running_var is None \
                 or self.num_batches_tracked is None:
@@ -147,7 +167,8 @@ class _BatchNorm(_Padded):
                 ) -> torch.Tensor:
         k, b, c = x.shape
         stats = self.stats if mode != "batch_stats" else None
-        h = x.transpose(0, 1).reshape(b, k * c)
+        # (K, B, C) -> (B, K*C); for K = 1 one view instead of a transpose and a reshape
+        h = x.reshape(b, c) if k == 1 else x.transpose(0, 1).reshape(b, k * c)
         if self.channels > k * c:
             h = F.pad(h, (0, self.channels - k * c))
         y = F.batch_norm(
@@ -157,7 +178,9 @@ class _BatchNorm(_Padded):
             eps=self.spec.eps)
         if mode == "train" and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-        return y[:, :k * c].view(b, k, c).transpose(0, 1)
+        if self.channels > k * c:
+            y = y[:, :k * c]
+        return y.unsqueeze(0) if k == 1 else y.view(b, k, c).transpose(0, 1)
 
 
 class _LayerNorm(_Padded):
@@ -168,12 +191,15 @@ class _LayerNorm(_Padded):
             self.add_param("weight", (width,), 1.0)
             self.add_param("bias", (width,), 0.0)
 
+    def leaf(self, name: str, block: torch.Tensor) -> torch.Tensor:
+        return block.view(self.k, 1, self.width)  # broadcast over the batch
+
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         y = F.layer_norm(x, (self.width,), eps=self.eps)
-        weight, bias = self.params.get("weight"), self.params.get("bias")
+        weight, bias = self.blocks.get("weight"), self.blocks.get("bias")
         if weight is not None and bias is not None:
-            y = torch.addcmul(bias.unsqueeze(1), y, weight.unsqueeze(1))
+            y = torch.addcmul(bias, y, weight)
         return y
 
 
@@ -294,20 +320,15 @@ class StackedNetwork(nn.Module):
                 for name, shape in m.shapes.items():
                     off, _ = self.layout[f"{i}.{name}"]
                     n = self.k * math.prod(shape)
-                    # BatchNorm's leaf is its whole padded block (it passes the padding
-                    # channels to the kernel too); other layers' leaves are (K, *shape) views
-                    shaped = (m.channels,) if isinstance(m, _BatchNorm) else (self.k, *shape)
-                    leaf = base[off:off + math.prod(shaped)].view(shaped)
+                    size = m.block_size(name)  # BatchNorm's spans its padding channels too
+                    m.params[name] = base[off:off + n].view(self.k, *shape)
                     with torch.no_grad():
-                        leaf.fill_(m.fills[name])
+                        base[off:off + size].fill_(m.fills[name])
+                    leaf = m.leaf(name, base[off:off + size])
                     leaf.requires_grad_(True)
                     # backward accumulates in place into this view of the flat gradient
-                    leaf.grad = grad_base[off:off + math.prod(shaped)].view(shaped)
-                    if m.whole_blocks:
-                        m.blocks[name] = leaf
-                        m.params[name] = leaf.detach()[:n].view(self.k, *shape)
-                    else:
-                        m.params[name] = leaf
+                    leaf.grad = m.leaf(name, grad_base[off:off + size])
+                    m.blocks[name] = leaf
 
     @torch.no_grad()
     def initialize(self, seeds: Sequence[int], init: str) -> None:

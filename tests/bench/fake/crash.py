@@ -1,0 +1,9 @@
+"""A benchmark whose process dies without a word (a segfault, an OOM kill)."""
+
+import os
+
+from bench.report import Row
+
+
+def run(quick: bool) -> list[Row]:
+    os._exit(3)

@@ -1,0 +1,34 @@
+"""The training benchmark's peers run the notebook job and its rows compare them to bnlab."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from bench.training import keras_available, keras_fit, load_table, measure, notebook_job
+
+CPU = torch.device("cpu")
+
+
+def test_rows_compare_every_peer_with_bnlab() -> None:
+    rows = measure(epochs=2, repeats=1, device=CPU, threads=1, keras=False)
+    assert [r.name for r in rows] == ["bnlab trainer", "plain DataLoader loop",
+                                      "hand-tuned PyTorch loop"]
+    ours = rows[0].value
+    assert ours > 0 and all(r.unit == "steps/s" for r in rows)
+    for r in rows[1:]:
+        assert r.value > 0 and r.ok is not None and r.target
+        # the ratio is bnlab's speed over the peer's
+        assert r.ratio == pytest.approx(ours / r.value)
+
+
+@pytest.mark.skipif(not keras_available(), reason="keras is not installed")
+def test_keras_fits_the_same_job_in_a_subprocess() -> None:
+    table = load_table()
+    job = notebook_job(table, 1)
+    seconds, note = keras_fit(job, table, 1, 1, CPU)
+    assert len(seconds) == 1 and seconds[0] > 0
+    assert "torch backend" in note
+    assert "keras" not in sys.modules  # its global state stayed in the child
