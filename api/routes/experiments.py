@@ -26,7 +26,7 @@ from api.ratelimit import check_active_jobs
 from api.resolve import resolve
 from api.routes.events import Poll, ResumeDep, SessionsDep, epoch_payload, stream
 from api.routes.jobs import body_hash, choose_queue
-from api.routes.results import PNG, history_of
+from api.routes.results import PNG, series
 from api.schemas import ChildOut, ExperimentOut, ExperimentPage, RetryOut
 from models.db import repository as repo
 from models.db.tables import Experiment, Job
@@ -71,8 +71,12 @@ def child_out(job: Job) -> ChildOut:
                     best_epoch=job.best_epoch)
 
 
-def experiment_out(session: Session, exp: Experiment) -> ExperimentOut:
-    jobs = repo.children(session, experiment_id=exp.id)
+def experiment_out(session: Session, exp: Experiment, jobs: list[Job] | None = None
+                   ) -> ExperimentOut:
+    """`jobs`: its children when the caller read them already (a listing reads a page's
+    children with one query)."""
+    if jobs is None:
+        jobs = repo.children(session, experiment_id=exp.id)
     warnings = list(dict.fromkeys(w for j in jobs for w in (j.warnings or [])))
     return ExperimentOut(
         id=exp.id, name=exp.name, cancel_requested=exp.cancel_requested,
@@ -206,7 +210,8 @@ def list_experiments(
                                                   owner=principal.owner)
     except repo.InvalidCursor as exc:
         raise InvalidInput([f"cursor: {exc}"]) from None
-    return ExperimentPage(items=[experiment_out(session, e) for e in rows],
+    kids = repo.children_of(session, experiment_ids=[e.id for e in rows])
+    return ExperimentPage(items=[experiment_out(session, e, kids[e.id]) for e in rows],
                           next_cursor=next_cursor)
 
 
@@ -250,11 +255,12 @@ def retry_experiment(exp: ExperimentDep, session: SessionDep, queue: QueueDep,
 
 
 def _runs(session: Session, exp: Experiment, include: str) -> list[Run]:
+    jobs = [j for j in repo.children(session, experiment_id=exp.id)
+            if include != "succeeded" or str(j.status) == "succeeded"]
+    rows = repo.histories(session, job_ids=[j.id for j in jobs])  # one query, not one a child
     runs = []
-    for job in repo.children(session, experiment_id=exp.id):
-        if include == "succeeded" and str(job.status) != "succeeded":
-            continue
-        history = history_of(session, job)
+    for job in jobs:
+        history = series(rows[job.id])
         runs.append(Run(variant=job.variant or "", seed=job.seed or 0, history={
             k: [math.nan if v is None else float(v) for v in values]
             for k, values in history.items() if k not in ("epoch", "wall_time")}))
@@ -339,6 +345,9 @@ class ExperimentEvents:
                 "error": "NotFound", "detail": f"experiment '{self.experiment_id}' was deleted"})],
                 True)
         jobs = repo.children(session, experiment_id=exp.id)
+        # Every child's new epochs with one query (from the least advanced child on).
+        new = repo.histories(session, job_ids=[j.id for j in jobs], since=min(self.last,
+                                                                              default=0))
         out = Poll()
         overall = repo.experiment_status(jobs, exp.cancel_requested)
         for i, job in enumerate(jobs):
@@ -350,13 +359,15 @@ class ExperimentEvents:
                     "epochs": job.epochs_total, "error": job.error,
                     "experiment_status": overall}))
                 self.statuses[job.id] = status
-            for row in repo.history(session, job_id=job.id, since=self.last[i]):
+            for row in new[job.id]:
+                if row.epoch <= self.last[i]:
+                    continue
                 self.last[i] = row.epoch
                 out.events.append(ServerSentEvent(event="epoch", id=_cursor(self.last),
                                                   data={**epoch_payload(row), **who}))
         if overall in ("succeeded", "failed", "cancelled"):
             out.events.append(ServerSentEvent(
-                event="done", data=experiment_out(session, exp).model_dump(mode="json")))
+                event="done", data=experiment_out(session, exp, jobs).model_dump(mode="json")))
             out.finished = True
         return out
 

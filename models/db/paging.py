@@ -7,7 +7,7 @@ import binascii
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, literal, tuple_
 from sqlalchemy.orm import Session
 
 
@@ -42,8 +42,14 @@ def newest_first(session: Session, stmt: Select[Any], cls: Any, *, limit: int,
     stmt = stmt.order_by(cls.created_at.desc(), cls.id.desc()).limit(limit + 1)
     if cursor:
         created, row_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(cls.created_at < created,
-                              and_(cls.created_at == created, cls.id < row_id)))
+        # A row-value comparison, not `a < x OR (a = x AND id < y)`: PostgreSQL takes it as
+        # an index range condition and starts at the cursor, where the OR form walked the
+        # index from the newest row and filtered (10 ms instead of 0.1 ms halfway down 10,000
+        # jobs). SQLite has row values since 3.15.
+        # The bound values carry the columns' own types (a bare tuple_ would bind a plain
+        # DateTime, skipping UTCDateTime's conversion on SQLite).
+        stmt = stmt.where(tuple_(cls.created_at, cls.id) < tuple_(
+            literal(created, cls.created_at.type), literal(row_id, cls.id.type)))
     rows = list(session.scalars(stmt))
     if len(rows) <= limit:
         return rows, None

@@ -13,8 +13,11 @@ from models.db.datasets_repo import (
     list_datasets,
 )
 from models.db.epochs_repo import (
+    EpochRecord,
     EpochRow,
+    histories,
     history,
+    history_values,
     latest_epoch,
     record_epoch,
     record_epochs,
@@ -24,6 +27,7 @@ from models.db.experiments_repo import (
     cancel_experiment,
     child_job_id,
     children,
+    children_of,
     create_experiment,
     experiment_status,
     find_experiment_by_idempotency_key,
@@ -68,6 +72,7 @@ from models.db.paging import InvalidCursor
 from models.db.workers_repo import beat_worker, live_workers
 
 __all__ = [
+    "EpochRecord",
     "EpochRow",
     "InvalidCursor",
     "any_api_key",
@@ -75,6 +80,7 @@ __all__ = [
     "cancel_experiment",
     "child_job_id",
     "children",
+    "children_of",
     "claim_job",
     "count_active",
     "create_api_key",
@@ -96,7 +102,9 @@ __all__ = [
     "heartbeat",
     "heartbeat_many",
     "held_by",
+    "histories",
     "history",
+    "history_values",
     "is_cancel_requested",
     "latest_epoch",
     "list_api_keys",
