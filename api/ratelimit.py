@@ -30,7 +30,7 @@ from models.db import repository as repo
 PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
 _PREDICT = re.compile(r"^/v1/jobs/[^/]+/predict/?$")
-_BOUNDARY = re.compile(r"^/v1/jobs/[^/]+/boundary/?$")
+_MODEL_GETS = re.compile(r"^/v1/jobs/[^/]+/(boundary|export)/?$")  # GETs that run a model
 SUBMISSION_PATHS = frozenset({"/v1/jobs", "/v1/experiments", "/v1/datasets"})
 
 
@@ -86,7 +86,7 @@ def limited_kind(method: str, path: str) -> str | None:
     """Which limit a request counts against: "submissions", "predictions" or None."""
     if method == "POST" and path.rstrip("/") in SUBMISSION_PATHS:
         return "submissions"
-    if (method == "POST" and _PREDICT.match(path)) or (method == "GET" and _BOUNDARY.match(path)):
+    if (method == "POST" and _PREDICT.match(path)) or (method == "GET" and _MODEL_GETS.match(path)):
         return "predictions"
     return None
 

@@ -32,6 +32,8 @@ class ApiSettings(BaseBnlabSettings):
     # Inference.
     max_predict_rows: int = Field(default=10_000, ge=1)
     predictor_cache_size: int = Field(default=16, ge=1)
+    # Built export files (ONNX, .pt2, zip) kept per API process, LRU by size.
+    export_cache_bytes: int = Field(default=128 * 1024 * 1024, ge=0)
     # A GPU worker counts as alive if it beat within this many seconds (device "auto").
     worker_alive_within_s: float = Field(default=60.0, gt=0)
     # /readyz gives up on the broker after this long.

@@ -42,6 +42,7 @@ from client import (
     NotFound,
     StatusEvent,
 )
+from client._calls import EXPORT_SUFFIXES
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -385,6 +386,31 @@ def predict(
 
 
 @handles_errors
+def export(
+    job_id: Annotated[str, typer.Argument(help="A job id.")],
+    format: Annotated[str, typer.Option(
+        "--format", "-f", help="onnx, safetensors (zip: weights + JSON sidecar) or "
+                                "torch_export (.pt2).")] = "onnx",
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "last",
+    fold_bn: Annotated[bool, typer.Option(
+        "--fold-bn", help="Fold each BatchNorm into the adjacent dense layer.")] = False,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="File to write (default: <job>-<checkpoint>[-folded].<ext>).")
+    ] = None,
+    url: UrlOpt = None,
+) -> None:
+    """Download the job's eval-mode model as ONNX, safetensors + sidecar, or torch.export."""
+    if format not in EXPORT_SUFFIXES:
+        raise typer.BadParameter(f"--format {format!r}: use one of {', '.join(EXPORT_SUFFIXES)}")
+    path = output or Path(f"{job_id}-{checkpoint}{'-folded' if fold_bn else ''}"
+                          f"{EXPORT_SUFFIXES[format]}")
+    with Client(url) as bn:
+        content = bn.jobs.export(job_id, format=format, checkpoint=checkpoint, fold_bn=fold_bn)
+    path.write_bytes(content)
+    err.print(f"{path} ({len(content):,} bytes)", highlight=False)
+
+
+@handles_errors
 def cancel(some_id: IdArg, as_json: JsonOpt = False, url: UrlOpt = None) -> None:
     """Cancel a job or an experiment (a running job stops at its next epoch end)."""
     with Client(url) as bn:
@@ -560,7 +586,7 @@ def experiment_retry(experiment_id: Annotated[str, typer.Argument(help="An exper
 
 def register(app: typer.Typer) -> None:
     """Add the client commands to `bnlab`."""
-    for command in (submit, watch, ls, status, history, curves, predict, cancel):
+    for command in (submit, watch, ls, status, history, curves, predict, export, cancel):
         app.command()(command)
     app.add_typer(datasets_app, name="datasets")
     app.add_typer(experiment_app, name="experiment")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -69,6 +70,11 @@ class AsyncJob(JobData):
 
     async def predict(self, rows: Any, *, checkpoint: str = "last") -> Prediction:
         return await self._client.jobs.predict(self.id, rows, checkpoint=checkpoint)
+
+    async def export(self, *, format: str = "onnx", checkpoint: str = "last",
+                     fold_bn: bool = False, path: str | Path | None = None) -> bytes:
+        return await self._client.jobs.export(self.id, format=format, checkpoint=checkpoint,
+                                              fold_bn=fold_bn, path=path)
 
     def events(self, *, last_event_id: str | None = None) -> AsyncIterator[Event]:
         return self._client.jobs.events(self.id, last_event_id=last_event_id)
@@ -173,6 +179,16 @@ class AsyncJobs:
 
     async def predict(self, job_id: str, rows: Any, *, checkpoint: str = "last") -> Prediction:
         return await self._c.run(calls.predict(job_id, rows, checkpoint))
+
+    async def export(self, job_id: str, *, format: str = "onnx", checkpoint: str = "last",
+               fold_bn: bool = False, path: str | Path | None = None) -> bytes:
+        """The eval-mode model as a file: `onnx`, `safetensors` (a zip: weights, a JSON sidecar
+        that rebuilds them, a README) or `torch_export` (.pt2). `fold_bn` folds BatchNorm into
+        the adjacent dense layers. Written to `path` too when given."""
+        content = await self._c.run(calls.export(job_id, format, checkpoint, fold_bn))
+        if path is not None:
+            Path(path).write_bytes(content)
+        return content
 
     async def events(self, job_id: str, *,
                      last_event_id: str | None = None) -> AsyncIterator[Event]:

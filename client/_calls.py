@@ -99,6 +99,17 @@ def predict(job_id: str, rows: Any, checkpoint: str) -> Call[Prediction]:
                 lambda r: Prediction.model_validate(r.json()), json=rows_body(rows, checkpoint))
 
 
+EXPORT_FORMATS = ("onnx", "safetensors", "torch_export")
+# What each format's file is called locally (the server's Content-Disposition agrees).
+EXPORT_SUFFIXES = {"onnx": ".onnx", "safetensors": ".zip", "torch_export": ".pt2"}
+
+
+def export(job_id: str, fmt: str, checkpoint: str, fold_bn: bool) -> Call[bytes]:
+    return Call("GET", f"/v1/jobs/{job_id}/export", as_bytes,
+                params={"format": fmt, "checkpoint": checkpoint,
+                        "fold_bn": "true" if fold_bn else "false"})
+
+
 # -- experiments --
 
 def create_experiment(spec: BaseModel | Mapping[str, Any],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -66,6 +67,11 @@ class Job(JobData):
 
     def predict(self, rows: Any, *, checkpoint: str = "last") -> Prediction:
         return self._client.jobs.predict(self.id, rows, checkpoint=checkpoint)
+
+    def export(self, *, format: str = "onnx", checkpoint: str = "last", fold_bn: bool = False,
+               path: str | Path | None = None) -> bytes:
+        return self._client.jobs.export(self.id, format=format, checkpoint=checkpoint,
+                                        fold_bn=fold_bn, path=path)
 
     def events(self, *, last_event_id: str | None = None) -> Iterator[Event]:
         return self._client.jobs.events(self.id, last_event_id=last_event_id)
@@ -172,6 +178,16 @@ class Jobs:
     def predict(self, job_id: str, rows: Any, *, checkpoint: str = "last") -> Prediction:
         """Eval-mode predictions for rows of features (lists, a numpy array or a DataFrame)."""
         return self._c.run(calls.predict(job_id, rows, checkpoint))
+
+    def export(self, job_id: str, *, format: str = "onnx", checkpoint: str = "last",
+               fold_bn: bool = False, path: str | Path | None = None) -> bytes:
+        """The eval-mode model as a file: `onnx`, `safetensors` (a zip: weights, a JSON sidecar
+        that rebuilds them, a README) or `torch_export` (.pt2). `fold_bn` folds BatchNorm into
+        the adjacent dense layers. Written to `path` too when given."""
+        content = self._c.run(calls.export(job_id, format, checkpoint, fold_bn))
+        if path is not None:
+            Path(path).write_bytes(content)
+        return content
 
     def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[Event]:
         """Live events: StatusEvent, EpochEvent (each epoch once), then DoneEvent; reconnects

@@ -86,12 +86,12 @@ def predictor_for(session: Session, job: Job, meta: Checkpoint, predictors: Pred
         if ckpt is None:  # deleted between the two reads
             raise _no_checkpoint(job, ref.kind)
         ref = CheckpointRef(kind=ckpt.kind, epoch=ckpt.epoch, sha256=ckpt.sha256)
-        predictor = load_predictor(ckpt.content, classes=_classes(session, job))
+        predictor = load_predictor(ckpt.content, classes=class_names(session, job))
         predictors.put((job.id, ref.kind, ref.sha256), predictor)
     return predictor, ref
 
 
-def _classes(session: Session, job: Job) -> list[str] | None:
+def class_names(session: Session, job: Job) -> list[str] | None:
     if job.dataset_id is None:
         return None  # generated data: class ids are the names
     dataset = repo.get_dataset(session, dataset_id=job.dataset_id)
@@ -119,7 +119,9 @@ def predict(job: JobDep, body: PredictRequest, session: SessionDep, settings: Se
         result = predictor.predict(body.inputs)
     except InferenceInputError as exc:
         raise InvalidInput([f"inputs: {exc}"]) from None
-    return PredictResponse(
+    # Built from values that already have the schema's types: validating 100k rows again
+    # would cost more than the model (FastAPI serializes it straight to JSON).
+    return PredictResponse.model_construct(
         classes=result.classes, probabilities=result.probabilities,
         class_names=result.class_names, checkpoint=ref,
     )
