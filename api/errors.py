@@ -123,8 +123,9 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # its fault, and the id to quote. This handler runs outside the middleware stack, so the
     # X-Request-ID header is set here.
     rid = request_id_of(request.scope)
+    # The request's log context has ended out here: its id goes on the record itself.
     log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path,
-                  rid, exc_info=exc)
+                  rid, exc_info=exc, extra={"request_id": rid})
     body = {**error_body("InternalError", "the server failed to handle this request; it has "
                          "been logged under this request id"), "request_id": rid}
     return JSONResponse(body, status_code=500,
@@ -167,7 +168,7 @@ def document_errors(app: FastAPI) -> None:
                 if "requestBody" in op:
                     codes["400"] = "the body could not be parsed (not JSON, broken multipart)"
                 submission = method == "post" and path in SUBMISSIONS
-                if submission or path.endswith(("/predict", "/boundary")):
+                if submission or path.endswith(("/predict", "/boundary", "/export")):
                     codes["429"] = ("rate limited (or, for submissions, too many active jobs): "
                                     "wait Retry-After seconds")
                 responses = op.setdefault("responses", {})

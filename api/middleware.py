@@ -15,6 +15,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from config.logging import log_context
+
 REQUEST_ID_HEADER = b"x-request-id"
 _CLIENT_ID = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
 
@@ -48,7 +50,9 @@ class RequestId:
                 message["headers"] = [*headers, (REQUEST_ID_HEADER, rid.encode())]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        # Every log line made while answering (the access line too) carries the id.
+        with log_context(request_id=rid):
+            await self.app(scope, receive, send_with_id)
 
 
 class BodyLimit:

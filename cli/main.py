@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from cli.client_commands import register as register_client_commands
+from config.logging import configure_logging
 from config.settings import BaseBnlabSettings
 
 app = typer.Typer(help="bnlab: train small PyTorch networks described as JSON.",
@@ -155,7 +156,9 @@ def auth_enabled(settings: BaseBnlabSettings) -> bool:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    log_level: Annotated[str, typer.Option(help="uvicorn and celery log level.")] = "info",
+    log_level: Annotated[str | None, typer.Option(
+        help="API and worker log level (default BNLAB_LOG_LEVEL or info); BNLAB_LOG_FORMAT "
+             "picks json or text lines.")] = None,
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="Allow a non-loopback --host with authentication off (anyone who "
                            "can reach the port can train and read everything).")] = False,
@@ -163,8 +166,9 @@ def serve(
     """Run the API. Embedded default (no BNLAB_BROKER_URL): also a Celery worker process."""
     import uvicorn
 
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = BaseBnlabSettings()
+    log_level = (log_level or settings.log_level).lower()
+    configure_logging(settings.log_format, log_level)
     # SIGTERM must unwind through `finally` so the worker is stopped too (uvicorn restores
     # this handler and re-raises the signal after its own graceful shutdown).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -189,7 +193,10 @@ def serve(
         log.info("embedded mode: SQLite and filesystem broker under %s", settings.home)
         worker.start()
     try:
-        uvicorn.run("api.main:app", host=host, port=port, log_level=log_level)
+        # log_config=None: uvicorn's lines go through configure_logging's handler; the app
+        # writes its own access line (bnlab.access: route, status, duration, request id).
+        uvicorn.run("api.main:app", host=host, port=port, log_level=log_level, log_config=None,
+                    access_log=False)
     except KeyboardInterrupt:
         pass
     finally:
@@ -205,7 +212,8 @@ def worker(
         help="Pool processes; keep 1 per GPU.")] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork or solo.")] = "prefork",
     name: Annotated[str | None, typer.Option(help="Node name (celery -n).")] = None,
-    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    loglevel: Annotated[str | None, typer.Option(
+        help="Log level (default BNLAB_LOG_LEVEL or INFO).")] = None,
 ) -> None:
     """Run a Celery worker for the configured broker (replaces this process)."""
     from worker.settings import WorkerSettings
@@ -215,7 +223,7 @@ def worker(
     argv = celery_worker_argv(
         queues=queues, concurrency=concurrency or settings.worker_concurrency, pool=pool,
         name=name or settings.worker_name or f"{queues.replace(',', '-')}@%h",
-        loglevel=loglevel)
+        loglevel=(loglevel or settings.log_level).upper())
     os.execv(sys.executable, argv)
 
 

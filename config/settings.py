@@ -7,7 +7,7 @@ kombu's filesystem transport, both under BNLAB_HOME, so nothing needs installing
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from platformdirs import user_data_dir
 from pydantic import Field
@@ -32,6 +32,16 @@ class BaseBnlabSettings(BaseSettings):
     broker_url: str | None = None
     # Longest a job may run before Redis re-delivers its unacked message (seconds).
     visibility_timeout: int = 12 * 3600
+    # Embedded (filesystem) broker: seconds between a waiting worker's looks at the queue
+    # folder, the most a submitted job waits to be picked up (kombu's default is 1 s). Redis
+    # needs none: it pushes.
+    broker_polling_interval: float = Field(default=0.1, gt=0)
+
+    # Logs of `bnlab serve` and the worker: "json" (one object per line), "text", or "auto"
+    # (text when stderr is a terminal, JSON otherwise: containers, systemd, files).
+    log_format: Literal["auto", "json", "text"] = "auto"
+    # The default level when the command line does not give one (DEBUG, INFO, WARNING, ...).
+    log_level: str = Field(default="INFO", pattern=r"(?i)^(debug|info|warning|error|critical)$")
 
     # A job is tried this many times (claims by a worker) before it fails for good.
     max_attempts: int = Field(default=3, ge=1)
@@ -79,7 +89,8 @@ class BaseBnlabSettings(BaseSettings):
             # control folder holds the exchange table; kombu's default is ./control in the cwd.
             return {"data_folder_in": str(queue), "data_folder_out": str(queue),
                     "processed_folder": str(processed), "store_processed": True,
-                    "control_folder": str(self.broker_folder / "control")}
+                    "control_folder": str(self.broker_folder / "control"),
+                    "polling_interval": self.broker_polling_interval}
         return {"visibility_timeout": self.visibility_timeout}
 
     def prepare_dirs(self) -> None:

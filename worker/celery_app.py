@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_init
+from celery.signals import celeryd_init, setup_logging
 from kombu import Exchange, Queue
 
+from config.logging import configure_logging
 from worker.settings import WorkerSettings
 
 QUEUES = ("cpu", "gpu")
@@ -53,3 +54,10 @@ def _prepare_dirs(**_: Any) -> None:
     # The filesystem transport needs its folders before the worker connects; done here rather
     # than at import so importing this module has no side effects.
     settings.prepare_dirs()
+
+
+@setup_logging.connect
+def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    # With a receiver here Celery leaves logging alone: its lines and the task's come out in
+    # BNLAB_LOG_FORMAT like the API's, job_id bound by the task (worker.training_run).
+    configure_logging(settings.log_format, loglevel or settings.log_level)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
+from config.logging import add_log_context, log_context
 from models.datasets import DatasetError, load_table
 from models.db import repository as repo
 from models.db.tables import JobStatus, utcnow
@@ -54,6 +55,10 @@ class RunContext:
     db_retry: float = 120.0
     max_stack: int = 64  # most experiment children one task trains stacked
     stack_checkpoint_interval: float = 10.0  # seconds between a stack's "last" checkpoints
+    # Seconds between a lone small network's "last" checkpoints (None: every checkpoint_every
+    # epochs) and between epoch writes (0: every epoch); see WorkerSettings.
+    small_checkpoint_interval: float | None = None
+    write_interval: float = 0.0
     # Set in this process when its worker shuts down (solo pool: the task runs right here).
     stopping: threading.Event | None = None
 
@@ -86,14 +91,21 @@ def run_job(job_id: str, ctx: RunContext) -> str | None:
     job's final status ("queued" when released for another worker), or None if not claimed
     (or the lease was lost).
 
-    Once claimed, no job of the stack stays `running` past an exception seen here.
+    Once claimed, no job of the stack stays `running` past an exception seen here. Every log
+    line made meanwhile (in this thread) carries the job's id, and its experiment's.
     """
+    with log_context(job_id=job_id):
+        return _run_job(job_id, ctx)
+
+
+def _run_job(job_id: str, ctx: RunContext) -> str | None:
     with ctx.sessions() as session:
         job = repo.get_job(session, job_id=job_id)
         if job is None:
             log.warning("job %s does not exist; dropping the message", job_id)
             return None
         stored_spec, stack_key = job.spec, job.stack_key
+        add_log_context(experiment_id=job.experiment_id)
     # The device is chosen (CUDA first touched) inside the task, before the claim, so the
     # claim records it; a bad device request still claims the job and then fails it.
     device: torch.device | None = None
@@ -259,13 +271,13 @@ def _load(spec: JobSpec, ctx: RunContext) -> tuple[ResolvedJob, Any]:
 
 
 def checkpoint_interval(resolved: ResolvedJob, ctx: RunContext, k: int = 1) -> float | None:
-    """Seconds between "last" checkpoints: None (every checkpoint_every epochs) for one small
-    network; time-bounded for large ones, and for a stack of k, whose k checkpoints per epoch
-    would otherwise cost more than its training."""
+    """Seconds between "last" checkpoints: small_checkpoint_interval (None: every
+    checkpoint_every epochs) for one small network; time-bounded for large ones, and for a
+    stack of k, whose k checkpoints per epoch would otherwise cost more than its training."""
     params = k * sum(row.params for row in resolved.network.summary())
     if params > ctx.checkpoint_small_params:
         return ctx.checkpoint_interval
-    return ctx.stack_checkpoint_interval if k > 1 else None
+    return ctx.stack_checkpoint_interval if k > 1 else ctx.small_checkpoint_interval
 
 
 def _train(stack: list[Claimed], spec: JobSpec, device: torch.device, ctx: RunContext,
@@ -276,7 +288,7 @@ def _train(stack: list[Claimed], spec: JobSpec, device: torch.device, ctx: RunCo
     writer, callbacks = stack_callbacks(
         ctx.sessions, [c.job_id for c in stack], lease_owner=owner,
         lost=[keeper.lost(c.job_id) for c in stack], stopping=ctx.stopping,
-        retry_s=ctx.db_retry)
+        retry_s=ctx.db_retry, write_interval=ctx.write_interval)
     # A stack resumes in lockstep: every member has a checkpoint at one epoch, or none has.
     resume = [c.blob for c in stack if c.blob is not None]
     results = train_many(resolved, table, seeds=[c.seed for c in stack], device=device,
