@@ -516,9 +516,10 @@ def train_many(job: ResolvedJob, table: Table, *, seeds: Sequence[int], device: 
 
     `checkpoint_every` N: a "last" checkpoint every N epochs and at each model's final one (0:
     final only); with `checkpoint_interval_s`, such an epoch gets one only if that many seconds
-    passed since the previous "last" (or the start): large models write at most that often. A
-    "best" one whenever the monitored metric improves. Checkpoints go to models with a callback
-    as they happen; the others get theirs once, in `TrainingResult.checkpoints`.
+    passed since the previous "last" (the run's first is always written): large models write at
+    most that often. A "best" one whenever the monitored metric improves. Checkpoints go to
+    models with a callback as they happen; the others get theirs once, in
+    `TrainingResult.checkpoints`.
 
     Each model stops on its own: its callback's should_stop(), its early stopping, or (K > 1)
     a NaN/inf training loss (`TrainingResult.diverged`; K = 1 raises TrainingDiverged). A
@@ -538,7 +539,9 @@ def train_many(job: ResolvedJob, table: Table, *, seeds: Sequence[int], device: 
     keys = list(HISTORY_KEYS) + (list(TRAIN_MODE_VAL_KEYS) if t.record_train_mode_val else [])
     best_name = _monitor(t.checkpoint_monitor, has_val)
     tie_name = "val_loss" if has_val else "loss"
-    last_written = time.monotonic()
+    # None: the run's first periodic epoch is checkpointed whatever the interval, so a job
+    # that shows any epoch also has a "last" checkpoint to predict and draw with.
+    last_written: float | None = None
     for epoch in range(start, t.epochs + 1):
         t0 = time.perf_counter()
         values = loop.run_epoch(epoch).cpu().numpy().T.tolist()  # the one host read; [k][row]
@@ -547,7 +550,7 @@ def train_many(job: ResolvedJob, table: Table, *, seeds: Sequence[int], device: 
         bn = loop.bn_extras() if any(cbs[k] is not None for k in live) else None
         wall = time.perf_counter() - t0
         periodic = bool(checkpoint_every and epoch % checkpoint_every == 0 and (
-            checkpoint_interval_s is None
+            checkpoint_interval_s is None or last_written is None
             or time.monotonic() - last_written >= checkpoint_interval_s))
         improved: list[int] = []
         for k in live:

@@ -1,16 +1,18 @@
-"""The trainer's hooks, backed by the database: one fenced transaction per epoch.
+"""The trainer's hooks, backed by the database: fenced transactions of whole epochs.
 
 A task trains one job or a stack of experiment children; `StackWriter` is the database side of
 the whole stack. Each member's epoch record is buffered until every member still training has
-reported that epoch, then all are written in one transaction; stop flags are read for every
-member with one query per epoch. So a stack of 64 costs about what one job costs in database
-round trips, and a lone job (a stack of one) writes each epoch as soon as it ends.
+reported that epoch, then complete epochs are written in one transaction, at once or (the
+worker's default) at most every `write_interval` seconds; stop flags are read for every member
+with one query, as often. So a stack of 64 costs about what one job costs in database round
+trips, and a job of small, fast epochs is not slowed by writing each of them on its own.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +24,8 @@ from worker.db import is_transient, retrying
 log = logging.getLogger(__name__)
 
 Flags = tuple[bool, bool, bool]  # (cancel, release, lost)
+# Rows per INSERT: a big stack's batch stays under every driver's bound-parameter limit.
+_ROWS_PER_INSERT = 500
 
 
 class LeaseLost(RuntimeError):
@@ -35,17 +39,28 @@ class StackWriter:
     finds a history that ends exactly where its checkpoint does. With `lease_owner`, each
     member's rows are written only after renewing its lease conditionally (fencing): a member
     another worker holds now gets nothing written and is marked lost.
+
+    `write_interval` > 0: complete epochs wait in memory until that many seconds passed since
+    the previous write, then all go in one transaction (the first is written at once, so a
+    job shows progress as soon as it has any; the caller flushes the rest at the end). A
+    small network's epoch takes a few milliseconds and its write about as long, so writing
+    every epoch would double the job's time. Stop flags (cancel, release) are read as often.
+    0 writes and reads every epoch.
     """
 
     def __init__(self, sessions: sessionmaker[Session], *, lease_owner: str | None = None,
-                 retry_s: float = 120.0) -> None:
+                 retry_s: float = 120.0, write_interval: float = 0.0) -> None:
         self.sessions, self.lease_owner, self.retry_s = sessions, lease_owner, retry_s
+        self.write_interval = write_interval
         self.members: list[str] = []
         self.lost_events: dict[str, threading.Event] = {}
         self.expected: set[str] = set()  # members still training: an epoch is complete when
-        self.pending: dict[str, EpochRecord] = {}  # ... each of them has a record here
+        self.current: dict[str, EpochRecord] = {}  # ... each of them has a record here
+        self.done: list[tuple[str, EpochRecord]] = []  # complete epochs not yet written
         self.flags: dict[str, Flags] = {}
         self.generation = 0  # bumped by every flag read
+        self.last_write: float | None = None  # time.monotonic() of the last write, or None
+        self.last_read: float | None = None  # ... and of the last flag read
 
     def join(self, job_id: str, lost: threading.Event) -> None:
         self.members.append(job_id)
@@ -53,42 +68,62 @@ class StackWriter:
         self.expected.add(job_id)
 
     def add(self, job_id: str, record: EpochRecord) -> set[str]:
-        """Buffer a member's epoch; write the epoch once complete. Returns members found lost."""
-        lost: set[str] = set()
-        if job_id in self.pending:  # a member is an epoch ahead: the others stopped
-            lost |= self.flush()
-        self.pending[job_id] = record
-        if self.expected <= set(self.pending):
-            lost |= self.flush()
-        return lost
+        """Buffer a member's epoch; once the epoch is complete, write what is buffered if a
+        write is due. Returns the members found lost."""
+        if job_id in self.current:  # a member is an epoch ahead: the others stopped
+            self._complete()
+        self.current[job_id] = record
+        if self.expected <= set(self.current):
+            self._complete()
+        return self._write() if self._due(self.last_write) else set()
 
     def flush(self) -> set[str]:
-        """Write every buffered record in one transaction; returns the members found lost."""
-        if not self.pending:
+        """Write every buffered record (an incomplete epoch's too) in one transaction; returns
+        the members found lost."""
+        self._complete()
+        return self._write()
+
+    def _due(self, last: float | None) -> bool:
+        return (self.write_interval <= 0 or last is None
+                or time.monotonic() - last >= self.write_interval)
+
+    def _complete(self) -> None:
+        """The current epoch is over: who reported it trains on."""
+        if self.current:
+            self.done.extend(self.current.items())
+            self.expected = {j for j in self.current if not self.lost_events[j].is_set()}
+            self.current = {}
+
+    def _write(self) -> set[str]:
+        if not self.done:
             return set()
-        batch = dict(self.pending)
+        batch = list(self.done)  # each member's records in epoch order
+        members = sorted({job_id for job_id, _ in batch})
 
         def write() -> set[str]:
             with self.sessions.begin() as session:
-                held = (repo.heartbeat_many(session, job_ids=list(batch),
-                                            worker=self.lease_owner)
-                        if self.lease_owner is not None else set(batch))
-                mine = {j: r for j, r in batch.items() if j in held}
-                repo.record_epochs(session, rows=[
-                    repo.EpochRow(j, r.epoch, r.metrics, r.wall_time, r.extras)
-                    for j, r in mine.items()])
-                for job_id, record in mine.items():
-                    for kind, blob in record.checkpoints.items():
-                        repo.put_checkpoint(session, job_id=job_id, kind=kind,
-                                            epoch=record.epoch, content=blob,
-                                            metrics=record.metrics)
-            return set(batch) - held
+                held = (repo.heartbeat_many(session, job_ids=members, worker=self.lease_owner)
+                        if self.lease_owner is not None else set(members))
+                mine = [(j, r) for j, r in batch if j in held]
+                rows = [repo.EpochRow(j, r.epoch, r.metrics, r.wall_time, r.extras)
+                        for j, r in mine]
+                for start in range(0, len(rows), _ROWS_PER_INSERT):
+                    repo.record_epochs(session, rows=rows[start:start + _ROWS_PER_INSERT])
+                # Of several checkpoints of one kind in the batch only the newest survives
+                # (each replaces the previous): write just that one.
+                newest = {(j, kind): (r, blob) for j, r in mine
+                          for kind, blob in r.checkpoints.items()}
+                for (job_id, kind), (record, blob) in newest.items():
+                    repo.put_checkpoint(session, job_id=job_id, kind=kind, epoch=record.epoch,
+                                        content=blob, metrics=record.metrics)
+            return set(members) - held
 
-        epochs = sorted({r.epoch for r in batch.values()})
-        lost = retrying(write, what=f"{len(batch)} job(s) epoch {epochs[-1]}",
+        last_epoch = max(r.epoch for _, r in batch)
+        lost = retrying(write, what=f"{len(members)} job(s) epoch {last_epoch}",
                         deadline_s=self.retry_s)
-        self.pending.clear()
-        self.expected = set(batch) - lost  # who reported this epoch trains on
+        self.done.clear()
+        self.last_write = time.monotonic()
+        self.expected -= lost
         for job_id in lost:
             log.warning("job %s: lease of %s lost; nothing more is written", job_id,
                         self.lease_owner)
@@ -97,9 +132,11 @@ class StackWriter:
 
     def flags_of(self, job_id: str, seen: int) -> tuple[Flags, int]:
         """A member's stop flags and the snapshot's generation. A member that already read the
-        current snapshot (`seen`) is in a new epoch: flush and read all members afresh."""
-        if seen == self.generation:
-            self.flush()
+        current snapshot (`seen`) is in a new epoch: read all members afresh (when a read is
+        due; with write_interval 0, after writing what is buffered, as every epoch)."""
+        if seen == self.generation and self._due(self.last_read):
+            if self.write_interval <= 0:
+                self.flush()
             try:
                 with self.sessions() as session:
                     self.flags = repo.stop_flags_many(session, job_ids=self.members,
@@ -112,6 +149,7 @@ class StackWriter:
                             ",".join(m[:8] for m in self.members), exc)
                 self.flags = {}
             self.generation += 1
+            self.last_read = time.monotonic()
         return self.flags.get(job_id, (False, False, False)), self.generation
 
 
@@ -127,13 +165,14 @@ class DbCallbacks(TrainingCallbacks):
     def __init__(self, sessions: sessionmaker[Session], job_id: str, *,
                  lease_owner: str | None = None, lost: threading.Event | None = None,
                  stopping: threading.Event | None = None, retry_s: float = 120.0,
-                 stack: StackWriter | None = None) -> None:
+                 stack: StackWriter | None = None, write_interval: float = 0.0) -> None:
         self.job_id = job_id
         self.lease_owner = lease_owner
         self.lost = lost or threading.Event()
         self.stopping = stopping
         self.stop_reason: str | None = None
-        self.stack = stack or StackWriter(sessions, lease_owner=lease_owner, retry_s=retry_s)
+        self.stack = stack or StackWriter(sessions, lease_owner=lease_owner, retry_s=retry_s,
+                                          write_interval=write_interval)
         self.stack.join(job_id, self.lost)
         self._seen = 0  # == the writer's generation before its first read: read at once
 
@@ -144,7 +183,8 @@ class DbCallbacks(TrainingCallbacks):
             raise LeaseLost(f"job {self.job_id}: lease of {self.lease_owner} lost")
 
     def should_stop(self) -> bool:
-        """Cancel requested, worker shutting down, or lease lost; checked once per epoch."""
+        """Cancel requested, worker shutting down, or lease lost; checked once per epoch
+        (the database is read once per epoch, or per write_interval)."""
         if self.lost.is_set():
             self.stop_reason = "lost"
             return True
@@ -160,10 +200,11 @@ class DbCallbacks(TrainingCallbacks):
 
 def stack_callbacks(sessions: sessionmaker[Session], job_ids: Sequence[str], *,
                     lease_owner: str, lost: Sequence[threading.Event],
-                    stopping: threading.Event | None, retry_s: float
-                    ) -> tuple[StackWriter, list[DbCallbacks]]:
+                    stopping: threading.Event | None, retry_s: float,
+                    write_interval: float = 0.0) -> tuple[StackWriter, list[DbCallbacks]]:
     """The callbacks of a stack's members, sharing one writer (flush it after training)."""
-    writer = StackWriter(sessions, lease_owner=lease_owner, retry_s=retry_s)
+    writer = StackWriter(sessions, lease_owner=lease_owner, retry_s=retry_s,
+                         write_interval=write_interval)
     return writer, [DbCallbacks(sessions, job_id, lease_owner=lease_owner, lost=event,
                                 stopping=stopping, retry_s=retry_s, stack=writer)
                     for job_id, event in zip(job_ids, lost, strict=True)]

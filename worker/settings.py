@@ -31,6 +31,15 @@ class WorkerSettings(BaseBnlabSettings):
     # A stack writes its members' "last" checkpoints at most this often (seconds; each epoch's
     # metrics are still written every epoch, and "best" whenever it improves).
     stack_checkpoint_interval: float = Field(default=10.0, ge=0)
+    # ... and a lone job's "last" checkpoint of a small network at most this often (0: every
+    # checkpoint_every epochs). Encoding one costs about what a small epoch does; a job
+    # stopped by cancel or shutdown still checkpoints the epoch it stops at.
+    small_checkpoint_interval: float = Field(default=2.0, ge=0)
+    # Seconds finished epochs may wait in memory before they are written, all in one
+    # transaction (0: each epoch on its own). The first epoch is written at once and the
+    # rest when the job ends; cancel and shutdown requests are read as often. A small epoch
+    # takes milliseconds and so does its write: 0 would make such a job about twice as slow.
+    epoch_write_interval: float = Field(default=0.25, ge=0)
     # Seconds between worker_heartbeat rows (the API routes device=auto by them) and between
     # renewals of a running job's lease; keep it well under lease_timeout.
     heartbeat_interval: float = Field(default=5.0, gt=0)

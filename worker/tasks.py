@@ -26,6 +26,8 @@ def train_job(self: Task, job_id: str) -> str | None:
                      lease_timeout=settings.lease_timeout, db_retry=settings.db_retry,
                      max_stack=settings.max_stack,
                      stack_checkpoint_interval=settings.stack_checkpoint_interval,
+                     small_checkpoint_interval=settings.small_checkpoint_interval,
+                     write_interval=settings.epoch_write_interval,
                      stopping=STOPPING)
     with sigterm_stops_training():
         return run_job(job_id, ctx)

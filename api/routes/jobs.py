@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -12,8 +14,17 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.auth import require_visible_dataset
-from api.deps import JobDep, PrincipalDep, QueueDep, SessionDep, SettingsDep
+from api.auth import Principal, require_visible_dataset
+from api.deps import (
+    JobDep,
+    JobId,
+    PrincipalDep,
+    QueueDep,
+    SessionDep,
+    SettingsDep,
+    get_job_or_404,
+    get_principal,
+)
 from api.errors import Conflict, InvalidInput, NotReady
 from api.examples import JOB_EXAMPLES
 from api.ratelimit import check_active_jobs
@@ -147,6 +158,23 @@ def list_jobs(
     return JobPage(items=[job_out(j) for j in rows], next_cursor=next_cursor)
 
 
+@contextmanager
+def one_hop(request: Request) -> Iterator[tuple[Session, Principal]]:
+    """A short session and the caller, for a sync route that does all its database work (and
+    its serialising) in its own body: one threadpool hop, the connection back in the pool
+    before the response is sent.
+
+    With `JobDep` + `SessionDep` the session holds its connection across FastAPI's separate
+    hops (dependency, endpoint, response validation, dependency exit), each waiting for a
+    free threadpool thread. Under a few hundred pollers every pooled connection ended up
+    parked in a request waiting for a thread while every thread waited for a connection:
+    the pool timed out (30 s) and answered 500s.
+    """
+    principal = get_principal(request)
+    with request.app.state.sessions() as session:
+        yield session, principal
+
+
 def job_etag(job: Job, *parts: object) -> str:
     """A weak ETag of what is read from a job: every write to the job's row (progress, status,
     heartbeat, a stored or truncated epoch) moves its updated_at. Weak: `elapsed_s` follows
@@ -170,13 +198,18 @@ def not_modified(request: Request, etag: str) -> Response | None:
 
 @router.get("/{job_id}", response_model=JobOut,
             responses={304: {"description": "If-None-Match holds the current ETag"}})
-def get_job(job: JobDep, request: Request, response: Response) -> Any:
-    etag = job_etag(job)
-    if (unchanged := not_modified(request, etag)) is not None:
-        return unchanged
-    response.headers["ETag"] = etag
-    response.headers["Cache-Control"] = "no-cache"  # caches may keep it, but must revalidate
-    return job_out(job)
+def get_job(job_id: JobId, request: Request) -> Any:
+    # The hottest route (every poller): one threadpool hop with a session of its own, and
+    # the body serialised here. See `one_hop`.
+    with one_hop(request) as (session, principal):
+        job = get_job_or_404(job_id, session, principal)
+        etag = job_etag(job)
+        if (unchanged := not_modified(request, etag)) is not None:
+            return unchanged
+        body = job_out(job).model_dump_json()
+    # caches may keep it, but must revalidate
+    return Response(body, media_type="application/json",
+                    headers={"ETag": etag, "Cache-Control": "no-cache"})
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import threading
+from collections import OrderedDict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
 from api import plots
-from api.deps import MAX_EPOCH_NUMBER, JobDep, PrincipalDep, SessionDep
+from api.deps import MAX_EPOCH_NUMBER, JobDep, JobId, PrincipalDep, SessionDep, get_job_or_404
 from api.errors import InvalidInput, NotFound
 from api.resolve import dataset_shape
-from api.routes.jobs import job_etag, not_modified
+from api.routes.jobs import job_etag, not_modified, one_hop
 from api.schemas import CheckpointRef, ModelOut
 from models.db import repository as repo
 from models.db.tables import Job
@@ -39,7 +42,19 @@ def finite(v: Any) -> float | None:
 
 def history_of(session: SessionDep, job: Job, since: int = 0) -> dict[str, list[Any]]:
     """{"epoch": [...], "loss": [...], ...}; NaN/inf become None (JSON null)."""
-    rows = repo.history(session, job_id=job.id, since=since)
+    rows = repo.history_values(session, job_id=job.id, since=since, extras=EXTRA_SERIES)
+    out: dict[str, list[Any]] = {"epoch": [r[0] for r in rows]}
+    for i, col in enumerate(COLUMNS, start=1):  # COLUMNS follow epoch in each row
+        out[col] = [finite(r[i]) for r in rows]
+    for i, name in enumerate(EXTRA_SERIES, start=1 + len(COLUMNS)):
+        values = [r[i] for r in rows]
+        if any(v is not None for v in values):
+            out[name] = [finite(v) for v in values]
+    return out
+
+
+def series(rows: list[repo.EpochRecord]) -> dict[str, list[Any]]:
+    """Epoch rows as history_of gives them (one list per metric)."""
     out: dict[str, list[Any]] = {"epoch": [r.epoch for r in rows]}
     for col in COLUMNS:
         out[col] = [finite(getattr(r, col)) for r in rows]
@@ -50,26 +65,75 @@ def history_of(session: SessionDep, job: Job, since: int = 0) -> dict[str, list[
     return out
 
 
+class BodyCache:
+    """JSON bodies by ETag, least recently used out first, at most `max_bytes` in all. The
+    tag names the job's state (and the request's parameters), so an entry never goes stale:
+    a finished job's history, which every page load of it asks for, is built once."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.size = max_bytes, 0
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            body = self._items.get(key)
+            if body is not None:
+                self._items.move_to_end(key)
+            return body
+
+    def put(self, key: str, body: bytes) -> None:
+        if len(body) > self.max_bytes // 4:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = body
+            self.size += len(body)
+            while self.size > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.size -= len(old)
+
+
+HISTORY_CACHE_BYTES = 32 * 1024 * 1024
+
+
+def history_cache(request: Request) -> BodyCache:
+    state = request.app.state
+    cache = getattr(state, "history_cache", None)
+    if cache is None:  # a race here makes two caches, one of which is dropped: harmless
+        cache = state.history_cache = BodyCache(HISTORY_CACHE_BYTES)
+    return cache  # type: ignore[no-any-return]
+
+
 @router.get("/{job_id}/history", responses={
     200: {"content": {"text/csv": {}}},
     304: {"description": "If-None-Match holds the current ETag"}})
 def get_history(
-    job: JobDep, session: SessionDep, request: Request, response: Response,
+    job_id: JobId, request: Request,
     since: Annotated[int, Query(ge=0, le=MAX_EPOCH_NUMBER,
                                 description="only epochs after this one")] = 0,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Any:
     """Keras's `history.history` shape, one list per metric indexed like `epoch` (1-based)."""
-    # Every stored (or truncated) epoch moves the job row's updated_at: the tag is known
-    # before the rows are read.
-    etag = job_etag(job, since, format)
-    if (unchanged := not_modified(request, etag)) is not None:
-        return unchanged
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    history = history_of(session, job, since)
+    # One threadpool hop with its own session (see jobs.one_hop), the JSON encoded here
+    # (json.dumps of the lists, not FastAPI's jsonable_encoder walk over every float).
+    cache = history_cache(request)
+    with one_hop(request) as (session, principal):
+        job = get_job_or_404(job_id, session, principal)
+        # Every stored (or truncated) epoch moves the job row's updated_at: the tag is known
+        # before the rows are read.
+        etag = job_etag(job, since, format)
+        if (unchanged := not_modified(request, etag)) is not None:
+            return unchanged
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if format == "json" and (body := cache.get(etag)) is not None:
+            return Response(body, media_type="application/json", headers=headers)
+        history = history_of(session, job, since)
     if format == "json":
-        response.headers.update(headers)
-        return history
+        body = json.dumps(history, separators=(",", ":"), allow_nan=False).encode()
+        cache.put(etag, body)
+        return Response(body, media_type="application/json", headers=headers)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     keys = list(history)

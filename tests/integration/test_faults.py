@@ -50,7 +50,10 @@ LEASE_TIMEOUT = 3.0
 FAST_ENV = {"BNLAB_HEARTBEAT_INTERVAL": "0.5", "BNLAB_LEASE_TIMEOUT": str(LEASE_TIMEOUT),
             "BNLAB_REAPER_INTERVAL": "1", "BNLAB_REQUEUE_GRACE": "2",
             "BNLAB_MAX_ATTEMPTS": str(MAX_ATTEMPTS), "BNLAB_TORCH_THREADS": "1",
-            "BNLAB_CHECKPOINT_EVERY": "1"}
+            "BNLAB_CHECKPOINT_EVERY": "1",
+            # Epoch-exact semantics (a checkpoint and a flag read every epoch), which these
+            # tests pin down; the batched defaults are covered by tests/worker.
+            "BNLAB_EPOCH_WRITE_INTERVAL": "0", "BNLAB_SMALL_CHECKPOINT_INTERVAL": "0"}
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
 # A lost worker is noticed after the lease times out, at the next sweep of a live worker's
 # reaper (which itself may need to start: torch import on a busy 2-core machine).
