@@ -248,7 +248,17 @@ PEERS: dict[str, Peer] = {
 
 def measure(*, epochs: int, repeats: int, device: torch.device, threads: int,
             keras: bool = True) -> list[Row]:
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _measure(epochs=epochs, repeats=repeats, device=device, threads=threads,
+                        keras=keras)
+    finally:  # a caller in the same process (a test) keeps its own setting
+        torch.set_num_threads(before)
+
+
+def _measure(*, epochs: int, repeats: int, device: torch.device, threads: int,
+             keras: bool) -> list[Row]:
     table = load_table()
     job, warm = notebook_job(table, epochs), notebook_job(table, 2)
     steps = job.steps_per_epoch * epochs

@@ -25,6 +25,7 @@ RESUME = """
 import json, sys
 import torch
 from safetensors.torch import save
+torch.set_num_threads(int(sys.argv[6]))  # the parent's: reductions split by thread count
 from models.checkpoint import decode, read_checkpoint_meta
 from models.datasets import parse_csv
 from models.spec import JobSpec, resolve_job
@@ -94,7 +95,8 @@ def test_resume_in_a_fresh_process_is_bitwise(notebook: Table, tmp_path: Path) -
     (tmp_path / "k.safetensors").write_bytes(first.checkpoints["last"])
     csv = REPO.parent / "shared" / "data" / "concertriccir2.csv"
     subprocess.run([sys.executable, "-c", RESUME, str(tmp_path / "k.safetensors"), str(csv),
-                    str(n), str(tmp_path / "h.json"), str(tmp_path / "end.safetensors")],
+                    str(n), str(tmp_path / "h.json"), str(tmp_path / "end.safetensors"),
+                    str(torch.get_num_threads())],
                    check=True, cwd=REPO, timeout=120)
     resumed = json.loads((tmp_path / "h.json").read_text())
     assert resumed["start"] == k + 1 and resumed["epochs_run"] == n

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import (
@@ -162,6 +163,8 @@ def test_405_allow_lists_every_method(client: TestClient) -> None:
 def test_schema_covers_the_api() -> None:
     """The fuzzing above only sees what /openapi.json lists: every /v1 route must be in it."""
     documented = set(APP.openapi()["paths"])
-    routes = {getattr(r, "path", "") for r in APP.routes}
+    # FastAPI keeps included routers nested; iter_route_contexts flattens them with prefixes.
+    routes = {r.path for r in iter_route_contexts(APP.routes)}
+    assert any(p.startswith("/v1/jobs") for p in routes), "no /v1 routes found: check the walk"
     missing = sorted(p for p in routes if p.startswith("/v1") and p not in documented)
     assert not missing, f"/v1 routes hidden from the schema (not fuzzed): {missing}"
