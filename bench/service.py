@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
-import signal
 import statistics
 import tempfile
 import time
@@ -82,24 +80,11 @@ class Service:
 @contextlib.contextmanager
 def embedded_service(**env: str) -> Iterator[Service]:
     """`bnlab serve` with nothing configured: SQLite + filesystem broker + its own worker."""
-    from tests.integration.procs import BNLAB, Procs, clean_env, free_port, wait_ready
+    from tests.integration.procs import embedded_serve
 
-    with tempfile.TemporaryDirectory(prefix="bnlab-bench-") as tmp:
-        procs = Procs(Path(tmp))
-        port = free_port()
-        try:
-            procs.start("serve", [BNLAB, "serve", "--port", str(port)],
-                        clean_env(BNLAB_HOME=str(Path(tmp) / "home"), **env))
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(url, procs)
-            yield Service("embedded", url, procs.dump_logs)
-        finally:
-            procs.stop_all()
-            # `bnlab serve` starts its worker in a session of its own: never leave one behind
-            log = procs.procs[0].log_tail(10**8) if procs.procs else ""
-            for pid in re.findall(r"embedded worker started \(pid (\d+)\)", log):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(int(pid), signal.SIGKILL)
+    with tempfile.TemporaryDirectory(prefix="bnlab-bench-") as tmp, \
+            embedded_serve(Path(tmp), show_logs=False, **env) as (url, procs):
+        yield Service("embedded", url, procs.dump_logs)
 
 
 def _pg_database() -> tuple[str, Callable[[], None]]:

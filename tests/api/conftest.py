@@ -9,11 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import ApiSettings
+from models.datasets import parse_csv
+from models.db import repository as repo
 from models.db import upgrade
+from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, resolve_job
+from models.trainer import EpochRecord, TrainingCallbacks, train_job
 
 
 @pytest.fixture
@@ -62,3 +67,36 @@ def generated_body(**training: Any) -> dict[str, Any]:
     return {"name": "gen", "dataset": CIRCLES,
             "network": {"hidden": [4], "batchnorm": "after_activation"},
             "training": {"epochs": 3, "batch_size": 32, **training}}
+
+
+class StoreEpochs(TrainingCallbacks):
+    """The worker's callbacks in miniature: every epoch's row and checkpoints go to the DB."""
+
+    def __init__(self, client: TestClient, job_id: str) -> None:
+        self.sessions = client.app.state.sessions  # type: ignore[attr-defined]
+        self.job_id = job_id
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        with self.sessions() as session:
+            repo.record_epoch(session, job_id=self.job_id, epoch=record.epoch,
+                              metrics=record.metrics, wall_time=record.wall_time,
+                              extras=record.extras)
+            for kind, blob in record.checkpoints.items():
+                repo.put_checkpoint(session, job_id=self.job_id, kind=kind, epoch=record.epoch,
+                                    content=blob, metrics=record.metrics)
+            session.commit()
+
+
+@pytest.fixture
+def trained(client: TestClient, dataset_id: str, notebook_csv: bytes) -> dict[str, Any]:
+    """The notebook's BN network trained 3 epochs, its checkpoints stored as the worker does."""
+    body = notebook_body("bn", NOTEBOOK_BN_LAYERS, dataset_id)
+    body["training"]["epochs"] = 3
+    job_id = client.post("/v1/jobs", json=body).json()["id"]
+    table = parse_csv(notebook_csv)
+    spec = JobSpec.model_validate(body)
+    resolved = resolve_job(spec, n_features=table.n_features, n_classes=table.n_classes,
+                           n_rows=table.n_rows)
+    result = train_job(resolved, table, device=torch.device("cpu"),
+                       callbacks=StoreEpochs(client, job_id))
+    return {"id": job_id, "result": result, "rows": table.X[:5].tolist()}

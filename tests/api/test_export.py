@@ -18,28 +18,11 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import ApiSettings
-from models.datasets import parse_csv
 from models.db import upgrade
 from models.export import read_safetensors_zip, rebuild
-from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, resolve_job
-from models.trainer import train_job
-from tests.api.conftest import generated_body, notebook_body
-from tests.api.test_checkpoints import _Store
+from tests.api.conftest import generated_body
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
-
-@pytest.fixture
-def trained(client: TestClient, dataset_id: str, notebook_csv: bytes) -> dict[str, Any]:
-    """The notebook's BN network trained 3 epochs, its checkpoints stored as the worker does."""
-    body = notebook_body("bn", NOTEBOOK_BN_LAYERS, dataset_id)
-    body["training"]["epochs"] = 3
-    job_id = client.post("/v1/jobs", json=body).json()["id"]
-    table = parse_csv(notebook_csv)
-    resolved = resolve_job(JobSpec.model_validate(body), n_features=table.n_features,
-                           n_classes=table.n_classes, n_rows=table.n_rows)
-    train_job(resolved, table, device=torch.device("cpu"), callbacks=_Store(client, job_id))
-    return {"id": job_id}
 
 
 def _rows(n: int) -> list[list[float]]:

@@ -122,9 +122,11 @@ def celery_worker_argv(name: str, queues: str = "cpu", pool: str = "solo") -> li
 
 
 @contextlib.contextmanager
-def embedded_serve(root: Path, **env: str) -> Iterator[tuple[str, Procs]]:
+def embedded_serve(root: Path, *, show_logs: bool = True, **env: str
+                   ) -> Iterator[tuple[str, Procs]]:
     """`bnlab serve` with no database or broker configured (SQLite + filesystem broker under
-    root/"home", and its own worker); `env` adds settings. Yields (base URL, processes)."""
+    root/"home", and its own worker); `env` adds settings. Yields (base URL, processes).
+    `show_logs`: print the processes' logs at the end (a failing test shows them)."""
     port = free_port()
     procs = Procs(root)
     try:
@@ -140,4 +142,5 @@ def embedded_serve(root: Path, **env: str) -> Iterator[tuple[str, Procs]]:
         for pid in re.findall(r"embedded worker started \(pid (\d+)\)", serve_log):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(pid), signal.SIGKILL)
-        print(procs.dump_logs())
+        if show_logs:
+            print(procs.dump_logs())
