@@ -6,12 +6,14 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: run test lint bench venv clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, from the pinned wheel, so the project's torch range installs nothing more.
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,bench]"
+	# the client is its own distribution (client/, imported as `bnlab`); one pip command, so
+	# the server's bnlab-client requirement is met by the checkout's copy
+	$(BIN)/pip install -q -e ./client -e ".[dev,bench]"
 	touch $@
 
 venv: $(BIN)/.installed

@@ -89,8 +89,10 @@ class GeneratorParam(BaseModel):
 
 class GeneratorOut(BaseModel):
     name: str
+    description: str | None = None
     n_features: int | str = Field(description="fixed, or the parameter that sets it")
     n_classes: int | str
+    n_rows: int | str = Field(description="fixed, or the parameter that sets it")
     parameters: list[GeneratorParam]
     example: dict[str, Any]
 

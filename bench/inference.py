@@ -36,7 +36,6 @@ import torch
 
 from bench.report import Row, print_table
 
-CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "concertriccir2.csv"
 GROUP = "inference"
 BIG = 100_000
 
@@ -77,7 +76,7 @@ class _Service:
 
         from api.main import create_app
         from api.settings import ApiSettings
-        from models.datasets import parse_csv
+        from models.datasets import notebook_csv, parse_csv
         from models.db import repository as repo
         from models.db import upgrade
         from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, resolve_job
@@ -88,7 +87,7 @@ class _Service:
                                     rate_limit_predictions="")
         upgrade(self.settings.sqlalchemy_url)
         self.app = create_app(self.settings)
-        csv = CSV.read_bytes()
+        csv = notebook_csv()
         with TestClient(self.app) as client:
             r = client.post("/v1/datasets", files={"file": ("concertriccir2.csv", csv,
                                                             "text/csv")})

@@ -43,7 +43,6 @@ import httpx
 from bench.report import Row, print_table
 
 REPO = Path(__file__).resolve().parents[1]
-CSV = REPO.parent / "shared" / "data" / "concertriccir2.csv"
 PG_ADMIN_URL = os.environ.get("BNLAB_BENCH_PG_ADMIN",
                               "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST = os.environ.get("BNLAB_BENCH_REDIS_HOST", "127.0.0.1")
@@ -162,7 +161,9 @@ def redis_postgres_service(workers: int = 1, **env: str) -> Iterator[Service]:
 
 
 def upload_notebook_csv(client: httpx.Client) -> str:
-    r = client.post("/v1/datasets", files={"file": ("concertriccir2.csv", CSV.read_bytes(),
+    from models.datasets import notebook_csv
+
+    r = client.post("/v1/datasets", files={"file": ("concertriccir2.csv", notebook_csv(),
                                                     "text/csv")})
     r.raise_for_status()
     return str(r.json()["id"])
@@ -235,11 +236,11 @@ class BareTrainer:
     def __init__(self, epochs: int, seed: int = 1) -> None:
         import torch
 
-        from models.datasets import parse_csv
+        from models.datasets import notebook_csv, parse_csv
         from models.spec import JobSpec, resolve_job
 
         self.torch = torch
-        self.table = parse_csv(CSV.read_bytes())
+        self.table = parse_csv(notebook_csv())
         body = job_body("notebook", epochs=epochs, seed=seed)
         spec = JobSpec.model_validate(body)
         self.job = resolve_job(spec, n_features=self.table.n_features,

@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench.report import Row, print_table
-from models.datasets import Table, parse_csv
+from models.datasets import Table, notebook_csv, parse_csv
 from models.devices import select_device
 from models.network import build_network
 from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, ResolvedJob, resolve_job
@@ -55,7 +55,6 @@ from models.splits import split
 from models.trainer import train_job
 
 REPO = Path(__file__).resolve().parents[1]
-CSV = REPO.parent / "shared" / "data" / "concertriccir2.csv"
 GROUP = "training"
 # bnlab vs the tutorial loop: clearly faster; vs the hand-tuned one: at least as fast
 TARGET_VS_PLAIN = 1.5
@@ -63,7 +62,7 @@ TARGET_VS_TUNED = 1.0
 
 
 def load_table() -> Table:
-    return parse_csv(CSV.read_bytes())
+    return parse_csv(notebook_csv())
 
 
 def notebook_job(table: Table, epochs: int, seed: int = 0) -> ResolvedJob:

@@ -31,7 +31,7 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 
-from client import (
+from bnlab import (
     BnlabError,
     Client,
     DoneEvent,
@@ -42,7 +42,7 @@ from client import (
     NotFound,
     StatusEvent,
 )
-from client._calls import EXPORT_SUFFIXES
+from bnlab._calls import EXPORT_SUFFIXES
 
 P = ParamSpec("P")
 R = TypeVar("R")

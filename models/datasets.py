@@ -1,4 +1,5 @@
-"""Datasets as numpy tables: built-in generators and a strict CSV reader. No torch here.
+"""Datasets as numpy tables: built-in generators, the seed notebook's CSV (shipped in
+`models/data/`) and a strict CSV reader. No torch here.
 
 Generators are pure functions of their parameters (one `np.random.default_rng(seed)` each), so a
 job spec names its data exactly. The CSV reader uses the stdlib `csv` module on text only; every
@@ -12,6 +13,8 @@ import io
 import math
 from collections import Counter
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 
 import numpy as np
 
@@ -19,6 +22,7 @@ from models.spec import (
     BlobsDataset,
     CirclesDataset,
     MoonsDataset,
+    NotebookDataset,
     SpiralsDataset,
     UploadedDataset,
     XorDataset,
@@ -131,8 +135,20 @@ _GENERATORS = {
 }
 
 
-def generate(ds: Generated) -> Table:
-    """The generator's rows in a shuffled order; same parameters -> bitwise-identical arrays."""
+NOTEBOOK_CSV = "concertriccir2.csv"
+
+
+@cache
+def notebook_csv() -> bytes:
+    """The seed notebook's dataset, byte for byte as the notebook read it."""
+    return resources.files("models").joinpath("data", NOTEBOOK_CSV).read_bytes()
+
+
+def generate(ds: Generated | NotebookDataset) -> Table:
+    """The generator's rows in a shuffled order; same parameters -> bitwise-identical arrays.
+    The notebook's dataset keeps its file order (a `tail` split then matches Keras's)."""
+    if isinstance(ds, NotebookDataset):
+        return parse_csv(notebook_csv())
     rng = np.random.default_rng(ds.seed)
     X, y = _GENERATORS[ds.name](ds, rng)  # type: ignore[operator]
     order = rng.permutation(len(y))
@@ -289,7 +305,8 @@ def parse_csv(content: bytes, *, label_column: str | None = None,
     )
 
 
-def load_table(ds_spec: UploadedDataset | Generated, *, csv_content: bytes | None) -> Table:
+def load_table(ds_spec: UploadedDataset | Generated | NotebookDataset, *,
+               csv_content: bytes | None) -> Table:
     """The table a job trains on: a generator's output or the uploaded CSV's parsed content."""
     if isinstance(ds_spec, UploadedDataset):
         if csv_content is None:

@@ -169,10 +169,22 @@ class BlobsDataset(_Generated):
     cluster_std: float = Field(default=1.0, gt=0.0, le=100.0)
 
 
-GeneratedDataset = Annotated[
-    CirclesDataset | MoonsDataset | XorDataset | SpiralsDataset | BlobsDataset,
-    Field(discriminator="name"),
-]
+NOTEBOOK_ROWS = 499
+
+
+class NotebookDataset(_Strict):
+    """The seed notebook's concertriccir2.csv as shipped with bnlab: 499 rows (X, Y, class) in the
+    file's order, so a `tail` split takes the same validation rows as Keras's validation_split."""
+
+    name: Literal["concertriccir2"]
+
+    @property
+    def n_samples(self) -> int:
+        return NOTEBOOK_ROWS
+
+BuiltinDataset = (CirclesDataset | MoonsDataset | XorDataset | SpiralsDataset | BlobsDataset
+                  | NotebookDataset)
+GeneratedDataset = Annotated[BuiltinDataset, Field(discriminator="name")]
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -194,9 +206,8 @@ DatasetSpec = Annotated[
 ]
 
 
-def generated_shape(ds: CirclesDataset | MoonsDataset | XorDataset | SpiralsDataset | BlobsDataset
-                    ) -> tuple[int, int]:
-    """(n_features, n_classes) of a built-in generator, known without generating it."""
+def generated_shape(ds: BuiltinDataset) -> tuple[int, int]:
+    """(n_features, n_classes) of a built-in dataset, known without generating or reading it."""
     if isinstance(ds, BlobsDataset):
         return ds.n_features, ds.n_classes
     if isinstance(ds, SpiralsDataset):

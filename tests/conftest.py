@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK_CSV = REPO.parent / "shared" / "data" / "concertriccir2.csv"
+# The seed notebook's dataset, shipped inside the repository (models/data/).
+NOTEBOOK_CSV = REPO / "models" / "data" / "concertriccir2.csv"
 PG_ADMIN_URL = os.environ.get("BNLAB_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 IN_CI = os.environ.get("CI", "").lower() == "true"

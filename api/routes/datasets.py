@@ -13,7 +13,7 @@ from api.schemas import DatasetOut, DatasetPage, GeneratorOut, GeneratorParam
 from models.datasets import class_counts, parse_csv
 from models.db import repository as repo
 from models.db.tables import Dataset
-from models.spec import GeneratedDataset
+from models.spec import NOTEBOOK_ROWS, GeneratedDataset
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -94,8 +94,10 @@ def _generator_out(model: type[Any]) -> GeneratorOut:
     ]
     return GeneratorOut(
         name=name,
+        description=" ".join(schema["description"].split()) if "description" in schema else None,
         n_features="n_features" if "n_features" in props else 2,
         n_classes="n_classes" if "n_classes" in props else 2,
+        n_rows="n_samples" if "n_samples" in props else NOTEBOOK_ROWS,
         parameters=params,
         example={"name": name, **{p.name: p.default for p in params}},
     )
@@ -103,7 +105,8 @@ def _generator_out(model: type[Any]) -> GeneratorOut:
 
 @router.get("/builtin", response_model=list[GeneratorOut])
 def list_builtin() -> list[GeneratorOut]:
-    """Generators a job's `dataset` can name instead of an uploaded id, with their parameters."""
+    """Built-in datasets a job's `dataset` can name instead of an uploaded id: the generators,
+    with their parameters, and the seed notebook's `concertriccir2` (its CSV's 499 rows)."""
     return [_generator_out(m) for m in _generators()]
 
 

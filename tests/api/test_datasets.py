@@ -48,7 +48,12 @@ def test_label_column_and_size_cap(settings: ApiSettings) -> None:
 
 def test_builtin_generators(client: TestClient) -> None:
     gens = {g["name"]: g for g in client.get("/v1/datasets/builtin").json()}
-    assert set(gens) == {"concentric_circles", "moons", "xor", "spirals", "blobs"}
+    assert set(gens) == {"concentric_circles", "moons", "xor", "spirals", "blobs",
+                         "concertriccir2"}
+    notebook = gens["concertriccir2"]
+    assert (notebook["n_rows"], notebook["n_features"], notebook["n_classes"]) == (499, 2, 2)
+    assert notebook["parameters"] == [] and notebook["example"] == {"name": "concertriccir2"}
+    assert "notebook" in notebook["description"] and gens["moons"]["n_rows"] == "n_samples"
     circles = {p["name"]: p for p in gens["concentric_circles"]["parameters"]}
     assert circles["n_samples"]["default"] == 500 and circles["factor"]["exclusive_maximum"] == 1
     assert gens["blobs"]["n_features"] == "n_features" and gens["moons"]["n_classes"] == 2

@@ -152,8 +152,8 @@ def test_client_and_cli_download_exports(client: TestClient, trained: dict[str, 
     from typer.testing import CliRunner
 
     import cli.client_commands as commands
+    from bnlab import AsyncClient, Client
     from cli.main import app as cli_app
-    from client import AsyncClient, Client
 
     job_id = trained["id"]
     with Client(http_client=client) as bn:

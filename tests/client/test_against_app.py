@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.routes import events as server_events
-from client import Client, DoneEvent, EpochEvent, Event, NotFound, StatusEvent, ValidationError
-from client import _calls as calls
-from client.types import job_done
+from bnlab import Client, DoneEvent, EpochEvent, Event, NotFound, StatusEvent, ValidationError
+from bnlab import _calls as calls
+from bnlab.types import job_done
 from models.db import repository as repo
 from tests.api.conftest import generated_body
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from client import (
+from bnlab import (
     AsyncClient,
     Client,
     Conflict,
@@ -66,7 +66,7 @@ def server(replies: list[Reply]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("client._base.BACKOFF_BASE_S", 0.0)
+    monkeypatch.setattr("bnlab._base.BACKOFF_BASE_S", 0.0)
 
 
 UNAVAILABLE: Reply = (503, {}, {"error": "NotReady", "detail": "broker down"})

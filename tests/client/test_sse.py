@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from client import EpochEvent, NotFound, StatusEvent
-from client._sse import Comment, Decoder, Message
-from client.types import DoneEvent, parse_event
+from bnlab import EpochEvent, NotFound, StatusEvent
+from bnlab._sse import Comment, Decoder, Message
+from bnlab.types import DoneEvent, parse_event
 
 
 def feed(text: str) -> list[Message | Comment]:

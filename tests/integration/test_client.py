@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from client import AsyncClient, Client, DoneEvent, EpochEvent, Event, StatusEvent
+from bnlab import AsyncClient, Client, DoneEvent, EpochEvent, Event, StatusEvent
 from tests.integration.flow import notebook_job, notebook_rows
 from tests.integration.procs import (
     BNLAB,

@@ -16,6 +16,7 @@ from models.datasets import Table, parse_csv
 from models.network import build_network
 from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, ResolvedJob, resolve_job
 from models.trainer import train_job
+from tests.conftest import NOTEBOOK_CSV
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +94,7 @@ def test_resume_in_a_fresh_process_is_bitwise(notebook: Table, tmp_path: Path) -
     first = train_job(_job(notebook, k), notebook, device=CPU)
     assert first.history["loss"] == straight.history["loss"][:k]
     (tmp_path / "k.safetensors").write_bytes(first.checkpoints["last"])
-    csv = REPO.parent / "shared" / "data" / "concertriccir2.csv"
+    csv = NOTEBOOK_CSV
     subprocess.run([sys.executable, "-c", RESUME, str(tmp_path / "k.safetensors"), str(csv),
                     str(n), str(tmp_path / "h.json"), str(tmp_path / "end.safetensors"),
                     str(torch.get_num_threads())],

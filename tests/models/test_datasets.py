@@ -14,10 +14,15 @@ from models.datasets import (
     load_table,
     parse_csv,
 )
+from models.datasets import (
+    notebook_csv as shipped_csv,  # the fixture of the same name reads the file by path
+)
 from models.spec import (
     BlobsDataset,
     CirclesDataset,
+    JobSpec,
     MoonsDataset,
+    NotebookDataset,
     SpiralsDataset,
     UploadedDataset,
     XorDataset,
@@ -81,6 +86,38 @@ def test_notebook_csv_loads_as_it_is(notebook_csv: bytes) -> None:
     assert t.X[0, 0] == np.float32(-3.9500186880681) and t.y[0] == 1
     same = load_table(UploadedDataset(id="nb"), csv_content=notebook_csv)
     assert same.X.tobytes() == t.X.tobytes()
+
+
+# The notebook's file as the seed shipped it; a changed byte changes every result quoted from it.
+NOTEBOOK_SHA256 = "6b034abd3fff9d46b00c8a885f79be992459fcf43acac21e7be64ca54be946c5"
+
+
+def test_the_shipped_notebook_csv_keeps_its_bytes(notebook_csv: bytes) -> None:
+    import hashlib
+
+    assert hashlib.sha256(notebook_csv).hexdigest() == NOTEBOOK_SHA256
+    assert shipped_csv() == notebook_csv  # what the built-in dataset reads
+
+def test_builtin_notebook_dataset_is_the_csv_in_file_order(notebook_csv: bytes) -> None:
+    spec = JobSpec.model_validate({"dataset": {"name": "concertriccir2"},
+                                   "network": {"hidden": [3, 2]}})
+    assert isinstance(spec.dataset, NotebookDataset)
+    assert generated_shape(spec.dataset) == (2, 2) and spec.dataset.n_samples == 499
+    builtin = load_table(spec.dataset, csv_content=None)
+    uploaded = parse_csv(notebook_csv)
+    assert builtin.X.tobytes() == uploaded.X.tobytes()  # the same rows, in the file's order
+    assert builtin.y.tolist() == uploaded.y.tolist()
+    assert (builtin.feature_names, builtin.classes) == (["X", "Y"], ["0", "1"])
+    # Keras's validation_split=0.2 takes the last 100 rows; so does a `tail` split
+    from models.splits import split
+
+    train, val = split(builtin.y, validation_split=0.2, how="tail", seed=0)
+    assert (len(train), val.tolist()) == (399, list(range(399, 499)))
+    last_rows = [line.split(",")[:2] for line in notebook_csv.decode().splitlines()[-100:]]
+    assert builtin.X[val].tolist() == np.asarray(last_rows, dtype=np.float32).tolist()
+    with pytest.raises(ValueError, match="Extra inputs"):
+        JobSpec.model_validate({"dataset": {"name": "concertriccir2", "n_samples": 10},
+                                "network": {"hidden": [3]}})
 
 
 def test_label_column_choice() -> None:

@@ -79,6 +79,22 @@ def test_succeeded_job_has_every_epoch_checkpoints_and_metrics(
     assert job.best_epoch == ckpts["best"]
 
 
+def test_the_builtin_notebook_dataset_trains_as_its_uploaded_csv(
+        ctx: RunContext, sessions: sessionmaker[Session], dataset_id: str) -> None:
+    uploaded = add_job(sessions, notebook_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=3))
+    builtin_body = notebook_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=3)
+    builtin_body["dataset"] = {"name": "concertriccir2"}
+    builtin = add_job(sessions, builtin_body)
+
+    assert run_job(uploaded, ctx) == run_job(builtin, ctx) == "succeeded"
+
+    with sessions() as session:
+        histories = [[(r.epoch, r.loss, r.accuracy, r.val_loss, r.val_accuracy)
+                      for r in repo.history(session, job_id=job_id)]
+                     for job_id in (uploaded, builtin)]
+    assert len(histories[0]) == 3 and histories[0] == histories[1]
+
+
 def test_second_delivery_of_the_same_job_does_nothing(
         ctx: RunContext, sessions: sessionmaker[Session], dataset_id: str) -> None:
     job_id = add_job(sessions, notebook_body(dataset_id, layers=NOTEBOOK_PLAIN_LAYERS, epochs=2))

@@ -185,7 +185,7 @@ def parse_event(name: str, data: str, event_id: str | None) -> Event | None:
     if name == "done":
         return DoneEvent(data=body)
     if name == "error":
-        from client.errors import NotFound
+        from bnlab.errors import NotFound
 
         raise NotFound(404, str(body.get("error", "NotFound")), body.get("detail"))
     return None

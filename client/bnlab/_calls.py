@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from client._base import (
+from bnlab._base import (
     Call,
     as_bytes,
     as_json,
@@ -19,7 +19,7 @@ from client._base import (
     spec_body,
     upload_files,
 )
-from client.types import Dataset, Prediction
+from bnlab.types import Dataset, Prediction
 
 
 def _key(idempotency_key: str | None) -> dict[str, str]:

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, PrivateAttr
 
-from client import _calls as calls
-from client._base import (
+from bnlab import _calls as calls
+from bnlab._base import (
     DEFAULT_TIMEOUT,
     STREAM_CALL,
     STREAM_READ_TIMEOUT,
@@ -27,10 +27,10 @@ from client._base import (
     transport_delay,
     transport_error,
 )
-from client._sse import Comment, Decoder, Message
-from client.errors import ConnectionError, NotFound
-from client.progress import ProgressArg, progress_callback
-from client.types import (
+from bnlab._sse import Comment, Decoder, Message
+from bnlab.errors import ConnectionError, NotFound
+from bnlab.progress import ProgressArg, progress_callback
+from bnlab.types import (
     Dataset,
     DoneEvent,
     Event,

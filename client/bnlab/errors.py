@@ -12,7 +12,7 @@ class BnlabError(Exception):
     """Base of every error the client raises."""
 
 
-# Shadows the builtin inside this package on purpose: `client.ConnectionError` is the name users
+# Shadows the builtin inside this package on purpose: `bnlab.ConnectionError` is the name users
 # expect; it is not a subclass of the builtin (that would catch socket errors from elsewhere).
 class ConnectionError(BnlabError):
     """The server could not be reached, or the connection broke (after the retries)."""

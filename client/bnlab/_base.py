@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from client.errors import ConnectionError, Timeout, WaitTimeout, error_for
+from bnlab.errors import ConnectionError, Timeout, WaitTimeout, error_for
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)

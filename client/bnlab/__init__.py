@@ -1,4 +1,4 @@
-"""bnlab's Python client: `from client import Client, AsyncClient`.
+"""bnlab's Python client: `from bnlab import Client, AsyncClient`.
 
     with Client() as bn:                      # $BNLAB_URL, $BNLAB_API_KEY
         ds = bn.datasets.upload("concertriccir2.csv")
@@ -11,9 +11,9 @@ Imports httpx and pydantic only (never torch or the server); specs may be given 
 `models.spec.JobSpec` / `models.experiment.ExperimentSpec`.
 """
 
-from client._async import AsyncClient, AsyncExperiment, AsyncJob
-from client._sync import Client, Experiment, Job
-from client.errors import (
+from bnlab._async import AsyncClient, AsyncExperiment, AsyncJob
+from bnlab._sync import Client, Experiment, Job
+from bnlab.errors import (
     APIError,
     AuthenticationError,
     BadRequest,
@@ -28,7 +28,7 @@ from client.errors import (
     ValidationError,
     WaitTimeout,
 )
-from client.types import (
+from bnlab.types import (
     Dataset,
     DoneEvent,
     EpochEvent,

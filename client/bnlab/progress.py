@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from client.types import DoneEvent, EpochEvent, Event, StatusEvent
+from bnlab.types import DoneEvent, EpochEvent, Event, StatusEvent
 
 SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy")
 ProgressArg = bool | Callable[[Event], Any]
