@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test lint bench venv clean
+CHROMIUM ?= $(or $(BNLAB_CHROMIUM),/usr/bin/chromium)
+
+.PHONY: run test lint bench venv chromium clean
 
 $(BIN)/.installed: pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +23,19 @@ venv: $(BIN)/.installed
 run: venv
 	$(BIN)/bnlab serve
 
-test: venv
+# The browser tests drive Debian's chromium (playwright downloads no browser). As root, a missing
+# one is installed; otherwise make stops at once with the command that installs it.
+chromium:
+	@if [ -x "$(CHROMIUM)" ] || command -v "$(CHROMIUM)" >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "make test needs chromium for tests/e2e: run  sudo apt-get install -y chromium"; \
+		exit 1; \
+	fi
+
+test: venv chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -17,7 +17,9 @@ FORBIDDEN = {
     "worker": {"api", "cli"},
     "models": {"api", "worker", "cli", "config", "fastapi", "starlette", "celery", "kombu"},
     "config": {"api", "worker", "cli", "torch"},  # models.spec only: pydantic, no torch
-    "client": {"api", "worker", "torch", "fastapi", "celery", "sqlalchemy"},
+    # the SDK (client/bnlab, its own distribution): httpx and pydantic, nothing of the server
+    "client": {"api", "worker", "models", "config", "cli", "torch", "fastapi", "celery",
+               "sqlalchemy"},
 }
 
 

@@ -1,0 +1,91 @@
+"""The README's curl walk-through, run as written (bash, from the checkout) against a real
+`bnlab serve`: the notebook's two networks for 200 epochs on the CSV shipped in the repository."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import subprocess
+from pathlib import Path
+
+import httpx
+import onnx
+import pytest
+
+from tests.integration.procs import REPO, embedded_serve
+
+pytestmark = pytest.mark.integration
+
+SECTION = "## Reproducing the notebook with curl"
+
+
+def walkthrough() -> str:
+    """The first bash block of the README's curl section, verbatim."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index(SECTION):]
+    match = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert match, "the curl section has no bash block"
+    return match.group(1)
+
+
+def json_objects(text: str) -> list[dict]:
+    """Every JSON object in curl's output (its bodies end without a newline, so they run on)."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while (at := text.find("{", at)) != -1:
+        try:
+            value, end = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            at += 1
+            continue
+        found.append(value)
+        at = end
+    return found
+
+
+def test_the_walkthrough_names_only_files_in_the_checkout() -> None:
+    script = walkthrough()
+    for path in re.findall(r"file=@(\S+)", script):
+        assert (REPO / path).is_file(), path
+    assert script.startswith("URL=http://127.0.0.1:8000\n")
+
+
+@pytest.mark.timeout(600)
+def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    with embedded_serve(tmp_path) as (base_url, _):
+        script = walkthrough().replace("URL=http://127.0.0.1:8000\n", f"URL={base_url}\n", 1)
+        # The outputs the script writes (PNGs, weights, ONNX) land in a folder of their own;
+        # `models/data/...` is read from the checkout, as a user running it from a clone does.
+        out = tmp_path / "out"
+        out.mkdir()
+        script = f"cd {REPO}\n" + script.replace("-o ", f"-o {out}/")
+        script += 'echo; echo "IDS $PLAIN $BN"\n'
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                              timeout=540)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        ids = re.search(r"^IDS (\S+) (\S+)$", done.stdout, re.M)
+        assert ids, done.stdout[-3000:]
+        plain, bn = ids.groups()
+
+        with httpx.Client(base_url=base_url, timeout=30) as http:
+            for job_id in (plain, bn):
+                job = http.get(f"/v1/jobs/{job_id}").json()
+                assert job["status"] == "succeeded", job
+                history = http.get(f"/v1/jobs/{job_id}/history").json()
+                assert history["epoch"] == list(range(1, 201))
+            model = http.get(f"/v1/jobs/{bn}/model").json()
+        assert model["totals"] == {"total": 40, "trainable": 30, "non_trainable": 10}
+
+    # what the script printed: both histories (200 epochs) and the eval-mode predictions
+    printed = json_objects(done.stdout)
+    assert sum(len(p.get("val_accuracy", [])) == 200 for p in printed) == 2
+    predictions = [p for p in printed if "probabilities" in p]
+    assert len(predictions) == 1 and len(predictions[0]["classes"]) == 2
+    # what it saved
+    for name in ("notebook.png", "bn.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), name
+    weights = (out / "bn.safetensors").read_bytes()
+    header_len = struct.unpack("<Q", weights[:8])[0]
+    assert json.loads(weights[8:8 + header_len])  # a safetensors header, not an error body
+    graph = onnx.load_from_string((out / "bn.onnx").read_bytes()).graph
+    assert graph.input and graph.output
