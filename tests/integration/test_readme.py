@@ -13,7 +13,7 @@ import httpx
 import onnx
 import pytest
 
-from tests.integration.procs import REPO, embedded_serve
+from tests.integration.procs import PYTHON, REPO, embedded_serve
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +89,23 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert json.loads(weights[8:8 + header_len])  # a safetensors header, not an error body
     graph = onnx.load_from_string((out / "bn.onnx").read_bytes()).graph
     assert graph.input and graph.output
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("upload", [False, True], ids=["builtin", "csv"])
+def test_the_notebook_example_runs(tmp_path: Path, upload: bool) -> None:
+    """examples/notebook_reproduction.py as the README runs it, on few epochs and seeds: on the
+    built-in dataset, and on the CSV uploaded from the checkout."""
+    with embedded_serve(tmp_path) as (base_url, _):
+        argv = [PYTHON, "examples/notebook_reproduction.py", "--url", base_url, "--epochs", "3",
+                "--seeds", "2", "--out", str(tmp_path / "plots")]
+        if upload:
+            argv += ["--csv", "models/data/concertriccir2.csv"]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert ("dataset " in done.stdout) == upload  # an upload prints its id and rows
+    assert "499 rows" in done.stdout or not upload
+    assert re.search(r"bn - plain final val_accuracy over 2 paired seeds", done.stdout), \
+        done.stdout
+    for name in ("notebook_val_accuracy.png", "experiment_val_accuracy.png"):
+        assert (tmp_path / "plots" / name).read_bytes().startswith(b"\x89PNG"), name
