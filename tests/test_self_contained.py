@@ -12,8 +12,9 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# The reference folder beside our checkouts, however it is spelled: "../shared", or a Path walk
-# out of the repository into it (`.parent / "shared"`, `parents[2] / "shared"`).
+# The reference folder beside our checkouts, however it is spelled: a relative path up into it,
+# or a Path walk out of the repository into it (from `.parent` or `parents[N]`); the spellings
+# are in test_the_check_sees_each_spelling.
 OUTSIDE = re.compile(r"\.\./" + "shared" + r"|(?:parent|parents\[\d\])\s*/\s*['\"]" + "shared")
 # What a checkout holds beside the tracked files when there is no .git to ask (the CI copy).
 UNTRACKED = {".git", ".venv", "artifacts", "build", "dist", "__pycache__", ".mypy_cache",
