@@ -1,6 +1,6 @@
 """The seed notebook, through the Python client: on its dataset (the built-in `concertriccir2`, or
-an uploaded copy of the CSV), train the plain and the BatchNorm network as the notebook does (tail split 0.2, batch 32, Adam 1e-3, 200 epochs),
-overlay their val_accuracy curves; then ask the question properly, as a 10-seed experiment, and
+an uploaded copy of the CSV), train the plain and the BatchNorm network as the notebook does
+(tail split 0.2, batch 32, Adam 1e-3, 200 epochs), overlay their val_accuracy curves; then ask the question properly, as a 10-seed experiment, and
 print the paired difference BN - plain.
 
     bnlab serve &                                   # or any running service ($BNLAB_URL)
@@ -15,7 +15,6 @@ from typing import Any
 
 from bnlab import Client
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS
-
 
 
 def training(epochs: int, seed: int = 1) -> dict[str, Any]:
