@@ -1,7 +1,7 @@
 """The seed notebook, through the Python client: on its dataset (the built-in `concertriccir2`, or
 an uploaded copy of the CSV), train the plain and the BatchNorm network as the notebook does
-(tail split 0.2, batch 32, Adam 1e-3, 200 epochs), overlay their val_accuracy curves; then ask the question properly, as a 10-seed experiment, and
-print the paired difference BN - plain.
+(tail split 0.2, batch 32, Adam 1e-3, 200 epochs), overlay their val_accuracy curves; then ask
+the question properly, as a 10-seed experiment, and print the paired difference BN - plain.
 
     bnlab serve &                                   # or any running service ($BNLAB_URL)
     python examples/notebook_reproduction.py [--csv FILE] [--epochs 200] [--seeds 10] [--out DIR]
