@@ -216,12 +216,11 @@ def test_bnlab_serve_writes_json_lines_from_api_and_worker(tmp_path: Path) -> No
                       headers={"X-Request-ID": "serve-trace-1"})
         assert r.status_code == 202, r.text
         job = r.json()["id"]
-        for _ in range(300):
-            if http.get(f"/v1/jobs/{job}").json()["status"] == "succeeded":
-                break
+        deadline = time.monotonic() + 300  # a hang guard: the worker may still be starting
+        while http.get(f"/v1/jobs/{job}").json()["status"] != "succeeded":
+            if time.monotonic() > deadline:
+                pytest.fail(f"job {job} did not finish\n{procs.dump_logs()}")
             time.sleep(0.1)
-        else:
-            pytest.fail(f"job {job} did not finish\n{procs.dump_logs()}")
         output = procs.procs[0].log_tail(10**8)
     records = []
     for line in output.splitlines():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +24,8 @@ from worker.db import is_transient, retrying
 log = logging.getLogger(__name__)
 
 Flags = tuple[bool, bool, bool]  # (cancel, release, lost)
+# Hook: (job_id, epoch) for each epoch row once its transaction committed (see RunContext).
+EpochWritten = Callable[[str, int], None]
 # Rows per INSERT: a big stack's batch stays under every driver's bound-parameter limit.
 _ROWS_PER_INSERT = 500
 
@@ -46,12 +48,18 @@ class StackWriter:
     small network's epoch takes a few milliseconds and its write about as long, so writing
     every epoch would double the job's time. Stop flags (cancel, release) are read as often.
     0 writes and reads every epoch.
+
+    `on_written` (a test seam, None in production): called in the training thread with
+    (job_id, epoch) for every epoch row just committed, in epoch order; the training waits
+    for it to return.
     """
 
     def __init__(self, sessions: sessionmaker[Session], *, lease_owner: str | None = None,
-                 retry_s: float = 120.0, write_interval: float = 0.0) -> None:
+                 retry_s: float = 120.0, write_interval: float = 0.0,
+                 on_written: EpochWritten | None = None) -> None:
         self.sessions, self.lease_owner, self.retry_s = sessions, lease_owner, retry_s
         self.write_interval = write_interval
+        self.on_written = on_written
         self.members: list[str] = []
         self.lost_events: dict[str, threading.Event] = {}
         self.expected: set[str] = set()  # members still training: an epoch is complete when
@@ -128,6 +136,10 @@ class StackWriter:
             log.warning("job %s: lease of %s lost; nothing more is written", job_id,
                         self.lease_owner)
             self.lost_events[job_id].set()
+        if self.on_written is not None:
+            for job_id, record in batch:
+                if job_id not in lost:
+                    self.on_written(job_id, record.epoch)
         return lost
 
     def flags_of(self, job_id: str, seen: int) -> tuple[Flags, int]:
@@ -201,10 +213,11 @@ class DbCallbacks(TrainingCallbacks):
 def stack_callbacks(sessions: sessionmaker[Session], job_ids: Sequence[str], *,
                     lease_owner: str, lost: Sequence[threading.Event],
                     stopping: threading.Event | None, retry_s: float,
-                    write_interval: float = 0.0) -> tuple[StackWriter, list[DbCallbacks]]:
+                    write_interval: float = 0.0, on_written: EpochWritten | None = None
+                    ) -> tuple[StackWriter, list[DbCallbacks]]:
     """The callbacks of a stack's members, sharing one writer (flush it after training)."""
     writer = StackWriter(sessions, lease_owner=lease_owner, retry_s=retry_s,
-                         write_interval=write_interval)
+                         write_interval=write_interval, on_written=on_written)
     return writer, [DbCallbacks(sessions, job_id, lease_owner=lease_owner, lost=event,
                                 stopping=stopping, retry_s=retry_s, stack=writer)
                     for job_id, event in zip(job_ids, lost, strict=True)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from pydantic import Field
 
@@ -52,6 +53,10 @@ class WorkerSettings(BaseBnlabSettings):
     # Embedded filesystem broker: processed message files older than this are deleted.
     broker_retention: float = Field(default=24 * 3600, gt=0)
     broker_cleanup_interval: float = Field(default=600, gt=0)
+    # Test seam, unset in production (see worker.hold): every job this worker trains waits
+    # after its epoch test_hold_epoch is stored until test_hold_dir/<job id>@<epoch>.go exists.
+    test_hold_epoch: int | None = Field(default=None, ge=1)
+    test_hold_dir: Path | None = None
 
     @property
     def queues(self) -> list[str]:

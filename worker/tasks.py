@@ -7,6 +7,7 @@ from celery import Task
 
 from worker.celery_app import app, settings
 from worker.db import sessions
+from worker.hold import epoch_hold
 from worker.signals import STOPPING, sigterm_stops_training
 from worker.training_run import RunContext, run_job
 
@@ -28,6 +29,8 @@ def train_job(self: Task, job_id: str) -> str | None:
                      stack_checkpoint_interval=settings.stack_checkpoint_interval,
                      small_checkpoint_interval=settings.small_checkpoint_interval,
                      write_interval=settings.epoch_write_interval,
-                     stopping=STOPPING)
+                     stopping=STOPPING,
+                     on_epoch_written=epoch_hold(settings.test_hold_dir,
+                                                 settings.test_hold_epoch))
     with sigterm_stops_training():
         return run_job(job_id, ctx)

@@ -19,6 +19,7 @@ import gc
 import logging
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -61,6 +62,10 @@ class RunContext:
     write_interval: float = 0.0
     # Set in this process when its worker shuts down (solo pool: the task runs right here).
     stopping: threading.Event | None = None
+    # Test seam (None in production): called in the training thread with (job_id, epoch)
+    # right after that epoch's row is committed; training waits for it to return, so a test
+    # can act on a job that is certainly still running (see worker.hold).
+    on_epoch_written: Callable[[str, int], None] | None = None
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -288,7 +293,8 @@ def _train(stack: list[Claimed], spec: JobSpec, device: torch.device, ctx: RunCo
     writer, callbacks = stack_callbacks(
         ctx.sessions, [c.job_id for c in stack], lease_owner=owner,
         lost=[keeper.lost(c.job_id) for c in stack], stopping=ctx.stopping,
-        retry_s=ctx.db_retry, write_interval=ctx.write_interval)
+        retry_s=ctx.db_retry, write_interval=ctx.write_interval,
+        on_written=ctx.on_epoch_written)
     # A stack resumes in lockstep: every member has a checkpoint at one epoch, or none has.
     resume = [c.blob for c in stack if c.blob is not None]
     results = train_many(resolved, table, seeds=[c.seed for c in stack], device=device,

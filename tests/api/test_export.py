@@ -189,7 +189,6 @@ def test_client_and_cli_download_exports(client: TestClient, trained: dict[str, 
 
 def test_export_cache_budget_staleness_and_single_build() -> None:
     import threading
-    import time
 
     from api.predictors import ExportCache
 
@@ -218,9 +217,25 @@ def test_export_cache_budget_staleness_and_single_build() -> None:
     gate = threading.Event()
     slow_builds: list[int] = []
 
+    class Arrivals:
+        """The cache's build lock, counting who reached it (missed the cache) first."""
+
+        def __init__(self, lock: Any) -> None:
+            self.lock, self.arrived = lock, threading.Semaphore(0)
+
+        def __enter__(self) -> Any:
+            self.arrived.release()
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            return self.lock.__exit__(*exc)
+
+    arrivals = Arrivals(cache._build)
+    cache._build = arrivals  # type: ignore[assignment]
+
     def slow() -> tuple[bytes, str, str]:
         slow_builds.append(1)
-        gate.wait(5)
+        assert gate.wait(120)
         return b"slow", "application/zip", ".zip"
 
     got: list[bytes] = []
@@ -229,8 +244,9 @@ def test_export_cache_budget_staleness_and_single_build() -> None:
                for _ in range(2)]
     for t in threads:
         t.start()
-    time.sleep(0.2)  # let the second request reach the cache while the first builds
+    for _ in threads:  # both missed the cache and came for the lock while nothing is built
+        assert arrivals.arrived.acquire(timeout=120)
     gate.set()
     for t in threads:
-        t.join(5)
+        t.join(120)
     assert got == [b"slow", b"slow"] and slow_builds == [1]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import IN_CI
-from tests.integration.procs import embedded_serve
+from tests.integration.procs import Hold, embedded_serve
 
 CHROMIUM = os.environ.get("BNLAB_CHROMIUM", "/usr/bin/chromium")
 
@@ -49,9 +49,17 @@ def serve(home: Path, **env: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def hold(tmp_path_factory: pytest.TempPathFactory) -> Hold:
+    """`server`'s worker holds every job after its first epoch until `hold.release(job_id)`
+    (the first epoch is always written on its own): a page sees a job run, not just end."""
+    return Hold(tmp_path_factory.mktemp("hold"), 1)
+
+
+@pytest.fixture(scope="module")
+def server(chromium: str, hold: Hold, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[str]:
     # depends on chromium: no server is started for a browser that is not there
-    with serve(tmp_path_factory.mktemp("dashboard")) as base_url:
+    with serve(tmp_path_factory.mktemp("dashboard"), **hold.env()) as base_url:
         yield base_url
 
 
@@ -76,7 +84,10 @@ def screenshots(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
 def page(chromium: str, console_allow: list[str]) -> Iterator[Any]:
     """A fresh page; a console error (other than `console_allow`) or an uncaught page error
     fails the test."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    # Hang guards, as the page's own: a loaded machine renders slowly, never wrongly.
+    expect.set_options(timeout=30_000)
 
     problems: list[str] = []
     with sync_playwright() as pw:

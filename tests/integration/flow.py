@@ -40,7 +40,7 @@ def submit(client: httpx.Client, body: dict[str, Any]) -> str:
     return str(r.json()["id"])
 
 
-def wait_done(client: httpx.Client, job_ids: list[str], *, timeout: float = 60.0,
+def wait_done(client: httpx.Client, job_ids: list[str], *, timeout: float = 300.0,
               logs: Callable[[], str] = str) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + timeout
     jobs: dict[str, dict[str, Any]] = {}
@@ -118,7 +118,7 @@ def notebook_flow(client: httpx.Client, content: bytes, *, epochs: int = 5,
     return {name: jobs[job_id] for name, job_id in ids.items()}
 
 
-def wait_experiment(client: httpx.Client, exp_id: str, *, timeout: float = 120.0,
+def wait_experiment(client: httpx.Client, exp_id: str, *, timeout: float = 300.0,
                     logs: Callable[[], str] = str) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}

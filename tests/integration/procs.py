@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +84,46 @@ class Procs:
                          for p in self.procs)
 
 
-def wait_ready(base_url: str, procs: Procs, *, timeout: float = 60.0) -> None:
+# Hang guards only: how long a wait may see nothing happen (process start-up on a loaded
+# 2-core machine imports torch in several processes at once). No test passes or fails by
+# being faster than these.
+HANG_S = 180.0
+
+
+@dataclass
+class Hold:
+    """The worker's test seam (worker.hold) from the test's side: a worker started with
+    `env()` holds every job it trains right after that job's epoch `epoch` is stored, until
+    `release(job_id)`. A test acts on a job that is certainly still running that way instead
+    of racing a job it hopes is long enough. Jobs a test does not want held: release them
+    up front (a job released before it gets there never waits)."""
+
+    folder: Path
+    epoch: int
+
+    def env(self) -> dict[str, str]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return {"BNLAB_TEST_HOLD_EPOCH": str(self.epoch), "BNLAB_TEST_HOLD_DIR": str(self.folder)}
+
+    def is_held(self, job_id: str) -> bool:
+        return (self.folder / f"{job_id}@{self.epoch}.held").exists()
+
+    def wait_held(self, job_id: str, *, logs: Callable[[], str] = str,
+                  timeout: float = HANG_S) -> None:
+        """Until the job's training holds after epoch `epoch` (fails only on a hang)."""
+        deadline = time.monotonic() + timeout
+        while not self.is_held(job_id):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} not held at epoch {self.epoch} after "
+                                     f"{timeout:.0f}s\n{logs()}")
+            time.sleep(0.1)
+
+    def release(self, job_id: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{job_id}@{self.epoch}.go").touch()
+
+
+def wait_ready(base_url: str, procs: Procs, *, timeout: float = HANG_S) -> None:
     """Poll /readyz until 200; fail early if a process died."""
     deadline = time.monotonic() + timeout
     last = ""
@@ -104,7 +143,7 @@ def wait_ready(base_url: str, procs: Procs, *, timeout: float = 60.0) -> None:
     raise AssertionError(f"{base_url} not ready after {timeout}s: {last}\n{procs.dump_logs()}")
 
 
-def wait_for_log(proc: Proc, needle: str, *, timeout: float = 60.0) -> None:
+def wait_for_log(proc: Proc, needle: str, *, timeout: float = HANG_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if needle in proc.log_tail(200_000):

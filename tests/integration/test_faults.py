@@ -4,7 +4,11 @@ Real uvicorn and real `celery worker` subprocesses on Redis + PostgreSQL (and `b
 its embedded default), each in a process group of its own so a test can SIGKILL or SIGTERM a
 whole worker the way the OOM killer or a redeploy does. The lease, reaper and requeue settings
 are shortened so a lost worker is noticed in seconds; nothing here waits on a bare sleep for
-correctness: every wait polls a condition against a deadline and fails with the logs.
+correctness: every wait polls a condition and fails with the logs only after a hang guard.
+A test that acts on a running job (kill, SIGTERM, cancel, a duplicate message, a broker
+flush) starts its workers with a `Hold` (the worker's test seam): the job waits after a
+given epoch until the test has acted, so no job can finish first on a fast machine, and no
+slow machine misses it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import redis
 from tests.integration.flow import TERMINAL
 from tests.integration.procs import (
     BNLAB,
+    HANG_S,
     PYTHON,
+    Hold,
     Proc,
     Procs,
     celery_worker_argv,
@@ -56,8 +62,9 @@ FAST_ENV = {"BNLAB_HEARTBEAT_INTERVAL": "0.5", "BNLAB_LEASE_TIMEOUT": str(LEASE_
             "BNLAB_EPOCH_WRITE_INTERVAL": "0", "BNLAB_SMALL_CHECKPOINT_INTERVAL": "0"}
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
 # A lost worker is noticed after the lease times out, at the next sweep of a live worker's
-# reaper (which itself may need to start: torch import on a busy 2-core machine).
-RECOVERY_S = 90.0
+# reaper (which itself may need to start: torch import on a busy 2-core machine). A hang
+# guard, like every timeout here.
+RECOVERY_S = HANG_S
 RESUMED = re.compile(r"resuming job (\S+) from epoch (\d+)")
 
 
@@ -111,11 +118,18 @@ class Stack:
     workers: Procs | None = None
     _nodes: dict[str, Proc] = field(default_factory=dict)
 
-    def start_worker(self, tag: str, *, pool: str = "solo") -> Proc:
-        """A real `celery worker` node "<tag>-<random>@host"; stopped at the test's end."""
+    def hold(self, epoch: int) -> Hold:
+        """A hold at `epoch` for workers started with it (this test's folder)."""
+        assert self.workers is not None, "workers are started inside a test"
+        return Hold(self.workers.log_dir / "hold", epoch)
+
+    def start_worker(self, tag: str, *, pool: str = "solo", hold: Hold | None = None) -> Proc:
+        """A real `celery worker` node "<tag>-<random>@host"; stopped at the test's end.
+        With `hold`, every job it trains waits after that epoch until released."""
         assert self.workers is not None, "workers are started inside a test"
         node = f"{tag}-{uuid.uuid4().hex[:6]}"
-        proc = self.workers.start(node, celery_worker_argv(f"{node}@%h", pool=pool), self.env)
+        env = {**self.env, **(hold.env() if hold is not None else {})}
+        proc = self.workers.start(node, celery_worker_argv(f"{node}@%h", pool=pool), env)
         self._nodes[node] = proc
         return proc
 
@@ -138,21 +152,27 @@ class Stack:
         return str(r.json()["id"])
 
     def wait_job(self, job_id: str, what: str, cond: Callable[[dict[str, Any]], bool], *,
-                 timeout: float = 60.0) -> dict[str, Any]:
+                 timeout: float = HANG_S) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             job = self.job(job_id)
             return job if cond(job) else None
         return poll(f"job {job_id} {what}", check, timeout=timeout, logs=self.logs)
 
-    def wait_epoch(self, job_id: str, epoch: int, *, timeout: float = 60.0) -> dict[str, Any]:
-        """Running with at least `epoch` epochs recorded (fails if it finished first)."""
-        def cond(job: dict[str, Any]) -> bool:
-            assert job["status"] not in TERMINAL, (f"job finished before epoch {epoch}; make it "
-                                                   f"longer: {job}\n{self.logs()}")
-            return job["status"] == "running" and job["epoch"] >= epoch
-        return self.wait_job(job_id, f"running at epoch >= {epoch}", cond, timeout=timeout)
+    def wait_held(self, hold: Hold, job_id: str) -> dict[str, Any]:
+        """The job, held running at the hold's epoch (its worker waits for the test)."""
+        hold.wait_held(job_id, logs=self.logs)
+        job = self.job(job_id)
+        assert job["status"] == "running" and job["epoch"] == hold.epoch, (job, self.logs())
+        return job
 
-    def wait_done(self, job_id: str, *, timeout: float = 120.0) -> dict[str, Any]:
+    def release_requested(self, job_id: str) -> bool:
+        """Whether the job's worker asked it to stop at its epoch end (shutting down)."""
+        with psycopg.connect(self.db_url) as conn:
+            row = conn.execute("SELECT release_requested FROM job WHERE id = %s",
+                               (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def wait_done(self, job_id: str, *, timeout: float = HANG_S) -> dict[str, Any]:
         return self.wait_job(job_id, "finished", lambda j: j["status"] in TERMINAL,
                              timeout=timeout)
 
@@ -238,18 +258,21 @@ def stack(pg_stack: Stack, tmp_path: Path) -> Iterator[Stack]:
 
 
 def test_sigkill_resumes_from_checkpoint_like_an_uninterrupted_run(stack: Stack) -> None:
-    epochs = 300
-    first, control_worker = stack.start_worker("first"), stack.start_worker("control")
+    epochs = 60
+    hold = stack.hold(10)
+    first = stack.start_worker("first", hold=hold)
+    control_worker = stack.start_worker("control", hold=hold)
     victim_id = stack.submit(job_body("victim", epochs))
-    running = stack.wait_epoch(victim_id, 10)
+    running = stack.wait_held(hold, victim_id)  # it waits after epoch 10 until killed
     victim = stack.worker_of(running)
     assert victim in (first, control_worker)
     # The job shows its lease: attempt, node and a heartbeat the worker keeps renewing.
     assert running["attempts"] == 1 and running["heartbeat_at"] is not None, running
     stack.wait_job(victim_id, "a renewed heartbeat",
-                   lambda j: j["heartbeat_at"] != running["heartbeat_at"], timeout=30)
+                   lambda j: j["heartbeat_at"] != running["heartbeat_at"])
     # The control runs the same spec uninterrupted on the other worker meanwhile.
     control_id = stack.submit(job_body("control", epochs))
+    hold.release(control_id)
 
     at_kill = stack.job(victim_id)["epoch"]
     kill_group(victim, signal.SIGKILL)
@@ -265,7 +288,7 @@ def test_sigkill_resumes_from_checkpoint_like_an_uninterrupted_run(stack: Stack)
     resumers = [p for p in (first, control_worker, successor) if resume_epochs(p, victim_id)]
     assert len(resumers) == 1, stack.logs()
     (resume_epoch,) = resume_epochs(resumers[0], victim_id)
-    assert at_kill <= resume_epoch < epochs, (at_kill, resume_epoch)
+    assert at_kill == resume_epoch == 10, (at_kill, resume_epoch)  # its last checkpoint
 
     control = stack.wait_done(control_id)
     assert control["status"] == "succeeded" and control["attempts"] == 1, control
@@ -278,14 +301,13 @@ def test_sigkill_resumes_from_checkpoint_like_an_uninterrupted_run(stack: Stack)
 
 
 def test_worker_killed_at_every_attempt_fails_with_reason(stack: Stack) -> None:
-    job_id = stack.submit(job_body("doomed", 2000))
+    job_id = stack.submit(job_body("doomed", 50))
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        stack.start_worker(f"doomed{attempt}")
-        before = 2 * attempt  # each attempt records epochs before it dies
-        job = stack.wait_job(job_id, f"claimed for attempt {attempt}",
-                             lambda j, a=attempt, e=before: j["status"] == "running"
-                             and j["attempts"] == a and j["epoch"] >= e,
-                             timeout=RECOVERY_S)
+        # each attempt records two more epochs, then waits there until it is killed
+        hold = stack.hold(2 * attempt)
+        stack.start_worker(f"doomed{attempt}", hold=hold)
+        job = stack.wait_held(hold, job_id)
+        assert job["attempts"] == attempt, job
         victim = stack.worker_of(job)
         kill_group(victim, signal.SIGKILL)
         victim.popen.wait(10)
@@ -298,7 +320,7 @@ def test_worker_killed_at_every_attempt_fails_with_reason(stack: Stack) -> None:
     assert f"{MAX_ATTEMPTS} times" in job["error"], job
     # What the lost attempts trained is kept, without holes.
     h = stack.history(job_id)
-    assert h["epoch"] == list(range(1, job["epoch"] + 1)) and job["epoch"] >= 2, h["epoch"]
+    assert h["epoch"] == list(range(1, 2 * MAX_ATTEMPTS + 1)), h["epoch"]
 
 
 # ------------------------------------------------------------------------ graceful stop
@@ -308,23 +330,28 @@ def test_worker_killed_at_every_attempt_fails_with_reason(stack: Stack) -> None:
                                              ("prefork", "main")])
 def test_sigterm_releases_at_epoch_end_and_another_worker_resumes(
         stack: Stack, pool: str, target: str) -> None:
-    epochs = 150
-    first = stack.start_worker("term", pool=pool)
+    epochs = 30
+    hold = stack.hold(5)
+    first = stack.start_worker("term", pool=pool, hold=hold)
     job_id = stack.submit(job_body("sigterm", epochs))
-    before = stack.wait_epoch(job_id, 5)
+    before = stack.wait_held(hold, job_id)
     assert stack.worker_of(before) is first
 
-    # Celery's warm shutdown
+    # Celery's warm shutdown, while the job waits after epoch 5; it goes on once the worker
+    # has asked it to stop, so it stops at its next epoch end, whatever the machine's speed.
     if target == "group":
         kill_group(first, signal.SIGTERM)
     else:
         first.popen.send_signal(signal.SIGTERM)
-    assert first.popen.wait(30) == 0, first.log_tail()
+    poll("the worker to ask its job to stop", lambda: stack.release_requested(job_id),
+         timeout=HANG_S, logs=stack.logs)
+    hold.release(job_id)
+    assert first.popen.wait(HANG_S) == 0, first.log_tail()
     released = stack.job(job_id)
     # Back in the queue, not failed, its attempt not counted; no worker is up to take it.
     assert released["status"] == "queued", (released, stack.logs())
     assert released["attempts"] == 0, released
-    assert 0 < released["epoch"] < epochs, released
+    assert released["epoch"] == before["epoch"] + 1, released  # the epoch after the hold
     assert f"released at epoch {released['epoch']}" in first.log_tail(10**8), first.log_tail()
 
     second = stack.start_worker("heir")
@@ -341,17 +368,21 @@ def test_sigterm_releases_at_epoch_end_and_another_worker_resumes(
 
 
 def test_broker_data_loss_runs_every_job_once(stack: Stack) -> None:
-    worker = stack.start_worker("flush")
-    long_id = stack.submit(job_body("running", 300))
-    stack.wait_epoch(long_id, 3)
+    hold = stack.hold(3)
+    worker = stack.start_worker("flush", hold=hold)
+    long_id = stack.submit(job_body("running", 30))
+    stack.wait_held(hold, long_id)
     waiting = [stack.submit(job_body(f"queued{i}", 20, seed=i)) for i in (1, 2)]
+    for job_id in waiting:
+        hold.release(job_id)  # only the running job waits for the flush
     r = redis.Redis.from_url(stack.redis_url)
-    poll("two queued messages in Redis", lambda: r.llen("cpu") == 2, timeout=10,
+    poll("two queued messages in Redis", lambda: r.llen("cpu") == 2, timeout=HANG_S,
          logs=stack.logs)
     r.flushdb()  # Redis lost its data: our db index only
     assert r.dbsize() == 0
-    assert stack.job(long_id)["status"] == "running", "make the running job longer"
-    for job_id, epochs in ((long_id, 300), *((w, 20) for w in waiting)):
+    assert stack.job(long_id)["status"] == "running"
+    hold.release(long_id)
+    for job_id, epochs in ((long_id, 30), *((w, 20) for w in waiting)):
         job = stack.wait_done(job_id, timeout=RECOVERY_S)
         assert job["status"] == "succeeded", (job, stack.logs())
         assert job["attempts"] == 1, job  # none ran twice
@@ -364,12 +395,13 @@ def test_broker_data_loss_runs_every_job_once(stack: Stack) -> None:
 def test_duplicate_delivery_while_running_trains_once(stack: Stack) -> None:
     from celery import Celery
 
-    epochs = 300
-    workers = [stack.start_worker("dup-a"), stack.start_worker("dup-b")]
+    epochs = 30
+    hold = stack.hold(3)
+    workers = [stack.start_worker("dup-a", hold=hold), stack.start_worker("dup-b", hold=hold)]
     for w in workers:
         wait_for_log(w, " ready.")
     job_id = stack.submit(job_body("dup", epochs))
-    running = stack.wait_epoch(job_id, 3)
+    running = stack.wait_held(hold, job_id)  # runs on, its lease live, until released
     owner = stack.worker_of(running)
     (idle,) = (w for w in workers if w is not owner)
 
@@ -378,9 +410,10 @@ def test_duplicate_delivery_while_running_trains_once(stack: Stack) -> None:
         producer.send_task("worker.train_job", args=[job_id], queue="cpu", ignore_result=True)
     finally:
         producer.close()
-    wait_for_log(idle, f"job {job_id} is running under", timeout=30)
+    wait_for_log(idle, f"job {job_id} is running under")
     assert "(lease live); ignoring duplicate delivery" in idle.log_tail(10**8)
 
+    hold.release(job_id)
     job = stack.wait_done(job_id)
     assert job["status"] == "succeeded" and job["attempts"] == 1, (job, stack.logs())
     assert stack.worker_of(job) is owner
@@ -392,9 +425,10 @@ def test_duplicate_delivery_while_running_trains_once(stack: Stack) -> None:
 
 
 def test_cancel_running_within_an_epoch_and_queued_never_starts(stack: Stack) -> None:
-    worker = stack.start_worker("cancel")
-    busy_id = stack.submit(job_body("busy", 2000))
-    stack.wait_epoch(busy_id, 3)
+    hold = stack.hold(3)
+    worker = stack.start_worker("cancel", hold=hold)
+    busy_id = stack.submit(job_body("busy", 50))
+    stack.wait_held(hold, busy_id)
     queued_id = stack.submit(job_body("behind", 20))
 
     r = stack.client.post(f"/v1/jobs/{queued_id}/cancel")
@@ -404,7 +438,8 @@ def test_cancel_running_within_an_epoch_and_queued_never_starts(stack: Stack) ->
     answered = datetime.now(UTC)
     assert r.status_code == 200, r.text
     at_request = r.json()["epoch"]  # read back after the cancel was committed
-    job = stack.wait_done(busy_id, timeout=30)
+    hold.release(busy_id)  # the job goes on past epoch 3 only now
+    job = stack.wait_done(busy_id)
     assert job["status"] == "cancelled", (job, stack.logs())
     # The flag is read once per epoch, after its training and before its row is written: the
     # epoch in flight may still be recorded, then at most one more epoch ...
@@ -418,7 +453,7 @@ def test_cancel_running_within_an_epoch_and_queued_never_starts(stack: Stack) ->
     assert stack.client.get(f"/v1/jobs/{busy_id}/checkpoints/last").status_code == 200
 
     # The worker is free now and meets the cancelled job's message: it must not run it.
-    wait_for_log(worker, f"job {queued_id} already claimed or not queued", timeout=30)
+    wait_for_log(worker, f"job {queued_id} already claimed or not queued")
     behind = stack.job(queued_id)
     assert behind["status"] == "cancelled", behind
     assert behind["attempts"] == 0 and behind["epoch"] == 0, behind
@@ -469,9 +504,12 @@ def test_idempotency_key_retried_concurrently_creates_one_job(stack: Stack) -> N
 
 
 def test_embedded_worker_killed_is_restarted_and_resumes(tmp_path: Path) -> None:
-    epochs = 120
+    epochs = 40
     port = free_port()
-    env = clean_env(BNLAB_HOME=str(tmp_path / "home"), **FAST_ENV)
+    # The first worker waits after epoch 10 until it is killed; its successor resumes from
+    # that checkpoint, so it never stores epoch 10 again and is never held.
+    hold = Hold(tmp_path / "hold", 10)
+    env = clean_env(BNLAB_HOME=str(tmp_path / "home"), **FAST_ENV, **hold.env())
     procs = Procs(tmp_path)
     started = re.compile(r"embedded worker started \(pid (\d+)\)")
     try:
@@ -481,12 +519,12 @@ def test_embedded_worker_killed_is_restarted_and_resumes(tmp_path: Path) -> None
         with httpx.Client(base_url=base_url, timeout=30) as client:
             stack = Stack(base_url, "", "", env, procs, client)
             job_id = stack.submit(job_body("embedded", epochs))
-            running = stack.wait_epoch(job_id, 10)
+            running = stack.wait_held(hold, job_id)
             (first_pid,) = [int(p) for p in started.findall(serve.log_tail(10**8))]
             os.killpg(first_pid, signal.SIGKILL)
             poll("the server to restart its worker",
                  lambda: len(started.findall(serve.log_tail(10**8))) == 2,
-                 timeout=30, logs=procs.dump_logs)
+                 timeout=HANG_S, logs=procs.dump_logs)
             job = stack.wait_done(job_id, timeout=RECOVERY_S + 60)
             assert job["status"] == "succeeded", (job, procs.dump_logs())
             assert job["attempts"] == 2 and job["error"] is None, job
@@ -495,7 +533,7 @@ def test_embedded_worker_killed_is_restarted_and_resumes(tmp_path: Path) -> None
             assert h["epoch"] == list(range(1, epochs + 1)), h["epoch"]
             resumed = [int(e) for j, e in RESUMED.findall(serve.log_tail(10**8))
                        if j == job_id]
-            assert len(resumed) == 1 and running["epoch"] <= resumed[0] < epochs, resumed
+            assert resumed == [10], resumed
             assert not pid_alive(first_pid)
     finally:
         procs.stop_all()

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from tests.integration.flow import (
     wait_done,
 )
 from tests.integration.procs import (
+    HANG_S,
     PYTHON,
     Proc,
     Procs,
@@ -34,6 +36,10 @@ from tests.integration.procs import (
 )
 
 pytestmark = pytest.mark.integration
+
+# Epochs of a job that runs until cancelled: at a millisecond or more an epoch, longer than
+# any test's timeout on any machine.
+ENDLESS = 10_000_000
 
 
 @dataclass
@@ -57,8 +63,10 @@ def redis_stack(tmp_path_factory: pytest.TempPathFactory, service_db_url: str,
 
     upgrade(service_db_url)  # what `bnlab migrate` / compose's migrate service does
     home = tmp_path_factory.mktemp("stack")
+    # BNLAB_MAX_EPOCHS: room for a job that cannot end before a test cancels it
     env = clean_env(BNLAB_BROKER_URL=redis_url, BNLAB_DATABASE_URL=service_db_url,
-                    BNLAB_HOME=str(home), BNLAB_HEARTBEAT_INTERVAL="1")
+                    BNLAB_HOME=str(home), BNLAB_HEARTBEAT_INTERVAL="1",
+                    BNLAB_MAX_EPOCHS=str(ENDLESS))
     procs = Procs(home)
     port = free_port()
     try:
@@ -113,29 +121,33 @@ def test_workers_beat_into_the_database(redis_stack: Stack, service_db_url: str)
 
 def test_two_concurrent_jobs_on_two_workers(redis_stack: Stack) -> None:
     epochs = 60
-    # Long enough (60 epochs of 25 steps) that the second job starts while the first runs.
+    training: dict[str, Any] = {"epochs": epochs, "batch_size": 32, "seed": 1}
     body = {"dataset": {"name": "concentric_circles", "n_samples": 1000, "seed": 3},
             "network": {"hidden": [8, 8], "batchnorm": "after_activation"},
-            "training": {"epochs": epochs, "batch_size": 32, "seed": 1}}
+            "training": training}
+    logs = redis_stack.procs.dump_logs
     with httpx.Client(base_url=redis_stack.base_url, timeout=30) as client:
-        first = submit(client, {**body, "name": "first"})
-        deadline = time.monotonic() + 30
-        while client.get(f"/v1/jobs/{first}").json()["status"] == "queued":
-            assert time.monotonic() < deadline, redis_stack.procs.dump_logs()
+        # The first job runs until cancelled: the second certainly starts and ends while it
+        # runs, on the other worker (one runs one task at a time: prefetch 1, acks late).
+        first = submit(client, {**body, "name": "first",
+                                "training": {**training, "epochs": ENDLESS}})
+        deadline = time.monotonic() + HANG_S
+        while client.get(f"/v1/jobs/{first}").json()["epoch"] < 1:
+            assert time.monotonic() < deadline, logs()
             time.sleep(0.1)
         second = submit(client, {**body, "name": "second"})
-        jobs = wait_done(client, [first, second], logs=redis_stack.procs.dump_logs)
-        for job_id in (first, second):
-            assert jobs[job_id]["status"] == "succeeded", jobs[job_id]
-            assert jobs[job_id]["epoch"] == epochs
-            check_history(client, job_id, epochs)
-    a, b = jobs[first], jobs[second]
-    # A solo worker runs one task at a time (prefetch 1, acks late): overlapping runs must
-    # have been on different workers.
-    if datetime.fromisoformat(b["started_at"]) < datetime.fromisoformat(a["finished_at"]):
-        assert a["worker"] != b["worker"], (a, b)
-    else:
-        pytest.fail(f"jobs did not overlap; make them longer: {a} {b}")
+        b = wait_done(client, [second], logs=logs)[second]
+        assert b["status"] == "succeeded" and b["epoch"] == epochs, b
+        check_history(client, second, epochs)
+        assert client.get(f"/v1/jobs/{first}").json()["status"] == "running"
+        r = client.post(f"/v1/jobs/{first}/cancel")
+        assert r.status_code == 200, r.text
+        a = wait_done(client, [first], logs=logs)[first]
+        assert a["status"] == "cancelled", (a, logs())
+        check_history(client, first, a["epoch"])  # what it trained is kept, without holes
+    assert a["worker"] != b["worker"], (a, b)
+    assert datetime.fromisoformat(a["started_at"]) < datetime.fromisoformat(b["started_at"])
+    assert datetime.fromisoformat(b["finished_at"]) < datetime.fromisoformat(a["finished_at"])
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -60,6 +61,39 @@ def job_state(sessions: sessionmaker[Session], job_id: str) -> tuple[Any, list[i
         epochs = [row.epoch for row in repo.history(session, job_id=job_id)]
         ckpts = {c.kind: c.epoch for c in repo.list_checkpoints(session, job_id=job_id)}
         return job, epochs, ckpts
+
+
+class AtEpoch:
+    """A RunContext.on_epoch_written hook: the first time an epoch >= `epoch` of `job_id` is
+    stored, `then()` runs in the training thread, which goes on only once it returns. So the
+    test acts on a job that is certainly still running, whatever the machine's speed."""
+
+    def __init__(self, job_id: str, epoch: int, then: Callable[[], None]) -> None:
+        self.job_id, self.epoch, self.then = job_id, epoch, then
+        self.fired_at: int | None = None
+
+    def __call__(self, job_id: str, epoch: int) -> None:
+        if job_id == self.job_id and epoch >= self.epoch and self.fired_at is None:
+            self.fired_at = epoch
+            self.then()
+
+
+def run_at_epoch(ctx: RunContext, job_id: str, epoch: int, then: Callable[[], None],
+                 *, watch: str | None = None) -> str | None:
+    """run_job, calling `then()` once epoch `epoch` of `watch` (default: the job) is stored
+    and before training goes on; fails if that never happened."""
+    hook = AtEpoch(watch or job_id, epoch, then)
+    outcome = run_job(job_id, replace(ctx, on_epoch_written=hook))
+    assert hook.fired_at is not None, f"the job ended ({outcome}) before epoch {epoch}"
+    return outcome
+
+
+def eventually(what: str, cond: Callable[[], bool], *, timeout: float = 120.0) -> None:
+    """Poll cond() until true; the timeout only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f}s"
+        time.sleep(0.02)
 
 
 def test_succeeded_job_has_every_epoch_checkpoints_and_metrics(
@@ -140,25 +174,21 @@ def test_unexpected_errors_name_their_type() -> None:
 
 def test_cancel_stops_a_running_job_and_keeps_its_history(
         ctx: RunContext, sessions: sessionmaker[Session]) -> None:
-    epochs_total = 3000
+    epochs_total = 50
     job_id = add_job(sessions, {"dataset": {"name": "moons", "n_samples": 64},
                                 "network": {"hidden": [4]},
                                 "training": {"epochs": epochs_total, "batch_size": 32}})
-    outcome: list[str | None] = []
-    runner = threading.Thread(target=lambda: outcome.append(run_job(job_id, ctx)))
-    runner.start()
-    deadline = time.monotonic() + 60
-    while job_state(sessions, job_id)[0].epochs_done < 2:
-        assert runner.is_alive() and time.monotonic() < deadline, "job never got going"
-        time.sleep(0.05)
-    with sessions.begin() as session:
-        assert str(repo.request_cancel(session, job_id=job_id)) == "running"
-    runner.join(60)
 
-    assert outcome == ["cancelled"]
+    def cancel() -> None:
+        with sessions.begin() as session:
+            assert str(repo.request_cancel(session, job_id=job_id)) == "running"
+
+    assert run_at_epoch(ctx, job_id, 2, cancel) == "cancelled"
+
     job, epochs, ckpts = job_state(sessions, job_id)
     assert str(job.status) == "cancelled" and job.error is None
-    assert 2 <= len(epochs) < epochs_total
+    # the flag is read at the next epoch's end, which is recorded (and checkpointed)
+    assert len(epochs) == 3
     assert epochs == list(range(1, len(epochs) + 1))  # no gaps
     assert ckpts["last"] == epochs[-1]
 
@@ -167,17 +197,12 @@ def test_interrupted_job_goes_back_to_the_queue(
         ctx: RunContext, sessions: sessionmaker[Session]) -> None:
     job_id = add_job(sessions, {"dataset": {"name": "moons", "n_samples": 64},
                                 "network": {"hidden": [4]},
-                                "training": {"epochs": 10_000, "batch_size": 32}})
+                                "training": {"epochs": 50, "batch_size": 32}})
 
-    def interrupt_when_running() -> None:
-        deadline = time.monotonic() + 60
-        while job_state(sessions, job_id)[0].epochs_done < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        _thread.interrupt_main()  # a real KeyboardInterrupt in the thread running the job
-
-    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    # A real KeyboardInterrupt (SIGINT's handler) in the thread running the job, which is
+    # this one, once epoch 1 is stored: raised as soon as the hook returns, mid-training.
     with pytest.raises(KeyboardInterrupt):
-        run_job(job_id, ctx)
+        run_at_epoch(ctx, job_id, 1, _thread.interrupt_main)
 
     job = job_state(sessions, job_id)[0]
     assert str(job.status) == "queued" and job.attempts == 1
@@ -195,20 +220,10 @@ def metrics_of(sessions: sessionmaker[Session], job_id: str) -> list[tuple[Any, 
                 for r in repo.history(session, job_id=job_id)]
 
 
-def run_until(ctx: RunContext, sessions: sessionmaker[Session], job_id: str, epochs: int,
-              then: Any) -> list[str | None]:
-    """run_job in a thread; once `epochs` epochs are stored, call `then()`; wait for the end."""
-    outcome: list[str | None] = []
-    runner = threading.Thread(target=lambda: outcome.append(run_job(job_id, ctx)))
-    runner.start()
-    deadline = time.monotonic() + 60
-    while job_state(sessions, job_id)[0].epochs_done < epochs:
-        assert runner.is_alive() and time.monotonic() < deadline, "job never got going"
-        time.sleep(0.01)
-    then()
-    runner.join(60)
-    assert not runner.is_alive()
-    return outcome
+def run_until(ctx: RunContext, job_id: str, epochs: int, then: Callable[[], None]
+              ) -> list[str | None]:
+    """run_job; once `epochs` epochs are stored, `then()` runs before training goes on."""
+    return [run_at_epoch(ctx, job_id, epochs, then)]
 
 
 def test_shutdown_releases_the_job_and_the_next_run_resumes_it_exactly(
@@ -221,14 +236,14 @@ def test_shutdown_releases_the_job_and_the_next_run_resumes_it_exactly(
     first = replace(ctx, stopping=stopping)
 
     caplog.set_level(logging.INFO)
-    assert run_until(first, sessions, job_id, 2, stopping.set) == ["queued"]
+    assert run_until(first, job_id, 2, stopping.set) == ["queued"]
 
     job, epochs, ckpts = job_state(sessions, job_id)
     k = epochs[-1]
     assert str(job.status) == "queued" and job.attempts == 0  # refunded, never failed
     assert job.error is None and job.lease_owner is None
     assert job.updated_at < job.created_at  # due for the next reaper sweep at once
-    assert 2 <= k < 8 and epochs == list(range(1, k + 1)) and ckpts["last"] == k
+    assert k == 3 and epochs == list(range(1, k + 1)) and ckpts["last"] == k
     # a lost attempt that checkpointed less often left rows past the checkpoint
     with sessions.begin() as session:
         for extra in (k + 1, k + 2):
@@ -244,7 +259,7 @@ def test_shutdown_releases_the_job_and_the_next_run_resumes_it_exactly(
 
 def test_a_worker_that_lost_its_lease_writes_nothing_more(
         ctx: RunContext, sessions: sessionmaker[Session]) -> None:
-    job_id = add_job(sessions, {**MOONS, "training": {**MOONS["training"], "epochs": 3000}})
+    job_id = add_job(sessions, {**MOONS, "training": {**MOONS["training"], "epochs": 50}})
 
     stored_at_takeover: list[int] = []
 
@@ -256,15 +271,13 @@ def test_a_worker_that_lost_its_lease_writes_nothing_more(
             # epoch committed before the lease moved, and none after.
             stored_at_takeover.append(len(repo.history(session, job_id=job_id)))
 
-    assert run_until(ctx, sessions, job_id, 2, take_over) == [None]
+    assert run_until(ctx, job_id, 2, take_over) == [None]
 
     job, epochs, _ = job_state(sessions, job_id)
     assert str(job.status) == "running" and job.lease_owner == "other/1/x"
     # fencing: once the lease moved, the old worker got no epoch in, not even the one in flight
-    assert stored_at_takeover[0] >= 2
-    assert len(epochs) == stored_at_takeover[0] and job.finished_at is None
-    time.sleep(0.2)
-    assert job_state(sessions, job_id)[1] == epochs
+    assert stored_at_takeover == [2]
+    assert epochs == [1, 2] and job.finished_at is None
 
 
 def test_duplicate_delivery_while_the_lease_is_live_is_ignored(
@@ -285,18 +298,23 @@ def test_duplicate_delivery_while_the_lease_is_live_is_ignored(
 
 def test_the_lease_heartbeat_moves_while_training(
         ctx: RunContext, sessions: sessionmaker[Session]) -> None:
-    job_id = add_job(sessions, {**MOONS, "training": {**MOONS["training"], "epochs": 3000}})
+    job_id = add_job(sessions, {**MOONS, "training": {**MOONS["training"], "epochs": 50}})
     fast = replace(ctx, heartbeat_interval=0.05)
     seen: list[Any] = []
 
+    def heartbeat() -> Any:
+        return job_state(sessions, job_id)[0].heartbeat_at
+
     def watch_then_cancel() -> None:
-        for _ in range(3):
-            seen.append(job_state(sessions, job_id)[0].heartbeat_at)
-            time.sleep(0.2)
+        # The training waits here, writing nothing: only the lease keeper moves the heartbeat.
+        seen.append(heartbeat())
+        for _ in range(2):
+            eventually("renewed heartbeat", lambda: heartbeat() > seen[-1])
+            seen.append(heartbeat())
         with sessions.begin() as session:
             repo.request_cancel(session, job_id=job_id)
 
-    assert run_until(fast, sessions, job_id, 1, watch_then_cancel) == ["cancelled"]
+    assert run_until(fast, job_id, 1, watch_then_cancel) == ["cancelled"]
     assert seen[0] < seen[1] < seen[2]
 
 
@@ -377,25 +395,20 @@ def test_a_stack_claims_only_siblings_that_resume_from_the_same_epoch(
 
 def test_cancelling_one_stacked_member_stops_only_it(
         ctx: RunContext, sessions: sessionmaker[Session]) -> None:
-    epochs_total = 600
+    epochs_total = 20
     body = {"dataset": {"name": "moons", "n_samples": 64}, "network": {"hidden": [4]},
             "training": {"epochs": epochs_total, "batch_size": 32}}
     ids = add_stack(sessions, body, [0, 1, 2])
-    outcome: list[str | None] = []
-    runner = threading.Thread(target=lambda: outcome.append(run_job(ids[0], ctx)))
-    runner.start()
-    deadline = time.monotonic() + 60
-    while job_state(sessions, ids[1])[0].epochs_done < 2:
-        assert runner.is_alive() and time.monotonic() < deadline, "stack never got going"
-        time.sleep(0.05)
-    with sessions.begin() as session:
-        assert str(repo.request_cancel(session, job_id=ids[1])) == "running"
-    runner.join(120)
 
-    assert outcome == ["succeeded"]
+    def cancel() -> None:
+        with sessions.begin() as session:
+            assert str(repo.request_cancel(session, job_id=ids[1])) == "running"
+
+    assert run_at_epoch(ctx, ids[0], 2, cancel, watch=ids[1]) == "succeeded"
+
     states = [job_state(sessions, j) for j in ids]
     assert [str(s[0].status) for s in states] == ["succeeded", "cancelled", "succeeded"]
     for _job, epochs, ckpts in states:
         assert epochs == list(range(1, len(epochs) + 1)) and ckpts["last"] == epochs[-1]
     assert len(states[0][1]) == len(states[2][1]) == epochs_total
-    assert 2 <= len(states[1][1]) < epochs_total
+    assert len(states[1][1]) == 3  # cancelled at epoch 2's write, stopped at epoch 3's end
