@@ -182,6 +182,7 @@ class NotebookDataset(_Strict):
     def n_samples(self) -> int:
         return NOTEBOOK_ROWS
 
+
 BuiltinDataset = (CirclesDataset | MoonsDataset | XorDataset | SpiralsDataset | BlobsDataset
                   | NotebookDataset)
 GeneratedDataset = Annotated[BuiltinDataset, Field(discriminator="name")]
