@@ -4,8 +4,11 @@ Layout (keys):
   model.<i>.<name>           weights and BN buffers: an ordinary `nn.Sequential` state dict
   optim.<i>.<name>.<state>   optimizer state per parameter, plus optim.step ("last" only)
   rng.data                   the data-order generator's state, uint8 ("last" only)
+  input.mean, input.std      the input standardisation fitted on the training rows, shaped to
+                             broadcast over one row ((F,) or (C, 1, 1)); only with standardize
 Metadata (all strings; JSON where structured): format, kind ("last"|"best"), epoch, seed,
-spec (the JobSpec), network (resolved layers, head, loss, n_features, n_classes), classes,
+spec (the JobSpec), network (resolved layers, head, loss, n_features, input_shape, n_classes),
+classes,
 metrics (that epoch's), trainer (loop state needed to resume: best-so-far, early stopping,
 plateau, lr).
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,6 +41,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     optim: dict[str, torch.Tensor]
     rng: dict[str, torch.Tensor]
+    input: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def network(self) -> ResolvedNetwork:
@@ -47,20 +51,24 @@ class Checkpoint:
 def network_to_meta(net: ResolvedNetwork) -> dict[str, Any]:
     return {"layers": [layer.model_dump(mode="json") for layer in net.layers],
             "head": net.head, "loss": net.loss, "n_features": net.n_features,
-            "n_classes": net.n_classes}
+            "input_shape": list(net.input_shape), "n_classes": net.n_classes}
 
 
 def network_from_meta(meta: dict[str, Any]) -> ResolvedNetwork:
     n = meta["network"]
-    return ResolvedNetwork(n_features=int(n["n_features"]), n_classes=int(n["n_classes"]),
+    # checkpoints from before image inputs carry only n_features
+    shape = tuple(int(d) for d in n.get("input_shape", [n["n_features"]]))
+    return ResolvedNetwork(input_shape=shape, n_classes=int(n["n_classes"]),
                            layers=_LAYERS.validate_python(n["layers"]), loss=n["loss"],
                            head=n["head"])
 
 
 def encode(meta: dict[str, Any], model: dict[str, torch.Tensor],
            optim: dict[str, torch.Tensor] | None = None,
-           rng: dict[str, torch.Tensor] | None = None) -> bytes:
+           rng: dict[str, torch.Tensor] | None = None,
+           inputs: dict[str, torch.Tensor] | None = None) -> bytes:
     tensors = {f"model.{k}": v for k, v in model.items()}
+    tensors |= {f"input.{k}": v for k, v in (inputs or {}).items()}
     tensors |= {f"optim.{k}": v for k, v in (optim or {}).items()}
     tensors |= {f"rng.{k}": v for k, v in (rng or {}).items()}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -101,10 +109,11 @@ def decode(blob: bytes) -> Checkpoint:
         tensors = load(blob)
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"checkpoint tensors cannot be read ({e})") from None
-    parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {}}
+    parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {},
+                                                 "input": {}}
     for key, value in tensors.items():
         prefix, _, rest = key.partition(".")
         if prefix not in parts:
             raise CheckpointError(f"unexpected tensor {key!r} in checkpoint")
         parts[prefix][rest] = value
-    return Checkpoint(meta, parts["model"], parts["optim"], parts["rng"])
+    return Checkpoint(meta, parts["model"], parts["optim"], parts["rng"], parts["input"])

@@ -3,9 +3,11 @@
 
 Every format holds the eval-mode model (BatchNorm on its running statistics), optionally with
 each BN folded into the adjacent dense layer (`fold_bn`, the same fold `/predict` serves). ONNX
-and .pt2 take one float32 input, `input` of shape (batch, n_features) with a dynamic batch axis,
-and return `probabilities` (batch, n_classes): the head that `/predict` applies (one sigmoid
-unit -> [1 - p, p], otherwise softmax) is part of the graph, so outputs equal `/predict`'s.
+and .pt2 take one float32 input, `input` of shape (batch, *input_shape) (a table's (batch, F),
+images' (batch, C, H, W)) with a dynamic batch axis, and return `probabilities` (batch,
+n_classes): the input standardisation (`training.standardize`) and the head that `/predict`
+applies (one sigmoid unit -> [1 - p, p], otherwise softmax) are part of the graph, so outputs
+equal `/predict`'s.
 
 `safetensors` is a zip of `model.safetensors` (the `nn.Sequential` state dict; network logits,
 no head), `model.json` (the sidecar: every module as a `torch.nn` class name and its constructor
@@ -30,7 +32,8 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 
 from models.checkpoint import decode
-from models.network import apply_head, build_network, fold_batchnorm
+from models.inference import serving_network
+from models.network import GlobalAvgPool, Standardize, apply_head
 
 Format = Literal["onnx", "safetensors", "torch_export"]
 FORMATS: tuple[Format, ...] = ("onnx", "safetensors", "torch_export")
@@ -68,14 +71,10 @@ class WithHead(nn.Module):
 
 
 def eval_network(blob: bytes, *, fold_bn: bool) -> tuple[nn.Sequential, dict[str, Any]]:
-    """The checkpoint's network in eval mode (BN folded when asked) and its metadata."""
+    """The checkpoint's network in eval mode (BN folded when asked; the input standardisation,
+    if the job had one, in front) and its metadata."""
     cp = decode(blob)
-    model = build_network(cp.network, seed=0)  # weights are overwritten by the checkpoint
-    model.load_state_dict(cp.model, strict=True)
-    model.eval()
-    if fold_bn:
-        model = fold_batchnorm(model)
-    return model, cp.meta
+    return serving_network(cp, fold_bn=fold_bn), cp.meta
 
 
 def _classes(meta: dict[str, Any], classes: list[str] | None) -> list[str]:
@@ -84,7 +83,12 @@ def _classes(meta: dict[str, Any], classes: list[str] | None) -> list[str]:
 
 def _example(meta: dict[str, Any]) -> torch.Tensor:
     # Batch 2 for tracing: 1 would be specialised away by torch.export (0/1 specialisation).
-    return torch.zeros(2, int(meta["network"]["n_features"]))
+    return torch.zeros(2, *_input_shape(meta))
+
+
+def _input_shape(meta: dict[str, Any]) -> list[int]:
+    net = meta["network"]
+    return [int(d) for d in net.get("input_shape", [net["n_features"]])]
 
 
 def _batch_dim() -> dict[str, dict[int, Any]]:
@@ -122,7 +126,8 @@ def to_onnx(blob: bytes, *, fold_bn: bool, classes: list[str] | None = None,
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = ("bnlab eval-mode model: input (batch, n_features) float32 -> "
+    shape = ", ".join(map(str, _input_shape(meta)))
+    proto.doc_string = (f"bnlab eval-mode model: input (batch, {shape}) float32 -> "
                         "probabilities (batch, n_classes), class order in bnlab.classes")
     return bytes(proto.SerializeToString())
 
@@ -150,9 +155,23 @@ def _module_entry(m: nn.Module) -> dict[str, Any]:
     if isinstance(m, nn.Linear):
         args = {"in_features": m.in_features, "out_features": m.out_features,
                 "bias": m.bias is not None}
-    elif isinstance(m, nn.BatchNorm1d):
+    elif isinstance(m, nn.Conv2d):
+        args = {"in_channels": m.in_channels, "out_channels": m.out_channels,
+                "kernel_size": list(m.kernel_size), "stride": list(m.stride),
+                "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+                "bias": m.bias is not None}
+    elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.InstanceNorm2d):
         args = {"num_features": m.num_features, "eps": m.eps, "momentum": m.momentum,
                 "affine": m.affine, "track_running_stats": m.track_running_stats}
+    elif isinstance(m, nn.GroupNorm):
+        args = {"num_groups": m.num_groups, "num_channels": m.num_channels, "eps": m.eps,
+                "affine": m.affine}
+    elif isinstance(m, nn.MaxPool2d | nn.AvgPool2d):
+        args = {"kernel_size": m.kernel_size, "stride": m.stride}
+    elif isinstance(m, nn.AdaptiveAvgPool2d):
+        args = {"output_size": m.output_size}
+    elif isinstance(m, nn.Flatten):
+        args = {"start_dim": m.start_dim, "end_dim": m.end_dim}
     elif isinstance(m, nn.LayerNorm):
         args = {"normalized_shape": list(m.normalized_shape), "eps": m.eps,
                 "elementwise_affine": m.elementwise_affine}
@@ -179,7 +198,10 @@ README = """bnlab export: model.safetensors (weights) + model.json (how to rebui
     net = torch.nn.Sequential(*(getattr(torch.nn, m["type"])(**m["args"])
                                 for m in side["modules"])).eval()
     net.load_state_dict(load_file("model.safetensors"))
-    logits = net(torch.tensor(rows, dtype=torch.float32))
+    x = torch.tensor(rows, dtype=torch.float32)         # (batch, *side["input"]["shape"])
+    if side["input"]["mean"] is not None:               # training.standardize
+        x = (x - torch.tensor(side["input"]["mean"])) / torch.tensor(side["input"]["std"])
+    logits = net(x)
     # probabilities as /predict gives them (class order: side["classes"]):
     p = torch.sigmoid(logits); probs = torch.cat([1 - p, p], 1)   # side["output"] == "sigmoid"
     probs = torch.softmax(logits, 1)                                # side["output"] == "softmax"
@@ -187,8 +209,11 @@ README = """bnlab export: model.safetensors (weights) + model.json (how to rebui
 
 
 def sidecar(model: nn.Sequential, meta: dict[str, Any], *, fold_bn: bool,
-            classes: list[str] | None, source: Source) -> dict[str, Any]:
+            classes: list[str] | None, source: Source,
+            standardize: Standardize | None = None) -> dict[str, Any]:
     net = meta["network"]
+    inputs = {"mean": standardize.mean.tolist() if standardize is not None else None,
+              "std": standardize.std.tolist() if standardize is not None else None}
     n_out = int(model[-1].out_features) if isinstance(model[-1], nn.Linear) else None
     return {
         "format": EXPORT_FORMAT,
@@ -197,7 +222,8 @@ def sidecar(model: nn.Sequential, meta: dict[str, Any], *, fold_bn: bool,
                        "epoch": source.epoch if source.epoch is not None else meta.get("epoch"),
                        "sha256": source.sha256},
         "fold_bn": fold_bn,
-        "input": {"n_features": int(net["n_features"]), "dtype": "float32"},
+        "input": {"n_features": int(net["n_features"]), "shape": _input_shape(meta),
+                  "dtype": "float32", **inputs},
         # The head /predict applies to the logits: one unit -> sigmoid [1-p, p], else softmax.
         "output": "sigmoid" if n_out == 1 else "softmax",
         "classes": _classes(meta, classes),
@@ -211,7 +237,14 @@ def sidecar(model: nn.Sequential, meta: dict[str, Any], *, fold_bn: bool,
 def to_safetensors_zip(blob: bytes, *, fold_bn: bool, classes: list[str] | None = None,
                        source: Source = Source()) -> bytes:
     model, meta = eval_network(blob, fold_bn=fold_bn)
-    side = sidecar(model, meta, fold_bn=fold_bn, classes=classes, source=source)
+    standardize = model[0] if isinstance(model[0], Standardize) else None
+    # torch.nn classes only, so that the sidecar's recipe rebuilds it
+    mods: list[nn.Module] = []
+    for m in model[1:] if standardize is not None else model:
+        mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if isinstance(m, GlobalAvgPool) else [m]
+    model = nn.Sequential(*mods)
+    side = sidecar(model, meta, fold_bn=fold_bn, classes=classes, source=source,
+                   standardize=standardize)
     text = json.dumps(side, indent=2)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     weights = save_tensors(tensors, metadata={"format": EXPORT_FORMAT, "bnlab_export": text})
@@ -228,6 +261,10 @@ def rebuild(weights: bytes, side: dict[str, Any]) -> nn.Module:
     weights that returns class probabilities, like the ONNX and .pt2 exports."""
     net = nn.Sequential(*(getattr(nn, m["type"])(**m["args"]) for m in side["modules"]))
     net.load_state_dict(load_tensors(weights), strict=True)
+    inputs = side["input"]
+    if inputs.get("mean") is not None:
+        net = nn.Sequential(Standardize(torch.tensor(inputs["mean"]), torch.tensor(inputs["std"])),
+                            *net)
     return WithHead(net).eval()
 
 

@@ -27,15 +27,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.network import dense_init, module_widths
+from models.network import weight_init
 from models.spec import (
     Activation,
     ActivationLayer,
+    AvgPool2dLayer,
     BatchNormLayer,
+    Conv2dLayer,
     DenseLayer,
     DropoutLayer,
+    FlattenLayer,
+    GlobalAvgPoolLayer,
+    GroupNormLayer,
+    InstanceNormLayer,
     LayerNormLayer,
+    MaxPool2dLayer,
     ResolvedNetwork,
+    conv_padding,
+    pool_stride,
 )
 
 # Parameters are strided views of one buffer by design (see StackedNetwork._allocate).
@@ -133,11 +142,14 @@ class _BatchNorm(_Padded):
     running_var: torch.Tensor | None
     num_batches_tracked: torch.Tensor | None
 
-    def __init__(self, k: int, width: int, spec: BatchNormLayer, device: torch.device) -> None:
+    def __init__(self, k: int, width: int, spec: BatchNormLayer, device: torch.device,
+                 image: bool = False) -> None:
         super().__init__(k)
         self.spec = spec
         self.width = width
-        self.channels = _padded(k * width, LANES)
+        self.image = image
+        # a feature map's (B, K*C, H, W) goes to F.batch_norm as it is: no padding there
+        self.channels = k * width if image else _padded(k * width, LANES)
         if spec.affine:
             self.add_param("weight", (width,), 1.0)
             self.add_param("bias", (width,), 0.0)
@@ -165,8 +177,17 @@ class _BatchNorm(_Padded):
 
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
-        k, b, c = x.shape
         stats = self.stats if mode != "batch_stats" else None
+        if self.image:  # (B, K*C, H, W): BatchNorm2d per channel, channels never mix
+            y = F.batch_norm(
+                x, stats[0] if stats else None, stats[1] if stats else None,
+                self.blocks.get("weight"), self.blocks.get("bias"),
+                training=mode != "eval" or stats is None, momentum=self.spec.momentum,
+                eps=self.spec.eps)
+            if mode == "train" and self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+            return y
+        k, b, c = x.shape
         # (K, B, C) -> (B, K*C); for K = 1 one view instead of a transpose and a reshape
         h = x.reshape(b, c) if k == 1 else x.transpose(0, 1).reshape(b, k * c)
         if self.channels > k * c:
@@ -183,24 +204,151 @@ class _BatchNorm(_Padded):
         return y.unsqueeze(0) if k == 1 else y.view(b, k, c).transpose(0, 1)
 
 
-class _LayerNorm(_Padded):
-    def __init__(self, k: int, width: int, spec: LayerNormLayer) -> None:
+def _to_channels(x: torch.Tensor) -> torch.Tensor:
+    """(K, B, C) -> (B, K*C): the K models' features side by side, as channels."""
+    k, b, c = x.shape
+    return x.reshape(b, c) if k == 1 else x.transpose(0, 1).reshape(b, k * c)
+
+
+def _from_channels(y: torch.Tensor, k: int) -> torch.Tensor:
+    b, kc = y.shape
+    return y.unsqueeze(0) if k == 1 else y.view(b, k, kc // k).transpose(0, 1)
+
+
+class _Affine(_Padded):
+    """A norm with an optional per-channel weight (1) and bias (0)."""
+
+    def __init__(self, k: int, width: int, affine: bool) -> None:
         super().__init__(k)
-        self.eps, self.width = spec.eps, width
-        if spec.elementwise_affine:
+        self.width = width
+        if affine:
             self.add_param("weight", (width,), 1.0)
             self.add_param("bias", (width,), 0.0)
 
     def leaf(self, name: str, block: torch.Tensor) -> torch.Tensor:
+        return block.view(self.k * self.width)  # (K*C): the K models' channels side by side
+
+
+class _LayerNorm(_Affine):
+    """Features: F.layer_norm per model. Feature maps: F.group_norm with one group per model
+    (each sample normalised over its model's (C, H, W)), per-channel affine."""
+
+    def __init__(self, k: int, width: int, spec: LayerNormLayer, image: bool) -> None:
+        super().__init__(k, width, spec.elementwise_affine)
+        self.eps, self.image = spec.eps, image
+
+    def leaf(self, name: str, block: torch.Tensor) -> torch.Tensor:
+        if self.image:
+            return super().leaf(name, block)
         return block.view(self.k, 1, self.width)  # broadcast over the batch
 
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
-        y = F.layer_norm(x, (self.width,), eps=self.eps)
         weight, bias = self.blocks.get("weight"), self.blocks.get("bias")
+        if self.image:
+            return F.group_norm(x, self.k, weight, bias, self.eps)
+        y = F.layer_norm(x, (self.width,), eps=self.eps)
         if weight is not None and bias is not None:
             y = torch.addcmul(bias, y, weight)
         return y
+
+
+class _GroupNorm(_Affine):
+    """K GroupNorms as one F.group_norm over (B, K*C, ...) with K*G groups: model k's groups
+    are channels k*C .. (k+1)*C - 1, so groups never span two models."""
+
+    def __init__(self, k: int, width: int, spec: GroupNormLayer, image: bool) -> None:
+        super().__init__(k, width, spec.affine)
+        self.spec, self.image = spec, image
+
+    def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
+                ) -> torch.Tensor:
+        h = x if self.image else _to_channels(x)
+        y = F.group_norm(h, self.k * self.spec.groups, self.blocks.get("weight"),
+                         self.blocks.get("bias"), self.spec.eps)
+        return y if self.image else _from_channels(y, self.k)
+
+
+class _InstanceNorm(_Affine):
+    """K InstanceNorm2d as one F.instance_norm over (B, K*C, H, W) (per channel)."""
+
+    def __init__(self, k: int, width: int, spec: InstanceNormLayer, device: torch.device
+                 ) -> None:
+        super().__init__(k, width, spec.affine)
+        self.spec = spec
+        self.stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.num_batches_tracked: torch.Tensor | None = None
+        if spec.track_running_stats:
+            self.stats = (torch.zeros(k * width, device=device),
+                          torch.ones(k * width, device=device))
+            self.num_batches_tracked = torch.zeros(k, dtype=torch.long, device=device)
+
+    def buffers_state(self) -> dict[str, torch.Tensor]:
+        if self.stats is None or self.num_batches_tracked is None:
+            return {}
+        return {"running_mean": self.stats[0].view(self.k, self.width),
+                "running_var": self.stats[1].view(self.k, self.width),
+                "num_batches_tracked": self.num_batches_tracked}
+
+    def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
+                ) -> torch.Tensor:
+        stats = self.stats if mode == "train" or mode == "eval" else None
+        y = F.instance_norm(x, stats[0] if stats else None, stats[1] if stats else None,
+                            self.blocks.get("weight"), self.blocks.get("bias"),
+                            use_input_stats=mode != "eval" or stats is None,
+                            momentum=self.spec.momentum, eps=self.spec.eps)
+        if mode == "train" and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        return y
+
+
+class _Conv(_Padded):
+    """K Conv2d as one grouped convolution (groups=K) over (B, K*C, H, W): model k's filters
+    see only its own C input channels."""
+
+    def __init__(self, k: int, channels: int, spec: Conv2dLayer) -> None:
+        super().__init__(k)
+        ks = spec.kernel_size
+        self.add_param("weight", (spec.filters, channels, ks, ks), 0.0)
+        if spec.use_bias:
+            self.add_param("bias", (spec.filters,), 0.0)
+        self.stride, self.padding = spec.stride, conv_padding(spec)
+
+    def leaf(self, name: str, block: torch.Tensor) -> torch.Tensor:
+        shape = self.shapes[name]
+        return block.view(self.k * shape[0], *shape[1:])
+
+    def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
+                ) -> torch.Tensor:
+        return F.conv2d(x, self.blocks["weight"], self.blocks.get("bias"), self.stride,
+                        self.padding, 1, self.k)
+
+
+class _Pool(nn.Module):
+    def __init__(self, spec: MaxPool2dLayer | AvgPool2dLayer) -> None:
+        super().__init__()
+        self.max = isinstance(spec, MaxPool2dLayer)
+        self.size, self.stride = spec.pool_size, pool_stride(spec)
+
+    def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
+                ) -> torch.Tensor:
+        pool = F.max_pool2d if self.max else F.avg_pool2d
+        return pool(x, self.size, self.stride)
+
+
+class _ToFeatures(nn.Module):
+    """(B, K*C, H, W) -> (K, B, C) by each channel's mean, or (K, B, C*H*W) flattened."""
+
+    def __init__(self, k: int, mean: bool) -> None:
+        super().__init__()
+        self.k, self.mean = k, mean
+
+    def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
+                ) -> torch.Tensor:
+        if self.mean:
+            return _from_channels(x.mean(dim=(2, 3)), self.k)
+        b = x.shape[0]
+        return x.reshape(b, self.k, -1).transpose(0, 1)
 
 
 class _Activation(nn.Module):
@@ -238,9 +386,9 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Dropout(nn.Module):
-    def __init__(self, rate: float, salt: int) -> None:
+    def __init__(self, rate: float, salt: int, k: int = 1, image: bool = False) -> None:
         super().__init__()
-        self.rate = rate
+        self.rate, self.k, self.image = rate, k, image
         self.salt = salt  # distinguishes this layer's masks from other dropout layers'
         self.threshold = min(int(rate * 2**32), 2**32)
 
@@ -249,6 +397,13 @@ class _Dropout(nn.Module):
         if mode != "train" or self.rate == 0.0:
             return x
         assert noise is not None, "dropout in training mode needs a (K,) key per step"
+        if self.image:  # (B, K*C, H, W) seen as (K, B, C*H*W): model k's element j, as below
+            b = x.shape[0]
+            return self._drop(x.reshape(b, self.k, -1).transpose(0, 1), noise) \
+                .transpose(0, 1).reshape(x.shape)
+        return self._drop(x, noise)
+
+    def _drop(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         k = x.shape[0]
         # element j of model k: hash(key_k ^ salt, j); depends on nothing else in the stack
         idx = torch.arange(math.prod(x.shape[1:]), device=x.device).view(1, *x.shape[1:])
@@ -272,21 +427,39 @@ def dropout_keys(seeds: Sequence[int], epoch: int, steps: int) -> torch.Tensor:
 
 
 class StackedNetwork(nn.Module):
-    """K copies of `net.modules()`; input (K, B, n_features) -> logits (K, B, output_units)."""
+    """K copies of `net.modules()`; input (K, B, n_features) -> logits (K, B, output_units).
+
+    Feature maps travel as (B, K*C, H, W), the K models' channels side by side, so that
+    convolutions are one grouped conv (groups=K) and BatchNorm2d, GroupNorm, InstanceNorm and
+    pools are one call each; dense layers work on (K, B, F) as batched matmuls.
+    """
 
     def __init__(self, net: ResolvedNetwork, k: int, device: torch.device) -> None:
         super().__init__()
         self.k = k
+        self.input_shape = net.input_shape
         mods: list[nn.Module] = []
-        for layer, width in zip(net.modules(), module_widths(net), strict=True):
+        for layer, shape in zip(net.modules(), net.module_shapes(), strict=True):
+            width, image = shape[0], len(shape) == 3
             if isinstance(layer, DenseLayer):
                 mods.append(_Dense(k, width, layer.units, layer.use_bias))
+            elif isinstance(layer, Conv2dLayer):
+                mods.append(_Conv(k, width, layer))
             elif isinstance(layer, BatchNormLayer):
-                mods.append(_BatchNorm(k, width, layer, device))
+                mods.append(_BatchNorm(k, width, layer, device, image))
             elif isinstance(layer, LayerNormLayer):
-                mods.append(_LayerNorm(k, width, layer))
+                mods.append(_LayerNorm(k, width, layer, image))
+            elif isinstance(layer, GroupNormLayer):
+                mods.append(_GroupNorm(k, width, layer, image))
+            elif isinstance(layer, InstanceNormLayer):
+                mods.append(_InstanceNorm(k, width, layer, device))
+            elif isinstance(layer, MaxPool2dLayer | AvgPool2dLayer):
+                mods.append(_Pool(layer))
+            elif isinstance(layer, GlobalAvgPoolLayer | FlattenLayer):
+                mods.append(_ToFeatures(k, mean=isinstance(layer, GlobalAvgPoolLayer)))
             elif isinstance(layer, DropoutLayer):
-                mods.append(_Dropout(layer.rate, salt=(len(mods) * 0x2545F491) & _M32))
+                mods.append(_Dropout(layer.rate, salt=(len(mods) * 0x2545F491) & _M32, k=k,
+                                     image=image))
             elif isinstance(layer, ActivationLayer):
                 mods.append(_Activation(layer))
             else:
@@ -332,14 +505,13 @@ class StackedNetwork(nn.Module):
 
     @torch.no_grad()
     def initialize(self, seeds: Sequence[int], init: str) -> None:
-        """Model k's dense layers as build_network(net, init=init, seed=seeds[k]) draws them
-        (the same function draws both); norm layers keep weight 1, bias 0."""
+        """Model k's dense and conv layers as build_network(net, init=init, seed=seeds[k]) draws
+        them (the same function draws both); norm layers keep weight 1, bias 0."""
         if len(seeds) != self.k:
             raise ValueError(f"{len(seeds)} seeds for {self.k} stacked models")
-        dense = [m for m in self.layers if isinstance(m, _Dense)]
-        for ordinal, m in enumerate(dense):
-            units, width = m.shapes["weight"]
-            drawn = [dense_init(units, width, "bias" in m.shapes, init, seed, ordinal)
+        weighted = [m for m in self.layers if isinstance(m, _Dense | _Conv)]
+        for ordinal, m in enumerate(weighted):
+            drawn = [weight_init(m.shapes["weight"], "bias" in m.shapes, init, seed, ordinal)
                      for seed in seeds]
             m.params["weight"].copy_(torch.stack([w for w, _ in drawn]))
             if "bias" in m.params:
@@ -356,7 +528,11 @@ class StackedNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, mode: Mode = "eval",
                 noise: torch.Tensor | None = None) -> torch.Tensor:
-        """`noise`: this step's (K,) dropout keys (a row of `dropout_keys`), train mode only."""
+        """`noise`: this step's (K,) dropout keys (a row of `dropout_keys`), train mode only.
+        `x` is (K, B, n_features), images flattened channel-major."""
+        if len(self.input_shape) == 3:  # -> (B, K*C, H, W)
+            c, h, w = self.input_shape
+            x = x.transpose(0, 1).reshape(x.shape[1], self.k * c, h, w)
         for m in self.layers:
             x = m.forward(x, mode, noise)  # not m(...): hooks unused, per-call overhead saved
         return x

@@ -197,7 +197,7 @@ def _monitor(name: str, has_val: bool) -> str:
 def _summary(values: np.ndarray) -> list[dict[str, Any]]:
     """Per row of a (K, C) array: mean/min/max (and the values when there are few)."""
     means, mins, maxs = values.mean(1).tolist(), values.min(1).tolist(), values.max(1).tolist()
-    rows = values.tolist() if values.shape[1] <= 16 else None
+    rows = values.tolist() if values.shape[1] <= 64 else None
     out: list[dict[str, Any]] = []
     for k in range(values.shape[0]):
         d: dict[str, Any] = {"mean": means[k], "min": mins[k], "max": maxs[k]}
@@ -205,6 +205,28 @@ def _summary(values: np.ndarray) -> list[dict[str, Any]]:
             d["values"] = rows[k]
         out.append(d)
     return out
+
+
+def input_standardization(table: Table, train_idx: Sequence[np.ndarray]
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(K, n_features) float64 mean and std per model, fitted on its training rows only: per
+    feature for a table, per channel (over the rows and pixels) for images, broadcast back
+    to every feature. A constant feature or channel gets std 1 (it is only centred)."""
+    means, stds = [], []
+    cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+    for idx in train_idx:
+        key = np.asarray(idx).tobytes()
+        if key not in cache:
+            x = table.X[np.asarray(idx)].astype(np.float64)
+            axes = (0, 2, 3) if x.ndim == 4 else (0,)
+            mean, std = x.mean(axis=axes, keepdims=True), x.std(axis=axes, keepdims=True)
+            std = np.where(std > 0, std, 1.0)
+            full = (1, *table.input_shape)
+            cache[key] = (np.broadcast_to(mean, full).reshape(-1),
+                          np.broadcast_to(std, full).reshape(-1))
+        means.append(cache[key][0])
+        stds.append(cache[key][1])
+    return np.stack(means), np.stack(stds)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -248,9 +270,9 @@ class _Loop:
     def __init__(self, job: ResolvedJob, table: Table, seeds: Sequence[int],
                  device: torch.device) -> None:
         net, t = job.network, job.spec.training
-        if table.n_features != net.n_features:
-            raise ValueError(f"the table has {table.n_features} features; the network expects "
-                             f"{net.n_features}")
+        if table.input_shape != net.input_shape:
+            raise ValueError(f"the table's rows are {table.input_shape}; the network expects "
+                             f"{net.input_shape}")
         if len(seeds) < 1:
             raise ValueError("train_many needs at least one seed")
         if len(seeds) > 1 and isinstance(t.lr_schedule, PlateauSchedule):
@@ -261,11 +283,25 @@ class _Loop:
         self.seeds = list(seeds)
         self.models = [_ModelState(s, job, table.y) for s in seeds]
         self.binary = net.output_units == 1
-        self.X = torch.as_tensor(table.X, dtype=torch.float32).to(device)
+        self.d = table.n_features
+        X = np.ascontiguousarray(table.X.reshape(table.n_rows, self.d), dtype=np.float32)
+        # per model: the input standardisation fitted on its training rows, or None
+        self.standard = input_standardization(table, [m.train_idx for m in self.models]) \
+            if t.standardize else None
+        self.scale_per_step = False
+        if self.standard is not None:
+            mean, std = self.standard
+            if self.k == 1 or bool((mean == mean[:1]).all() and (std == std[:1]).all()):
+                X = ((X - mean[0]) / std[0]).astype(np.float32)  # one transform, not per step
+            else:  # models with their own training rows: their own statistics, per step
+                self.scale_per_step = True
+                self.shift = torch.as_tensor(mean, dtype=torch.float32).to(device)[:, None, :]
+                self.inv_std = torch.as_tensor(1.0 / std, dtype=torch.float32
+                                               ).to(device)[:, None, :]
+        self.X = torch.as_tensor(X).to(device)
         self.y = torch.as_tensor(table.y, dtype=torch.int64).to(device)
         # features and the float label side by side: one gather per step fetches both
         self.Xy = torch.cat([self.X, self.y.to(torch.float32).unsqueeze(1)], dim=1)
-        self.d = table.n_features
         self.train_idx = torch.as_tensor(np.stack([m.train_idx for m in self.models])).to(device)
         self.val_idx = torch.as_tensor(np.stack([m.val_idx for m in self.models])).to(device)
         self.n_train, self.n_val = self.train_idx.shape[1], self.val_idx.shape[1]
@@ -315,6 +351,8 @@ class _Loop:
 
     def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.Xy.index_select(0, idx.reshape(-1)).view(*idx.shape, self.d + 1)
+        if self.scale_per_step:
+            return (rows[..., :self.d] - self.shift) * self.inv_std, rows[..., self.d]
         return rows[..., :self.d], rows[..., self.d]
 
     @torch.no_grad()
@@ -379,10 +417,24 @@ class _Loop:
                 optim[f"{key}.{name}"] = self.model.slot(key, v, k)
         meta = self._meta(k, "last", epoch, self.models[k].last_metrics)
         return ckpt.encode(meta, self.model.model_state(k), optim,
-                           {"data": self.models[k].data_gen.get_state()})
+                           {"data": self.models[k].data_gen.get_state()}, self.inputs(k))
+
+    def inputs(self, k: int) -> dict[str, torch.Tensor] | None:
+        """Model k's input standardisation as checkpoint tensors, shaped to broadcast over one
+        row: (F,) for tables, (C, 1, 1) for images (whose statistics are per channel)."""
+        if self.standard is None:
+            return None
+        shape = self.net.input_shape
+        view = (shape[0], 1, 1) if len(shape) == 3 else shape
+        mean, std = self.standard
+        first = (slice(None), *[0] * (len(shape) - 1))  # one value per channel
+        return {name: torch.as_tensor(v[k].reshape(shape)[first].reshape(view),
+                                      dtype=torch.float32)
+                for name, v in (("mean", mean), ("std", std))}
 
     def best_blob(self, k: int, epoch: int, metrics: dict[str, float]) -> bytes:
-        return ckpt.encode(self._meta(k, "best", epoch, metrics), self.model.model_state(k))
+        return ckpt.encode(self._meta(k, "best", epoch, metrics), self.model.model_state(k),
+                           inputs=self.inputs(k))
 
     @torch.no_grad()
     def snapshot_best(self, ks: list[int]) -> None:
@@ -404,7 +456,8 @@ class _Loop:
         weights = {key: t[k].to("cpu", copy=True).contiguous()
                    for key, t in self.best_state.items()}
         m.best_blob, m.best_pending = (
-            ckpt.encode(self._meta(k, "best", epoch, metrics, trainer), weights), None)
+            ckpt.encode(self._meta(k, "best", epoch, metrics, trainer), weights,
+                        inputs=self.inputs(k)), None)
         return m.best_blob
 
     def restore(self, blobs: Sequence[bytes]) -> int:

@@ -68,11 +68,11 @@ def _detail(r) -> list[str]:  # type: ignore[no-untyped-def]
 def test_bad_specs_are_422_with_actionable_messages(client: TestClient,
                                                     settings: ApiSettings) -> None:
     body = generated_body()
-    body["network"] = {"layers": [{"type": "batchnorm"}, {"type": "dense", "units": 1,
-                                                          "activation": "sigmoid"}]}
+    body["network"] = {"layers": [{"type": "conv2d", "filters": 4}, {"type": "dense", "units": 1,
+                                                                      "activation": "sigmoid"}]}
     r = client.post("/v1/jobs", json=body)
     assert r.status_code == 422 and r.json()["error"] == "SpecError"
-    assert any("before any dense layer" in m for m in _detail(r))
+    assert any("conv2d layer 0 needs an image input" in m for m in _detail(r))
 
     body["network"] = {"layers": [{"type": "dense", "units": 1, "activation": "softmax"}]}
     r = client.post("/v1/jobs", json=body)

@@ -162,7 +162,8 @@ def test_safetensors_zip_rebuilds_with_torch_alone(blobs: dict[str, bytes], name
     assert side["format"] == EXPORT_FORMAT and side["fold_bn"] is fold_bn
     assert side["classes"] == [f"c{c}" for c in range(k)]
     assert side["output"] == ("sigmoid" if k == 2 else "softmax")
-    assert side["input"] == {"n_features": d, "dtype": "float32"}
+    assert side["input"] == {"n_features": d, "shape": [d], "dtype": "float32", "mean": None,
+                             "std": None}
     assert side["checkpoint"] == {"kind": "best", "epoch": 3, "sha256": "cd"}
     assert side["spec"]["network"] == NETWORKS[name][0] | side["spec"]["network"]
     types = [m["type"] for m in side["modules"]]

@@ -89,8 +89,9 @@ def test_keras_momentum_is_stored_in_pytorch_convention() -> None:
 
 
 @pytest.mark.parametrize(("network", "needle"), [
-    ({"layers": [{"type": "batchnorm"}, {"type": "dense", "units": 1, "activation": "sigmoid"}]},
-     "before any dense layer"),
+    ({"layers": [{"type": "conv2d", "filters": 4},
+                 {"type": "dense", "units": 1, "activation": "sigmoid"}]},
+     "conv2d layer 0 needs an image input (C, H, W) but gets (2) features"),
     ({"layers": [{"type": "dense", "units": 1, "activation": "softmax"}]},
      "softmax on a 1-unit output"),
     ({"layers": [{"type": "dense", "units": 3, "activation": "softmax"}]},
@@ -179,7 +180,7 @@ def test_generated_datasets_discriminate_by_name() -> None:
                                    "network": {"hidden": [8]}})
     assert spec.dataset.name == "blobs"
     with pytest.raises(ValidationError):
-        JobSpec.model_validate({"dataset": {"name": "mnist"}, "network": {"hidden": [8]}})
+        JobSpec.model_validate({"dataset": {"name": "imagenet"}, "network": {"hidden": [8]}})
     with pytest.raises(ValidationError):
         JobSpec.model_validate({"dataset": {"id": "../etc/passwd"}, "network": {"hidden": [8]}})
 
