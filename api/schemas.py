@@ -6,7 +6,7 @@ import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Out(BaseModel):
@@ -62,11 +62,15 @@ class DatasetOut(_Out):
     filename: str | None = None
     n_rows: int
     n_features: int
+    format: str = Field(default="csv", description='how the upload is stored: "csv", or '
+                        '"npz" (an .npz upload, and an IDX pair, canonicalised as x and y)')
+    input_shape: list[int] = Field(description="one row's shape: [n_features] for a table, "
+                                   "[C, H, W] for images")
     columns: list[str]
     label_column: str
     classes: list[str]
     class_counts: dict[str, int]
-    size: int = Field(description="bytes of the uploaded file")
+    size: int = Field(description="bytes of the stored file")
     sha256: str
     created_at: datetime
 
@@ -85,14 +89,23 @@ class GeneratorParam(BaseModel):
     maximum: float | None = None
     exclusive_minimum: float | None = None
     exclusive_maximum: float | None = None
+    choices: list[Any] | None = Field(default=None, description="the values it accepts, when "
+                                      "they are a fixed list")
 
 
 class GeneratorOut(BaseModel):
     name: str
     description: str | None = None
     n_features: int | str = Field(description="fixed, or the parameter that sets it")
+    input_shape: list[int] | None = Field(default=None, description=(
+        "one row's shape with the default parameters: [n_features] for a table, [C, H, W] for "
+        "images; null where a parameter sets it (blobs' n_features)"))
     n_classes: int | str
-    n_rows: int | str = Field(description="fixed, or the parameter that sets it")
+    n_rows: int | str | None = Field(description="fixed, or the parameter that sets it; null "
+                                     "for a data-directory dataset that is not available")
+    available: bool = Field(default=True, description="false: a data-directory dataset whose "
+                            "files are not configured (see note)")
+    note: str | None = None
     parameters: list[GeneratorParam]
     example: dict[str, Any]
 
@@ -121,11 +134,22 @@ class CheckpointRef(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[list[float]] = Field(min_length=1, description="rows of feature values, in the "
-                                                                "dataset's column order")
+    inputs: list[Any] | None = Field(default=None, min_length=1, description=(
+        "tables: rows of feature values, in the dataset's column order; images: one nested list "
+        "per image shaped like the dataset's [C, H, W] ([H, W] also works for one channel)"))
+    npy: str | None = Field(default=None, max_length=64 * 1024 * 1024, description=(
+        "instead of `inputs`: base64 of a .npy file holding a numeric array (n, *input_shape); "
+        "read without pickle"))
     checkpoint: Literal["best", "last"] = Field(
         default="last", description="'last' is the latest weights (also while the job runs); "
                                     "'best' is the epoch best on training.checkpoint_monitor")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PredictRequest:
+        if (self.inputs is None) == (self.npy is None):
+            raise ValueError("give exactly one of 'inputs' (nested lists) and 'npy' (base64 of "
+                             "a .npy array)")
+        return self
 
 
 class PredictResponse(BaseModel):

@@ -27,6 +27,9 @@ class ApiSettings(BaseBnlabSettings):
     # Uploads: checked while reading, before parsing.
     max_upload_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     max_csv_columns: int = Field(default=1_025, ge=2)
+    # .npz and IDX uploads: feature values (rows x values per row), checked on the headers
+    # before any array is read; rows count against max_csv_rows, bytes against max_upload_bytes.
+    max_upload_values: int = Field(default=20_000_000, ge=1)
     # Experiments: variants x seeds.
     max_experiment_children: int = Field(default=1_024, ge=1)
     # Inference.

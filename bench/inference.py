@@ -193,7 +193,7 @@ def run(quick: bool) -> list[Row]:
         # The model alone: folded (what /predict serves) vs the layers as trained.
         folded = load_predictor(svc.blob)
         unfolded_model, meta = eval_network(svc.blob, fold_bn=False)
-        unfolded = Predictor(unfolded_model, folded.classes, folded.n_features,
+        unfolded = Predictor(unfolded_model, folded.classes, folded.input_shape,
                              torch.device("cpu"), meta)
         x1 = torch.tensor(one, dtype=torch.float32)
         xb = torch.tensor(big, dtype=torch.float32)

@@ -428,23 +428,38 @@ def cancel(some_id: IdArg, as_json: JsonOpt = False, url: UrlOpt = None) -> None
 datasets_app = typer.Typer(help="Upload and list datasets.", no_args_is_help=True)
 
 
+def _features_text(ds: Any, most: int = 8) -> str:
+    """Image datasets by their shape; tables by their feature names (the first few)."""
+    if ds.is_image:
+        return "x".join(map(str, ds.input_shape))
+    names = ds.feature_columns
+    return ",".join(names[:most]) + (f",... ({len(names)})" if len(names) > most else "")
+
+
 @datasets_app.command("upload")
 @handles_errors
 def datasets_upload(
-    file: Annotated[Path, typer.Argument(help="A CSV file with a header row.")],
+    file: Annotated[Path, typer.Argument(help=(
+        "A CSV with a header row, an .npz with arrays x and y, or an IDX images file (with "
+        "--labels)."))],
+    labels: Annotated[Path | None, typer.Option(help=(
+        "The IDX labels file of the IDX images in FILE (MNIST's format, optionally .gz)."))
+    ] = None,
     name: Annotated[str | None, typer.Option(help="A name to show.")] = None,
-    label_column: Annotated[str | None, typer.Option(help="The class column (default: the "
-                                                          "server's rule).")] = None,
+    label_column: Annotated[str | None, typer.Option(help=(
+        "The class column of a CSV, or label array of an .npz (default: the server's rule)."))
+    ] = None,
     as_json: JsonOpt = False, url: UrlOpt = None,
 ) -> None:
-    """Upload a CSV; prints its id."""
+    """Upload a CSV, an .npz or an IDX pair; prints its id."""
     with Client(url) as bn:
-        ds = bn.datasets.upload(file, name=name, label_column=label_column)
+        ds = bn.datasets.upload(file, name=name, label_column=label_column, labels=labels)
     if as_json:
         print_json(ds.model_dump(mode="json"))
         return
-    err.print(f"dataset {ds.id}: {ds.n_rows} rows, features {ds.feature_columns}, label "
-              f"{ds.label_column} {ds.class_counts}", highlight=False)
+    what = "images" if ds.is_image else "features"
+    err.print(f"dataset {ds.id} ({ds.format}): {ds.n_rows} rows, {what} {_features_text(ds)}, "
+              f"label {ds.label_column} {ds.class_counts}", highlight=False)
     sys.stdout.write(ds.id + "\n")
 
 
@@ -459,8 +474,8 @@ def datasets_ls(as_json: JsonOpt = False, url: UrlOpt = None) -> None:
         return
     table = Table(Column("id", no_wrap=True), "name", "rows", "features", "label", "classes")
     for d in items:
-        table.add_row(d.id, d.name or d.filename or "", str(d.n_rows), ",".join(
-            d.feature_columns), d.label_column, json.dumps(d.class_counts))
+        table.add_row(d.id, d.name or d.filename or "", str(d.n_rows), _features_text(d),
+                      d.label_column, json.dumps(d.class_counts))
     out.print(table)
 
 

@@ -56,12 +56,23 @@ class BaseBnlabSettings(BaseSettings):
     max_batch_size: int = Field(default=Limits.max_batch_size, ge=1)
     max_csv_rows: int = Field(default=200_000, ge=1)
     max_features: int = Field(default=Limits.max_features, ge=1)
+    # One image's C*H*W, and one batch's layer outputs (float32 bytes: batch x the sum of the
+    # layers' output sizes x 4), both checked by arithmetic before anything is allocated.
+    max_input_values: int = Field(default=Limits.max_input_values, ge=1)
+    max_activation_bytes: int = Field(default=Limits.max_activation_bytes, ge=1)
+
+    # Where the data-directory datasets (mnist, fashion_mnist, cifar10) are read from, under
+    # fixed names: mnist/train-images-idx3-ubyte[.gz], ..., cifar10/cifar-10-batches-bin/...
+    # (see models.image_data). The API reads their headers, the workers their data: give both
+    # the same directory. Unset: those datasets are refused with a message; nothing downloads.
+    data_dir: Path | None = None
 
     def limits(self) -> Limits:
         return Limits(max_params=self.max_params, max_layers=self.max_layers,
                       max_units=self.max_units, max_epochs=self.max_epochs,
                       max_batch_size=self.max_batch_size, max_rows=self.max_csv_rows,
-                      max_features=self.max_features)
+                      max_features=self.max_features, max_input_values=self.max_input_values,
+                      max_activation_bytes=self.max_activation_bytes)
 
     @property
     def embedded(self) -> bool:

@@ -15,15 +15,20 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
 from models.spec import (
     BlobsDataset,
+    BuiltinDataset,
     CirclesDataset,
+    DataDirDataset,
+    DigitsDataset,
     MoonsDataset,
     NotebookDataset,
     SpiralsDataset,
+    TabularSklearnDataset,
     UploadedDataset,
     XorDataset,
 )
@@ -42,9 +47,9 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Table:
-    X: np.ndarray  # float32 (n, d)
+    X: np.ndarray  # float32 (n, d) for tables, (n, C, H, W) for images
     y: np.ndarray  # int64 (n,), class ids 0..k-1
-    feature_names: list[str]
+    feature_names: list[str]  # one per column of X flattened (images: "c{c}_y{i}_x{j}")
     classes: list[str]  # original label values as strings; index = class id
     label_column: str
 
@@ -53,8 +58,17 @@ class Table:
         return int(self.X.shape[0])
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One row's shape: (F,) for a table, (C, H, W) for images."""
+        return tuple(int(d) for d in self.X.shape[1:])
+
+    @property
     def n_features(self) -> int:
-        return int(self.X.shape[1])
+        return math.prod(self.input_shape)
+
+    @property
+    def is_image(self) -> bool:
+        return self.X.ndim == 4
 
     @property
     def n_classes(self) -> int:
@@ -144,11 +158,19 @@ def notebook_csv() -> bytes:
     return resources.files("models").joinpath("data", NOTEBOOK_CSV).read_bytes()
 
 
-def generate(ds: Generated | NotebookDataset) -> Table:
+def generate(ds: BuiltinDataset) -> Table:
     """The generator's rows in a shuffled order; same parameters -> bitwise-identical arrays.
-    The notebook's dataset keeps its file order (a `tail` split then matches Keras's)."""
+    The notebook's dataset keeps its file order (a `tail` split then matches Keras's), and so
+    do scikit-learn's tables (models.image_data). Data-directory datasets need `load_table`."""
     if isinstance(ds, NotebookDataset):
         return parse_csv(notebook_csv())
+    if isinstance(ds, DigitsDataset | TabularSklearnDataset):
+        from models.image_data import sklearn_table  # it imports this module
+
+        return sklearn_table(ds)
+    if isinstance(ds, DataDirDataset):
+        raise DatasetError(f"dataset '{ds.name}' is read from the data directory "
+                           "(BNLAB_DATA_DIR), not generated: load it with load_table")
     rng = np.random.default_rng(ds.seed)
     X, y = _GENERATORS[ds.name](ds, rng)  # type: ignore[operator]
     order = rng.permutation(len(y))
@@ -305,11 +327,17 @@ def parse_csv(content: bytes, *, label_column: str | None = None,
     )
 
 
-def load_table(ds_spec: UploadedDataset | Generated | NotebookDataset, *,
-               csv_content: bytes | None) -> Table:
-    """The table a job trains on: a generator's output or the uploaded CSV's parsed content."""
+def load_table(ds_spec: UploadedDataset | BuiltinDataset, *, content: bytes | None,
+               fmt: str = "csv", data_dir: Path | None = None) -> Table:
+    """The table a job trains on: a built-in dataset (generated, shipped with bnlab or
+    scikit-learn, or read from `data_dir`) or an upload's stored bytes in its format
+    ("csv" or "npz")."""
+    from models.image_data import load_data_dir, parse_upload  # it imports this module
+
     if isinstance(ds_spec, UploadedDataset):
-        if csv_content is None:
-            raise DatasetError(f"dataset '{ds_spec.id}' is an upload: its CSV content is needed")
-        return parse_csv(csv_content, label_column=ds_spec.label_column)
+        if content is None:
+            raise DatasetError(f"dataset '{ds_spec.id}' is an upload: its content is needed")
+        return parse_upload(content, fmt=fmt, label_column=ds_spec.label_column)
+    if isinstance(ds_spec, DataDirDataset):
+        return load_data_dir(ds_spec, data_dir)
     return generate(ds_spec)

@@ -240,7 +240,7 @@ def to_safetensors_zip(blob: bytes, *, fold_bn: bool, classes: list[str] | None 
     standardize = model[0] if isinstance(model[0], Standardize) else None
     # torch.nn classes only, so that the sidecar's recipe rebuilds it
     mods: list[nn.Module] = []
-    for m in model[1:] if standardize is not None else model:
+    for m in list(model)[1 if standardize is not None else 0:]:
         mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if isinstance(m, GlobalAvgPool) else [m]
     model = nn.Sequential(*mods)
     side = sidecar(model, meta, fold_bn=fold_bn, classes=classes, source=source,

@@ -6,6 +6,7 @@ stacked trainer slices its checkpoints into, so a checkpoint loads here without 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -184,17 +185,10 @@ def _bn_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch
 def _with(layer: nn.Linear | nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor
           ) -> nn.Linear | nn.Conv2d:
     """A copy of `layer` (same geometry) with a float64-computed weight and bias, and a bias."""
-    out: nn.Linear | nn.Conv2d
-    if isinstance(layer, nn.Linear):
-        out = nn.Linear(weight.shape[1], weight.shape[0])
-    else:
-        out = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                        stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                        groups=layer.groups)
-    with torch.no_grad():
-        out.weight.copy_(weight.to(out.weight.dtype))
-        assert out.bias is not None
-        out.bias.copy_(bias.to(out.bias.dtype))
+    out = copy.deepcopy(layer)
+    dtype = layer.weight.dtype
+    out.weight = nn.Parameter(weight.to(dtype).contiguous())
+    out.bias = nn.Parameter(bias.to(dtype).contiguous())
     return out
 
 

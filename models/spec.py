@@ -328,7 +328,10 @@ DatasetSpec = Annotated[
 
 
 def generated_shape(ds: BuiltinDataset) -> tuple[int, int]:
-    """(n_features, n_classes) of a built-in dataset, known without generating or reading it."""
+    """(n_features, n_classes) of a generator or the notebook's CSV, known without generating
+    it; the real datasets' shapes come from `models.image_data.builtin_shape`."""
+    if isinstance(ds, DigitsDataset | TabularSklearnDataset | DataDirDataset):
+        raise TypeError(f"{ds.name} is not a generator: use models.image_data.builtin_shape")
     if isinstance(ds, BlobsDataset):
         return ds.n_features, ds.n_classes
     if isinstance(ds, SpiralsDataset):
@@ -762,7 +765,7 @@ def parameter_count(layers: list[Any], input_shape: Shape | int) -> int:
 
 def activation_bytes(net: ResolvedNetwork, batch_size: int) -> int:
     """float32 bytes of one batch's layer outputs: batch x the sum of the output sizes x 4."""
-    return 4 * batch_size * sum(math.prod(row.output_shape[1:])  # type: ignore[misc]
+    return 4 * batch_size * sum(math.prod(d or 1 for d in row.output_shape[1:])
                                 for row in net.summary())
 
 
@@ -772,17 +775,21 @@ def check_limits(spec: JobSpec, input_shape: Shape | int, n_rows: int, limits: L
     shape = _as_shape(input_shape)
     net = spec.network
     widths = [layer.units for layer in net.layers or [] if isinstance(layer, DenseLayer)]
-    widths += [layer.filters for layer in net.layers or [] if isinstance(layer, Conv2dLayer)]
-    widths += list(net.hidden or []) + list(net.conv or [])
-    widths += [net.output_units] if net.output_units else []
+    widths += list(net.hidden or []) + ([net.output_units] if net.output_units else [])
+    filters = [layer.filters for layer in net.layers or [] if isinstance(layer, Conv2dLayer)]
+    filters += list(net.conv or [])
     n_layers = len(net.layers) if net.layers is not None else (
         3 * len(net.hidden or []) + 4 * len(net.conv or []) + 2)
     if n_layers > limits.max_layers:
         errors.append(f"network has {n_layers} layers; the limit is {limits.max_layers}")
     too_wide = [w for w in widths if w > limits.max_units]
     if too_wide:
-        errors.append(f"a layer has {max(too_wide)} units or filters; the limit is "
-                      f"{limits.max_units} per layer")
+        errors.append(f"a dense layer has {max(too_wide)} units; the limit is {limits.max_units} "
+                      "units per layer")
+    too_many = [f for f in filters if f > limits.max_units]
+    if too_many:
+        errors.append(f"a conv2d layer has {max(too_many)} filters; the limit is "
+                      f"{limits.max_units} filters per layer")
     if spec.training.epochs > limits.max_epochs:
         errors.append(f"training.epochs is {spec.training.epochs}; the limit is "
                       f"{limits.max_epochs}")

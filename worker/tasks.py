@@ -20,7 +20,8 @@ def train_job(self: Task, job_id: str) -> str | None:
         torch.set_num_threads(settings.torch_threads)
     ctx = RunContext(sessions=sessions(settings.sqlalchemy_url),
                      worker=self.request.hostname or settings.node_name,
-                     limits=settings.limits(), checkpoint_every=settings.checkpoint_every,
+                     limits=settings.limits(), data_dir=settings.data_dir,
+                     checkpoint_every=settings.checkpoint_every,
                      checkpoint_small_params=settings.checkpoint_small_params,
                      checkpoint_interval=settings.checkpoint_interval,
                      heartbeat_interval=settings.heartbeat_interval,

@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +49,8 @@ class RunContext:
     sessions: sessionmaker[Session]
     worker: str  # node name, shown as job.worker
     limits: Limits
+    # BNLAB_DATA_DIR: where mnist, fashion_mnist and cifar10 are read from (None: refused).
+    data_dir: Path | None = None
     checkpoint_every: int = 1
     checkpoint_small_params: int = 1_000_000
     checkpoint_interval: float = 60.0
@@ -262,15 +265,19 @@ def _explain_unclaimed(job_id: str, ctx: RunContext) -> None:
 
 def _load(spec: JobSpec, ctx: RunContext) -> tuple[ResolvedJob, Any]:
     content: bytes | None = None
+    fmt = "csv"
     if isinstance(spec.dataset, UploadedDataset):
         dataset_id = spec.dataset.id
         with ctx.sessions() as session:
-            content = repo.get_dataset_content(session, dataset_id=dataset_id)
+            row = repo.get_dataset(session, dataset_id=dataset_id)
+            if row is not None:
+                fmt = row.format
+                content = repo.get_dataset_content(session, dataset_id=dataset_id)
         if content is None:
             raise DatasetError(f"dataset {dataset_id} no longer exists (it was deleted): "
                                "upload it again and submit a new job")
-    table = load_table(spec.dataset, csv_content=content)
-    resolved = resolve_job(spec, n_features=table.n_features, n_classes=table.n_classes,
+    table = load_table(spec.dataset, content=content, fmt=fmt, data_dir=ctx.data_dir)
+    resolved = resolve_job(spec, input_shape=table.input_shape, n_classes=table.n_classes,
                            n_rows=table.n_rows, limits=ctx.limits)
     return resolved, table
 

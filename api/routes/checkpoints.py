@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import base64
+import binascii
+import io
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from fastapi import APIRouter, Response
 from sqlalchemy.orm import Session
 
@@ -101,22 +105,39 @@ def class_names(session: Session, job: Job) -> list[str] | None:
     return list(dataset.classes)
 
 
+def npy_array(text: str) -> np.ndarray:
+    """The `npy` field: base64 of a .npy file with a numeric array; never unpickled."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+        array = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (binascii.Error, ValueError, OSError, EOFError) as exc:
+        raise InvalidInput([f"npy: not base64 of a .npy array without pickled objects ({exc})"
+                            ]) from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf" or array.ndim < 2:
+        kind = getattr(array, "dtype", type(array).__name__)
+        raise InvalidInput([f"npy: need a numeric array shaped (n, *input_shape); got {kind} "
+                            f"with shape {list(getattr(array, 'shape', []))}"])
+    return array
+
+
 @router.post("/{job_id}/predict", response_model=PredictResponse,
              responses={404: {"description": "no such job or checkpoint yet"},
                         413: {"description": "more rows than max_predict_rows"}})
 def predict(job: JobDep, body: PredictRequest, session: SessionDep, settings: SettingsDep,
             predictors: PredictorsDep) -> PredictResponse:
     """Eval-mode predictions (BatchNorm uses its running statistics), so a row's output does
-    not depend on the other rows. Works while the job runs, from its latest checkpoint."""
-    if len(body.inputs) > settings.max_predict_rows:
-        raise PayloadTooLarge(f"{len(body.inputs)} input rows; the limit (max_predict_rows) is "
+    not depend on the other rows. Works while the job runs, from its latest checkpoint.
+    Images come as nested lists shaped like the dataset's or as a base64 `.npy` array."""
+    inputs: Any = body.inputs if body.inputs is not None else npy_array(body.npy or "")
+    if len(inputs) > settings.max_predict_rows:
+        raise PayloadTooLarge(f"{len(inputs)} input rows; the limit (max_predict_rows) is "
                               f"{settings.max_predict_rows}: split the request")
     predictor, ref = predictor_for(session, job, checkpoint_meta(session, job, body.checkpoint),
                                    predictors)
     from models.inference import InferenceInputError  # torch on first use
 
     try:
-        result = predictor.predict(body.inputs)
+        result = predictor.predict(inputs)
     except InferenceInputError as exc:
         raise InvalidInput([f"inputs: {exc}"]) from None
     # Built from values that already have the schema's types: validating 100k rows again

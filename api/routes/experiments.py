@@ -106,7 +106,8 @@ def _resolve_children(session: Session, children: list[Child], settings: Setting
             continue
         try:
             require_visible_dataset(session, child.spec, owner)
-            resolved, dataset = resolve(session, child.spec, settings.limits())
+            resolved, dataset = resolve(session, child.spec, settings.limits(),
+                                        data_dir=settings.data_dir)
         except SpecError as exc:
             errors += [f"variant '{child.variant}': {e}" for e in exc.errors]
             warnings[child.variant] = []

@@ -97,7 +97,7 @@ def submit_job(
         if earlier is not None:
             return _replayed(earlier, request_hash, response)
     require_visible_dataset(session, spec, principal.owner)
-    resolved, dataset = resolve(session, spec, settings.limits())
+    resolved, dataset = resolve(session, spec, settings.limits(), data_dir=settings.data_dir)
     check_active_jobs(session, owner=principal.owner, adding=1,
                       limit=settings.max_active_jobs_per_key)
     queue_name = choose_queue(session, spec.device, settings.worker_alive_within_s)

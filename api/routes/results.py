@@ -8,19 +8,29 @@ import json
 import math
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
 from api import plots
-from api.deps import MAX_EPOCH_NUMBER, JobDep, JobId, PrincipalDep, SessionDep, get_job_or_404
+from api.deps import (
+    MAX_EPOCH_NUMBER,
+    JobDep,
+    JobId,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    get_job_or_404,
+)
 from api.errors import InvalidInput, NotFound
 from api.resolve import dataset_shape
 from api.routes.jobs import job_etag, not_modified, one_hop
 from api.schemas import CheckpointRef, ModelOut
 from models.db import repository as repo
 from models.db.tables import Job
-from models.spec import JobSpec, resolve_network, summarize
+from models.image_data import builtin_classes
+from models.spec import JobSpec, UploadedDataset, resolve_network
 
 router = APIRouter(prefix="/jobs", tags=["results"])
 
@@ -196,16 +206,19 @@ def compare_curves(
     return Response(plots.curves_png(series, names), media_type="image/png")
 
 
-def spec_summary(session: SessionDep, job: Job) -> dict[str, Any]:
+def spec_summary(session: SessionDep, job: Job, data_dir: Path | None = None
+                 ) -> dict[str, Any]:
     """The summary from the spec alone (no torch): what the model is before a checkpoint."""
     spec = JobSpec.model_validate(job.spec)
-    n_features, n_classes, _, dataset = dataset_shape(session, spec)
-    net = resolve_network(spec.network, n_features, n_classes)
-    rows = summarize(net.layers, n_features)
+    input_shape, n_classes, _, dataset = dataset_shape(session, spec, data_dir=data_dir)
+    net = resolve_network(spec.network, input_shape=input_shape, n_classes=n_classes)
+    rows = net.summary()
     trainable = sum(r.trainable for r in rows)
     non_trainable = sum(r.non_trainable for r in rows)
-    # Generated data: the class ids are the names.
-    classes: list[str] | None = [str(c) for c in range(n_classes)]
+    # Built-in data: generators' class ids are the names; the real datasets have theirs.
+    classes: list[str] | None = None
+    if not isinstance(spec.dataset, UploadedDataset):
+        classes = builtin_classes(spec.dataset, data_dir)
     if dataset is not None:
         same_label = getattr(spec.dataset, "label_column", None) in (None, dataset.label_column)
         classes = list(dataset.classes) if same_label else None
@@ -219,14 +232,14 @@ def spec_summary(session: SessionDep, job: Job) -> dict[str, Any]:
 
 
 @router.get("/{job_id}/model", response_model=ModelOut)
-def get_model(job: JobDep, session: SessionDep) -> ModelOut:
+def get_model(job: JobDep, session: SessionDep, settings: SettingsDep) -> ModelOut:
     """Layers, output shapes, trainable and non-trainable counts, and each BN layer's running
     statistics from the best checkpoint (else the last). Before the first checkpoint the
     summary comes from the spec and `checkpoint` is null."""
     ckpt = repo.get_checkpoint(session, job_id=job.id, which="best") or \
         repo.get_checkpoint(session, job_id=job.id, which="last")
     if ckpt is None:
-        return ModelOut(checkpoint=None, **spec_summary(session, job))
+        return ModelOut(checkpoint=None, **spec_summary(session, job, settings.data_dir))
     from models.inference import model_report  # torch loads on first use, not at import
 
     report = model_report(ckpt.content)

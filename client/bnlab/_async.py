@@ -108,10 +108,13 @@ class AsyncDatasets:
         self._c = client
 
     async def upload(self, source: Any, *, name: str | None = None,
-                     label_column: str | None = None, filename: str | None = None) -> Dataset:
-        """Upload a CSV: a path, bytes, an open file or a pandas DataFrame."""
+                     label_column: str | None = None, filename: str | None = None,
+                     labels: Any = None) -> Dataset:
+        """Upload a CSV (a path, bytes, an open file or a pandas DataFrame), an .npz with
+        arrays x and y, or an IDX images file with its labels file as `labels` (MNIST's
+        format, optionally .gz; stored as an .npz). Files are read here, synchronously."""
         return await self._c.run(calls.upload_dataset(
-            source, name=name, label_column=label_column, filename=filename))
+            source, name=name, label_column=label_column, filename=filename, labels=labels))
 
     async def get(self, dataset_id: str) -> Dataset:
         return await self._c.run(calls.get_dataset(dataset_id))

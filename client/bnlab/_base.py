@@ -148,32 +148,45 @@ def spec_body(spec: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(spec)))  # a copy, and a clear error if not JSON-able
 
 
+def _default_name(content: bytes) -> str:
+    if content[:2] == b"PK":
+        return "data.npz"
+    return "data.idx" if content[:2] in (b"\0\0", b"\x1f\x8b") else "data.csv"
+
+
 def upload_files(source: Any, filename: str | None) -> tuple[str, bytes]:
-    """A path, CSV bytes, a file object or a pandas DataFrame -> (filename, CSV bytes)."""
+    """A path, bytes (CSV, .npz or IDX), a file object or a pandas DataFrame ->
+    (filename, bytes); the server tells the formats apart by their content."""
     if hasattr(source, "to_csv"):  # a DataFrame, without importing pandas
         buf = io.StringIO()
         source.to_csv(buf, index=False)
         return filename or "dataframe.csv", buf.getvalue().encode()
     if isinstance(source, bytes):
-        return filename or "data.csv", source
+        return filename or _default_name(source), source
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         return filename or path.name, path.read_bytes()
     if hasattr(source, "read"):
         content = source.read()
-        name = filename or Path(getattr(source, "name", "data.csv")).name
-        return name, content.encode() if isinstance(content, str) else content
+        content = content.encode() if isinstance(content, str) else content
+        name = filename or Path(getattr(source, "name", None) or _default_name(content)).name
+        return name, content
     raise TypeError(f"upload a path, bytes, a file or a pandas DataFrame, not "
                     f"{type(source).__name__}")
 
 
+def _floats(value: Any) -> Any:
+    return [_floats(v) for v in value] if isinstance(value, list | tuple) else float(value)
+
+
 def rows_body(rows: Any, checkpoint: str) -> dict[str, Any]:
-    """Rows as a list of lists (a DataFrame or numpy array works too)."""
+    """Rows as a list of lists (a DataFrame or numpy array works too); images as nested lists
+    or an array shaped (n, C, H, W) like the dataset's."""
     if hasattr(rows, "to_numpy"):
         rows = rows.to_numpy()
     if hasattr(rows, "tolist"):
         rows = rows.tolist()
-    return {"inputs": [[float(x) for x in row] for row in rows], "checkpoint": checkpoint}
+    return {"inputs": [_floats(row) for row in rows], "checkpoint": checkpoint}
 
 
 def history_frame(history: dict[str, list[Any]]) -> Any:

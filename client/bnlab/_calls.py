@@ -30,13 +30,25 @@ def _key(idempotency_key: str | None) -> dict[str, str]:
 
 # -- datasets --
 
+def _content_type(content: bytes) -> str:
+    if content[:2] == b"PK":  # .npz
+        return "application/zip"
+    return "application/octet-stream" if content[:2] in (b"\0\0", b"\x1f\x8b") else "text/csv"
+
+
 def upload_dataset(source: Any, *, name: str | None, label_column: str | None,
-                   filename: str | None) -> Call[Dataset]:
+                   filename: str | None, labels: Any = None) -> Call[Dataset]:
+    """A CSV, an .npz (arrays x and y) or, with `labels`, an IDX images file and its labels
+    file; only bytes are sent (the server reads the format from the content)."""
     fname, content = upload_files(source, filename)
+    files = {"file": (fname, content, _content_type(content))}
+    if labels is not None:
+        lname, lcontent = upload_files(labels, None)
+        files["labels"] = (lname, lcontent, "application/octet-stream")
     data = {k: v for k, v in (("name", name), ("label_column", label_column)) if v is not None}
     # Not idempotent on the server: retried only when it cannot have arrived.
     return Call("POST", "/v1/datasets", lambda r: Dataset.model_validate(r.json()),
-                files={"file": (fname, content, "text/csv")}, data=data, idempotent=False)
+                files=files, data=data, idempotent=False)
 
 
 def get_dataset(dataset_id: str) -> Call[Dataset]:

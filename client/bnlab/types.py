@@ -59,6 +59,8 @@ class Dataset(_Model):
     filename: str | None = None
     n_rows: int
     n_features: int
+    format: str = "csv"  # "csv" or "npz" (an .npz upload, or an IDX pair stored as one)
+    input_shape: list[int] | None = None  # one row's shape: [F] for a table, [C, H, W] images
     columns: list[str]
     label_column: str
     classes: list[str]
@@ -70,6 +72,10 @@ class Dataset(_Model):
     @property
     def feature_columns(self) -> list[str]:
         return [c for c in self.columns if c != self.label_column]
+
+    @property
+    def is_image(self) -> bool:
+        return self.input_shape is not None and len(self.input_shape) > 1
 
 
 class CheckpointRef(_Model):

@@ -77,8 +77,13 @@ class Base(DeclarativeBase):
         datetime: UTCDateTime(), dict[str, Any]: JSON(), list[str]: JSON()}
 
 
+DATASET_FORMATS = ("csv", "npz")
+
+
 class Dataset(Base):
-    """An uploaded CSV: its bytes (deferred: listing never loads them) and what was parsed."""
+    """An upload: its bytes (deferred: listing never loads them), their format ("csv", or
+    "npz", which IDX pairs are stored as) and what was parsed (`input_shape`: one row's shape,
+    [F] for a table, [C, H, W] for images)."""
 
     __tablename__ = "dataset"
     __table_args__ = (Index("ix_dataset_owner_created_at_id", "owner", "created_at", "id"),)
@@ -91,6 +96,8 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     n_rows: Mapped[int] = mapped_column(Integer)
     n_features: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(8), default="csv", server_default="csv")
+    input_shape: Mapped[list[int]] = mapped_column(JSON)
     columns: Mapped[list[str]]
     label_column: Mapped[str] = mapped_column(String(255))
     classes: Mapped[list[str]]

@@ -49,7 +49,8 @@ def test_label_column_and_size_cap(settings: ApiSettings) -> None:
 def test_builtin_generators(client: TestClient) -> None:
     gens = {g["name"]: g for g in client.get("/v1/datasets/builtin").json()}
     assert set(gens) == {"concentric_circles", "moons", "xor", "spirals", "blobs",
-                         "concertriccir2"}
+                         "concertriccir2", "digits", "iris", "wine", "breast_cancer", "mnist",
+                         "fashion_mnist", "cifar10"}
     notebook = gens["concertriccir2"]
     assert (notebook["n_rows"], notebook["n_features"], notebook["n_classes"]) == (499, 2, 2)
     assert notebook["parameters"] == [] and notebook["example"] == {"name": "concertriccir2"}

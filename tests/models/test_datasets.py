@@ -84,7 +84,7 @@ def test_notebook_csv_loads_as_it_is(notebook_csv: bytes) -> None:
     assert class_counts(t) == {"0": 249, "1": 250}
     assert t.X.dtype == np.float32 and t.y.dtype == np.int64
     assert t.X[0, 0] == np.float32(-3.9500186880681) and t.y[0] == 1
-    same = load_table(UploadedDataset(id="nb"), csv_content=notebook_csv)
+    same = load_table(UploadedDataset(id="nb"), content=notebook_csv)
     assert same.X.tobytes() == t.X.tobytes()
 
 
@@ -103,7 +103,7 @@ def test_builtin_notebook_dataset_is_the_csv_in_file_order(notebook_csv: bytes) 
                                    "network": {"hidden": [3, 2]}})
     assert isinstance(spec.dataset, NotebookDataset)
     assert generated_shape(spec.dataset) == (2, 2) and spec.dataset.n_samples == 499
-    builtin = load_table(spec.dataset, csv_content=None)
+    builtin = load_table(spec.dataset, content=None)
     uploaded = parse_csv(notebook_csv)
     assert builtin.X.tobytes() == uploaded.X.tobytes()  # the same rows, in the file's order
     assert builtin.y.tolist() == uploaded.y.tolist()
@@ -184,7 +184,7 @@ def test_limits_are_named() -> None:
 
 
 def test_load_table_generated_and_missing_upload() -> None:
-    t = load_table(GENERATED[1], csv_content=None)
+    t = load_table(GENERATED[1], content=None)
     assert isinstance(t, Table) and t.n_rows == 200
-    with pytest.raises(DatasetError, match="CSV content is needed"):
-        load_table(UploadedDataset(id="abc"), csv_content=None)
+    with pytest.raises(DatasetError, match="its content is needed"):
+        load_table(UploadedDataset(id="abc"), content=None)

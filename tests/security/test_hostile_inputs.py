@@ -152,7 +152,7 @@ PREDICT: list[tuple[str, str, int, str]] = [
     ("too wide", '{"inputs": [[1, 2, 3]]}', 422, "each row needs 2 features"),
     ("too narrow", '{"inputs": [[1]]}', 422, "each row needs 2 features"),
     ("ragged", '{"inputs": [[1, 2], [1]]}', 422, "lists of 2 numbers"),
-    ("text", '{"inputs": [["a", 1]]}', 422, "valid number"),
+    ("text", '{"inputs": [["a", 1]]}', 422, "lists of 2 numbers"),
     ("no rows", '{"inputs": []}', 422, "at least 1 item"),
     ("rows over max_predict_rows",
      json.dumps({"inputs": [[0, 0]] * (MAX_PREDICT_ROWS + 1)}), 413,
