@@ -178,6 +178,7 @@ TRAVERSAL = ["../../etc/passwd", "..%2f..%2fetc%2fpasswd", "%2e%2e%2f", "..\\..\
 ID_PATHS = ["/v1/jobs/{x}", "/v1/jobs/{x}/history", "/v1/jobs/{x}/model", "/v1/jobs/{x}/bn",
             "/v1/jobs/{x}/checkpoints", "/v1/jobs/{x}/checkpoints/best",
             "/v1/jobs/{x}/curves.png", "/v1/jobs/{x}/events", "/v1/jobs/{x}/boundary",
+            "/v1/jobs/{x}/validation",
             "/v1/datasets/{x}", "/v1/datasets/{x}/scatter.png", "/v1/experiments/{x}",
             "/v1/experiments/{x}/summary", "/v1/experiments/{x}/curves.png",
             "/v1/experiments/{x}/events"]

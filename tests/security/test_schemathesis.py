@@ -106,6 +106,7 @@ _ID_ROUTES_404 = [
     ("GET", "/v1/jobs/{job_id}/curves.png"), ("GET", "/v1/jobs/{job_id}/model"),
     ("GET", "/v1/jobs/{job_id}/bn"), ("GET", "/v1/jobs/{job_id}/checkpoints"),
     ("GET", "/v1/jobs/{job_id}/checkpoints/{which}"), ("POST", "/v1/jobs/{job_id}/predict"),
+    ("GET", "/v1/jobs/{job_id}/validation"),
     ("GET", "/v1/curves.png"), ("GET", "/v1/datasets/{dataset_id}"),
     ("GET", "/v1/datasets/{dataset_id}/scatter.png"), ("GET", "/v1/experiments/{experiment_id}"),
     ("GET", "/v1/experiments/{experiment_id}/summary"),

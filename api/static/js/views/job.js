@@ -1,10 +1,12 @@
-// One job: live curves from its event stream, decision boundary, BN statistics, model summary,
-// predictions and checkpoint downloads.
+// One job: live curves from its event stream, decision boundary (2-D data) or validation
+// predictions (confusion matrix; image tiles for image datasets), BN statistics (per channel
+// beyond 2-D data), model summary, predictions and checkpoint downloads.
 
 import { api, apiKey, ApiError, download, getFresh } from "../api.js";
 import { boundaryLegend, drawBoundary } from "../boundary.js";
 import { emptyChart, LineChart } from "../charts.js";
 import { openStream } from "../sse.js";
+import { classScores, confusionTable, imageGrid } from "../validation.js";
 import { age, badge, clear, color, duration, every, h, jobLabel, num, progress, setLive, TERMINAL, throttle, toast } from "../util.js";
 
 const SERIES = ["loss", "accuracy", "val_loss", "val_accuracy", "lr"];
@@ -14,8 +16,10 @@ export function mount(root, { id }) {
   const hist = { epoch: [], ...Object.fromEntries(SERIES.map((k) => [k, []])) };
   const charts = [];
   const cleanups = [];
-  let job = null, stream = null, nFeatures = null, stopped = false;
+  let job = null, stream = null, inputShape = undefined, stopped = false;
   let boundaryWhich = "last", boundaryBusy = false, bnCharts = [], bnKey = "";
+  let valWhich = "last", valOnly = "all", valBusy = false, valShown = "";
+  const VAL_IMAGES = 64;
 
   // ------------------------------------------------------------------ layout
   const head = h("div");
@@ -29,10 +33,24 @@ export function mount(root, { id }) {
   const boundaryCard = h("div", { class: "card", dataset: { testid: "boundary-card" } },
     h("h2", {}, "Decision boundary", h("span", { class: "tools" }, boundaryNote, seg(["best", "last"], boundaryWhich, (v) => { boundaryWhich = v; refreshBoundary(); }))),
     boundaryBody);
+  // beyond 2-D data: the validation rows' confusion matrix in the boundary's place
+  const valNote = h("span", { class: "muted small", dataset: { testid: "validation-note" } });
+  const valBody = h("div", {}, h("p", { class: "muted" }, "Computed after the first epoch."));
+  const valCard = h("div", { class: "card", hidden: true, dataset: { testid: "validation-card" } },
+    h("h2", {}, "Validation", h("span", { class: "tools" }, valNote,
+      seg(["best", "last"], valWhich, (v) => { valWhich = v; refreshValidation(); }, "validation-checkpoint"))),
+    valBody);
+  const imagesNote = h("span", { class: "muted small", dataset: { testid: "images-note" } });
+  const imagesBody = h("div");
+  const imagesCard = h("div", { class: "card", hidden: true, dataset: { testid: "images-card" } },
+    h("h2", {}, "Validation images", h("span", { class: "tools" }, imagesNote,
+      seg(["all", "mistakes"], valOnly, (v) => { valOnly = v; refreshValidation(); }, "images-choice"))),
+    imagesBody);
   const modelCard = h("div", { class: "card", dataset: { testid: "model-card" } }, h("h2", {}, "Model"), h("p", { class: "muted" }, "Loading…"));
   const bnBody = h("div");
+  const bnHint = h("span", { class: "tools muted" }, "mean across channels, band = min…max");
   const bnCard = h("div", { class: "card", hidden: true, dataset: { testid: "bn-card" } },
-    h("h2", {}, "BatchNorm statistics", h("span", { class: "tools muted" }, "mean across channels, band = min…max")), bnBody);
+    h("h2", {}, "BatchNorm statistics", bnHint), bnBody);
   const ckptCard = h("div", { class: "card", dataset: { testid: "checkpoints-card" } }, h("h2", {}, "Checkpoints"));
   const predictCard = h("div", { class: "card", dataset: { testid: "predict-card" } });
   const specEl = h("pre", { class: "json" });
@@ -43,13 +61,14 @@ export function mount(root, { id }) {
     h("div", { class: "grid2", style: { marginBottom: "16px" } },
       h("div", { class: "card" }, h("h2", {}, "Loss"), lossEl),
       h("div", { class: "card" }, h("h2", {}, "Accuracy"), accEl)),
-    h("div", { class: "grid2", style: { marginBottom: "16px" } }, boundaryCard, modelCard),
+    h("div", { class: "grid2", style: { marginBottom: "16px" } }, boundaryCard, valCard, modelCard),
+    imagesCard,
     bnCard,
     h("div", { class: "grid2", style: { marginBottom: "16px" } }, predictCard, ckptCard),
     h("details", { class: "card" }, h("summary", {}, "Job spec (JSON)"), specEl));
 
-  function seg(options, current, onPick) {
-    const el = h("span", { class: "seg", dataset: { testid: "checkpoint-choice" } }, options.map((o) =>
+  function seg(options, current, onPick, testid = "checkpoint-choice") {
+    const el = h("span", { class: "seg", dataset: { testid } }, options.map((o) =>
       h("button", { class: o === current ? "on" : "", dataset: { value: o }, onclick: () => {
         el.querySelectorAll("button").forEach((b) => b.classList.toggle("on", b.dataset.value === o));
         onPick(o);
@@ -96,13 +115,20 @@ export function mount(root, { id }) {
   function fact(k, v) { return h("div", {}, h("dt", {}, k), h("dd", { title: typeof v === "string" ? v : "" }, v)); }
 
   function datasetText(d) {
-    if (d.id) return `uploaded ${d.id.slice(0, 8)}`;
-    return `${d.name} (${d.n_samples}, noise ${d.noise})`;
+    const shape = inputShape && inputShape.length > 1 ? ` · ${inputShape.join("×")} images` : "";
+    if (d.id) return `uploaded ${d.id.slice(0, 8)}${shape}`;
+    const params = Object.entries(d).filter(([k, v]) => k !== "name" && k !== "seed" && v !== null && v !== undefined)
+      .map(([k, v]) => k === "n_samples" ? `${v}` : `${k.replace("n_", "")} ${v}`);
+    return `${d.name}${params.length ? ` (${params.join(", ")})` : ""}${shape}`;
   }
 
   function networkText(n) {
-    if (n.hidden) return `hidden [${n.hidden.join(", ")}] ${n.activation}, BN ${n.batchnorm}`;
-    return n.layers.map((l) => l.type === "dense" ? `${l.units}${l.activation ? " " + l.activation : ""}` : l.type).join(" → ");
+    if (n.hidden || n.conv) {
+      const conv = n.conv?.length ? `conv [${n.conv.join(", ")}]${n.pool && n.pool !== "none" ? ` ${n.pool} pool` : ""} → ` : "";
+      return `${conv}hidden [${(n.hidden || []).join(", ")}] ${n.activation}, ${n.norm && n.norm !== "batchnorm" ? n.norm : "BN"} ${n.batchnorm}`;
+    }
+    return n.layers.map((l) => l.type === "dense" ? `${l.units}${l.activation ? " " + l.activation : ""}`
+      : l.type === "conv2d" ? `conv ${l.filters}` : l.type).join(" → ");
   }
 
   async function cancel() {
@@ -138,14 +164,28 @@ export function mount(root, { id }) {
   }
 
   // ------------------------------------------------------------------ decision boundary
-  async function datasetFeatures(d) {
-    if (d.id) return (await api(`/v1/datasets/${d.id}`)).n_features;
-    return d.name === "blobs" ? (d.n_features ?? 2) : 2;
+  /** One row's shape: [F] for a table, [C, H, W] for images. */
+  async function datasetShape(d) {
+    if (d.id) {
+      const ds = await api(`/v1/datasets/${d.id}`);
+      return ds.input_shape?.length ? ds.input_shape : [ds.n_features];
+    }
+    if (d.name === "blobs") return [d.n_features ?? 2];
+    if (d.name === "digits") return d.layout === "flat" ? [64] : [1, 8, 8];
+    try {
+      const g = (await api("/v1/datasets/builtin")).find((x) => x.name === d.name);
+      if (g?.input_shape?.length) return g.input_shape;
+      if (typeof g?.n_features === "number") return [g.n_features];
+    } catch { /* an older server: its generators are 2-D */ }
+    return [2];
   }
+  // null: unknown (the server decides what it can draw); undefined: not asked yet
+  const isImage = () => (inputShape?.length || 0) > 1;
+  const twoD = () => inputShape?.length === 1 && inputShape[0] === 2;
 
   let boundaryAgain = false;
   async function boundaryNow() {
-    if (nFeatures !== 2 || !job || job.epoch < 1 || stopped) return;
+    if (!twoD() || !job || job.epoch < 1 || stopped) return;
     if (boundaryBusy) { boundaryAgain = true; return; }  // redraw once the current one lands
     boundaryBusy = true;
     try {
@@ -170,26 +210,95 @@ export function mount(root, { id }) {
   const refreshBoundary = throttle(boundaryNow, 1500);
 
   function setupBoundary() {
-    if (nFeatures === 2) {
+    if (twoD()) {
       // no request (and no throttle slot spent) before a checkpoint can exist
       if (job.epoch < 1) boundaryNote.textContent = "drawn after the first epoch";
       else refreshBoundary();
     } else {
-      clear(boundaryBody, h("p", { class: "muted" },
-        `The decision boundary needs 2 features; this dataset has ${nFeatures}.`));
+      // 2-D data only: images and wider tables get the validation rows' confusion matrix
+      boundaryCard.hidden = true;
+      valCard.hidden = false;
+      imagesCard.hidden = !isImage();
+      canvas.dataset.hidden = "1";
+      if (job.epoch < 1) valNote.textContent = "computed after the first epoch";
+      else refreshValidation();
+    }
+  }
+
+  // ------------------------------------------------------------------ validation predictions
+  let valAgain = false;
+  async function validationNow() {
+    if (inputShape === undefined || twoD() || !job || job.epoch < 1 || stopped) return;
+    if (valBusy) { valAgain = true; return; }
+    valBusy = true;
+    const url = `${path}/validation?checkpoint=${valWhich}&limit=${VAL_IMAGES}&only=${valOnly}`;
+    try {
+      // a 304 (same checkpoint) keeps what is drawn, unless the choice changed
+      const { changed, data } = await getFresh(url);
+      if (stopped || (!changed && valShown === url)) return;
+      valShown = url;
+      renderValidation(data);
+    } catch (err) {
+      valNote.textContent = err instanceof ApiError ? err.message : "validation unavailable";
+    } finally {
+      valBusy = false;
+      if (valAgain) { valAgain = false; refreshValidation(); }
+    }
+  }
+  const refreshValidation = throttle(validationNow, 1500);
+
+  function renderValidation(data) {
+    const ck = `${data.checkpoint.kind} checkpoint, epoch ${data.checkpoint.epoch}`;
+    valNote.textContent = ck;
+    valCard.dataset.epoch = String(data.checkpoint.epoch);
+    valCard.dataset.accuracy = String(data.accuracy);
+    const scores = classScores(data);
+    clear(valBody,
+      h("p", { class: "small", dataset: { testid: "validation-accuracy" } },
+        h("b", {}, `accuracy ${num(data.accuracy, 4)}`),
+        h("span", { class: "muted" }, ` · ${data.correct} of ${data.n_val} validation rows right, eval mode`)),
+      confusionTable(data),
+      h("details", { class: "small", style: { marginTop: "8px" } }, h("summary", {}, "Per class"),
+        h("table", { class: "small" },
+          h("thead", {}, h("tr", {}, h("th", {}, "Class"), h("th", { class: "num" }, "n"),
+            h("th", { class: "num" }, "Recall"), h("th", { class: "num" }, "Precision"))),
+          h("tbody", {}, scores.map((s) => h("tr", {}, h("td", {}, s.name), h("td", { class: "num" }, s.support),
+            h("td", { class: "num" }, num(s.recall)), h("td", { class: "num" }, num(s.precision))))))));
+    if (data.images) {
+      imagesCard.hidden = false;
+      const n = data.images.items.length;
+      const wrong = data.images.items.filter((it) => it.label !== it.predicted).length;
+      imagesNote.textContent = valOnly === "mistakes"
+        ? `${n} of ${data.n_val - data.correct} mistakes · ${ck}`
+        : `first ${n} of ${data.n_val} · ${wrong} wrong · ${ck}`;
+      imagesCard.dataset.epoch = String(data.checkpoint.epoch);
+      clear(imagesBody, imageGrid(data),
+        h("p", { class: "small muted", style: { margin: "8px 0 0" } },
+          `Caption: true class, then ✓ or → the predicted class; mistakes in red. Pixels scaled from ` +
+          `${num(data.images.scale[0])} … ${num(data.images.scale[1])} (the dataset's range) to black … white` +
+          (data.images.layout === "channels" ? "; channels side by side." : ".")));
     }
   }
 
   // ------------------------------------------------------------------ BN statistics
+  // 2-D data: each statistic's mean across channels with a min…max band. Beyond: one line per
+  // channel (conv) or unit (dense), from /bn?values=true (layers of <= 64 channels).
+  const perChannel = () => inputShape !== undefined && !twoD();
   const refreshBn = throttle(async () => {
     if (stopped) return;
     try {
-      const { changed, data } = await getFresh(`${path}/bn`);
+      const { changed, data } = await getFresh(`${path}/bn${perChannel() ? "?values=true" : ""}`);
       if (changed && !stopped) renderBn(data.layers || []);
     } catch { /* older servers have no /bn: the card stays hidden */ }
   }, 2000);
 
+  const channelsOf = (s) => (s?.values || []).reduce((m, v) => Math.max(m, v ? v.length : 0), 0);
+
   function renderBn(layers) {
+    if (perChannel() && layers.some((l) => channelsOf(l.running_mean))) {
+      renderBnChannels(layers);
+      return;
+    }
     bnCard.hidden = layers.length === 0;
     const key = layers.map((l) => `${l.name}:${!!l.gamma}`).join();
     if (key !== bnKey) {
@@ -219,6 +328,51 @@ export function mount(root, { id }) {
       const l = layers.find((x) => x.name === c.layer);
       const s = l?.[c.stat];
       if (s) c.setData(l.epochs, [s.mean, s.min, s.max]);
+    }
+  }
+
+  function renderBnChannels(layers) {
+    bnCard.hidden = layers.length === 0;
+    bnHint.textContent = "one line per channel (conv) or unit (dense), eval-mode buffers after each epoch";
+    const statsOf = (l) => ["running_mean", "running_var", ...(l.gamma ? ["gamma", "beta"] : [])];
+    const key = "ch|" + layers.map((l) => `${l.name}:${statsOf(l).map((s) => channelsOf(l[s])).join("/")}`).join();
+    if (key !== bnKey) {
+      bnCharts.forEach((c) => c.destroy());
+      bnCharts = [];
+      clear(bnBody);
+      bnKey = key;
+      for (const l of layers) {
+        const stats = statsOf(l);
+        const n = channelsOf(l.running_mean);
+        const els = stats.map((s) => h("div", { dataset: { testid: channelsOf(l[s]) ? `bn-ch-${s}` : `bn-${s}` } }));
+        bnBody.append(h("div", { class: "bn-layer", dataset: { testid: "bn-layer", channels: String(n), name: l.name } },
+          h("h3", {}, l.name, h("span", { class: "muted small" },
+            n ? ` (module ${l.module}, ${n} channels)` : ` (module ${l.module}; over 64 channels: mean and min…max only)`)),
+          h("div", { class: "grid2" }, stats.map((s, i) =>
+            h("div", {}, h("div", { class: "small muted" }, s.replace("_", " ")), els[i])))));
+        stats.forEach((s, i) => {
+          const k = channelsOf(l[s]);
+          const series = k
+            ? Array.from({ length: k }, (_, c) => ({ label: `#${c}`, color: color(c), width: 1.2 }))
+            : [{ label: "mean", color: color(2 + i) }, { label: "min", color: color(2 + i), hidden: true },
+              { label: "max", color: color(2 + i), hidden: true, band: [1, 2] }];
+          const chart = new LineChart(els[i], { height: 190, yLabel: s.replace("running_", ""), series, legend: k <= 16 });
+          els[i].dataset.series = String(k || 1);
+          chart.stat = s;
+          chart.layer = l.name;
+          chart.channels = k;
+          bnCharts.push(chart);
+        });
+      }
+    }
+    for (const c of bnCharts) {
+      const l = layers.find((x) => x.name === c.layer);
+      const s = l?.[c.stat];
+      if (!s) continue;
+      if (c.channels) {
+        const ys = Array.from({ length: c.channels }, (_, ch) => s.values.map((v) => (v ? v[ch] ?? null : null)));
+        c.setData(l.epochs, ys);
+      } else c.setData(l.epochs, [s.mean, s.min, s.max]);
     }
   }
 
@@ -270,8 +424,11 @@ export function mount(root, { id }) {
   const predictOut = h("div", { dataset: { testid: "predict-output" } });
   let defaultsSet = false;
   function renderPredict() {
+    const hint = isImage()
+      ? `One image per line: its ${inputShape.join(" × ")} values comma-separated, channel by channel, row by row.`
+      : "One row per line, features comma-separated in the dataset's column order.";
     clear(predictCard, h("h2", {}, "Predict", h("span", { class: "tools muted" }, "eval mode")),
-      h("p", { class: "small muted" }, "One row per line, features comma-separated in the dataset's column order."),
+      h("p", { class: "small muted" }, hint),
       rowsInput,
       h("div", { class: "row", style: { marginTop: "8px" } },
         h("label", { class: "inline small" }, "checkpoint", predictWhich),
@@ -291,15 +448,23 @@ export function mount(root, { id }) {
       clear(predictOut, h("div", { class: "msg err" }, "Each line needs numbers separated by commas."));
       return;
     }
+    // images: a line of C·H·W values becomes its nested [C][H][W] (other lengths: the server says why)
+    const body = isImage() ? inputs.map((r) => (r.length === inputShape.reduce((a, b) => a * b, 1) ? nest(r, inputShape) : r)) : inputs;
     try {
-      const res = await api(`${path}/predict`, { method: "POST", body: { inputs, checkpoint: predictWhich.value } });
+      const res = await api(`${path}/predict`, { method: "POST", body: { inputs: body, checkpoint: predictWhich.value } });
       clear(predictOut, h("table", { class: "small", style: { marginTop: "8px" } },
         h("thead", {}, h("tr", {}, h("th", {}, "Input"), h("th", {}, "Class"),
           res.class_names.map((c) => h("th", { class: "num" }, `P(${c})`)))),
-        h("tbody", {}, inputs.map((r, i) => h("tr", {}, h("td", { class: "mono" }, r.join(", ")),
+        h("tbody", {}, inputs.map((r, i) => h("tr", {}, h("td", { class: "mono" }, r.length > 12 ? `${r.slice(0, 12).join(", ")}, … (${r.length} values)` : r.join(", ")),
           h("td", {}, h("b", {}, res.classes[i])), res.probabilities[i].map((p) => h("td", { class: "num" }, num(p))))))),
       h("p", { class: "small muted" }, `${res.checkpoint.kind} checkpoint, epoch ${res.checkpoint.epoch}`));
     } catch (err) { clear(predictOut, h("div", { class: "msg err" }, err.message)); }
+  }
+
+  function nest(flat, shape) {
+    if (shape.length === 1) return flat;
+    const size = shape.slice(1).reduce((a, b) => a * b, 1);
+    return Array.from({ length: shape[0] }, (_, i) => nest(flat.slice(i * size, (i + 1) * size), shape.slice(1)));
   }
 
   // ------------------------------------------------------------------ live
@@ -312,6 +477,7 @@ export function mount(root, { id }) {
       addEpoch(data);
       if (data.epoch > job.epoch) { job.epoch = data.epoch; renderHeadSoon(); }
       refreshBoundary();
+      refreshValidation();
       refreshBn();
       refreshCheckpointsSoon();
     } else if (event === "status") {
@@ -324,6 +490,7 @@ export function mount(root, { id }) {
       renderHead();
       redrawCurves();
       refreshBoundary();
+      refreshValidation();
       refreshBn();
       refreshModel();
       refreshCheckpoints();
@@ -345,13 +512,17 @@ export function mount(root, { id }) {
     }
     if (stopped) return;
     renderHead();
-    renderPredict();
     const past = await api(`${path}/history`);
     for (let i = 0; i < past.epoch.length; i++) {
       addEpoch(Object.fromEntries(["epoch", ...SERIES].map((k) => [k, past[k]?.[i] ?? null])));
     }
     if (!past.epoch.length) redrawCurves();
-    try { nFeatures = await datasetFeatures(job.spec.dataset); } catch { nFeatures = null; }
+    try {
+      inputShape = await datasetShape(job.spec.dataset);
+    } catch { inputShape = null; }
+    if (stopped) return;
+    renderHead();
+    renderPredict();
     setupBoundary();
     refreshBn();
     refreshModel();
@@ -369,7 +540,7 @@ export function mount(root, { id }) {
     stopped = true;
     stream?.close();
     cleanups.forEach((f) => f());
-    [redrawCurves, refreshBoundary, refreshBn, refreshCheckpointsSoon, renderHeadSoon].forEach((t) => t.cancel());
+    [redrawCurves, refreshBoundary, refreshValidation, refreshBn, refreshCheckpointsSoon, renderHeadSoon].forEach((t) => t.cancel());
     [...charts, ...bnCharts].forEach((c) => c.destroy());
     setLive(false);
   };
