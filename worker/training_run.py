@@ -33,7 +33,17 @@ from models.datasets import DatasetError, load_table
 from models.db import repository as repo
 from models.db.tables import JobStatus, utcnow
 from models.devices import DeviceError, select_device
-from models.spec import JobSpec, Limits, ResolvedJob, SpecError, UploadedDataset, resolve_job
+from models.image_data import builtin_shape
+from models.spec import (
+    JobSpec,
+    Limits,
+    ResolvedJob,
+    SpecError,
+    UploadedDataset,
+    activation_bytes,
+    resolve_job,
+    resolve_network,
+)
 from models.trainer import TrainingDiverged, TrainingResult, train_many
 from worker.callbacks import DbCallbacks, LeaseLost, stack_callbacks
 from worker.db import retrying
@@ -218,15 +228,39 @@ def _claim(job_id: str, stack_key: str | None, ctx: RunContext, owner: str, devi
             return []
         stack = [lead]
         if stack_key is not None:
+            cap = _stack_cap(session, job_id, ctx)
             for sibling in repo.queued_stack_siblings(session, stack_key=stack_key,
                                                       exclude=job_id):
-                if len(stack) >= ctx.max_stack:
+                if len(stack) >= cap:
                     break
                 claimed = _claim_one(session, sibling, ctx, owner, device,
                                      want_epoch=lead.epoch)
                 if claimed is not None:
                     stack.append(claimed)
         return stack
+
+
+def _stack_cap(session: Session, job_id: str, ctx: RunContext) -> int:
+    """How many siblings one stack may hold: max_stack, and no more models than fit the
+    activation-memory limit together (a stack's batch holds every model's layer outputs: K
+    convnets take K times one's). 1 if the shape cannot be known here (training will say)."""
+    job = repo.get_job(session, job_id=job_id)
+    if job is None:
+        return 1
+    spec = JobSpec.model_validate(job.spec)
+    try:
+        if isinstance(spec.dataset, UploadedDataset):
+            row = repo.get_dataset(session, dataset_id=spec.dataset.id)
+            if row is None:
+                return 1
+            shape, n_classes = tuple(row.input_shape), len(row.classes)
+        else:
+            shape, n_classes, _ = builtin_shape(spec.dataset, ctx.data_dir)
+        net = resolve_network(spec.network, shape, n_classes)
+    except (SpecError, DatasetError, ValueError):
+        return 1
+    one = activation_bytes(net, spec.training.batch_size)
+    return max(1, min(ctx.max_stack, ctx.limits.max_activation_bytes // max(one, 1)))
 
 
 def _claim_one(session: Session, job_id: str, ctx: RunContext, owner: str, device: str,

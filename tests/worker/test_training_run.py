@@ -18,7 +18,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.datasets import class_counts, parse_csv
 from models.db import repository as repo
 from models.db.tables import Job
-from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec, Limits
+from models.spec import (
+    NOTEBOOK_BN_LAYERS,
+    NOTEBOOK_PLAIN_LAYERS,
+    JobSpec,
+    Limits,
+    activation_bytes,
+    resolve_network,
+)
 from worker.training_run import RunContext, failure_reason, run_job
 
 WORKER = "test@host"
@@ -412,3 +419,18 @@ def test_cancelling_one_stacked_member_stops_only_it(
         assert epochs == list(range(1, len(epochs) + 1)) and ckpts["last"] == epochs[-1]
     assert len(states[0][1]) == len(states[2][1]) == epochs_total
     assert len(states[1][1]) == 3  # cancelled at epoch 2's write, stopped at epoch 3's end
+
+
+def test_a_stack_holds_no_more_models_than_fit_the_activation_limit(
+        sessions: sessionmaker[Session], ctx: RunContext) -> None:
+    body = {"dataset": {"name": "digits"},
+            "network": {"conv": [4], "pool": "max", "batchnorm": "before_activation"},
+            "training": {"epochs": 1, "batch_size": 32, "split": "stratified"}}
+    spec = JobSpec.model_validate(body)
+    one = activation_bytes(resolve_network(spec.network, (1, 8, 8), 10), 32)
+    ids = add_stack(sessions, body, [0, 1, 2, 3])
+    limits = replace(ctx.limits, max_activation_bytes=int(2.5 * one))
+    assert run_job(ids[0], replace(ctx, limits=limits)) == "succeeded"
+    # two models' layer outputs fit the limit, three do not: the rest wait for their messages
+    assert [job_state(sessions, j)[0].status for j in ids] == [
+        "succeeded", "succeeded", "queued", "queued"]
