@@ -1,14 +1,16 @@
 """Every benchmark, one table: `python -m bench [--quick] [--only a,b] [--json PATH] [--markdown]`.
 
-Each module (bench.training, bench.experiments, bench.service, bench.api_load, bench.inference,
-bench.export, bench.scale) runs in a child process of its own: torch thread settings, Keras'
-backend, started servers and a crash stay there, and one module's failure (an exception, a
-crash, a timeout) becomes an error row while the others still run; the exit status is then 1.
-A module that does not exist (bench.export is optional) is reported as skipped, not failed.
+Each module (bench.training, bench.experiments, bench.cnn, bench.service, bench.api_load,
+bench.inference, bench.export, bench.scale) runs in a child process of its own: torch thread
+settings, Keras' backend, started servers and a crash stay there, and one module's failure (an
+exception, a crash, a timeout) becomes an error row while the others still run; the exit status
+is then 1. A module that does not exist (bench.export is optional) is reported as skipped, not
+failed.
 
 --quick keeps every module short (the whole run is a minute or two on 2 cores); --json writes
 the rows with a description of the machine (bench.hardware) and each module's seconds;
---markdown prints the README's table under a line naming the machine.
+--markdown prints the README's table under a line naming the machine; --device D sets
+BNLAB_BENCH_DEVICE for the modules that train (training, experiments, cnn; default cpu).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,7 +32,8 @@ from typing import Any
 from bench import hardware
 from bench.report import Row, markdown, print_table
 
-MODULES = ("training", "experiments", "service", "api_load", "inference", "export", "scale")
+MODULES = ("training", "experiments", "cnn", "service", "api_load", "inference", "export",
+           "scale")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -150,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="print the README table (with a machine line) instead of a table")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per module (default 1800, 300 with --quick)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N or auto for the training modules (sets "
+                             "BNLAB_BENCH_DEVICE; default: its value, else cpu)")
     # tests: run the modules of another package (any names --only gives)
     parser.add_argument("--package", default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -157,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         raise SystemExit(_child(args.child, args.quick, args.rows_to))
+    if args.device:  # the children inherit it
+        os.environ["BNLAB_BENCH_DEVICE"] = args.device
 
     if args.package == "bench":
         modules = select(args.only)

@@ -10,10 +10,13 @@ depend on its stack. Nothing mixes models, so an elementwise optimizer over the 
 is K independent optimizers.
 
 Promised: model k's results equal what it gives alone (K = 1, the same code) within float
-rounding. In practice on CPU they are bitwise equal for ReLU-family networks: the kernels that
-round an element differently in their vector loop and their scalar tail get inputs shaped so
-that no model's element lands in a tail whatever K is (BatchNorm channels padded to LANES, loss
-rows to 32, the flat parameter buffer to PAD). Smooth activations may differ in the last bit.
+rounding. In practice on CPU, dense networks with ReLU-family activations are bitwise equal:
+the kernels that round an element differently in their vector loop and their scalar tail get
+inputs shaped so that no model's element lands in a tail whatever K is (BatchNorm channels
+padded to LANES, loss rows to 32, the flat parameter buffer to PAD). Smooth activations may
+differ in the last bit. Convolutions are not bitwise: a grouped convolution sums in another
+order than a lone one, so a step agrees to float rounding and long runs drift apart slowly, as
+two runs of one model on two machines would (tests/models/test_conv.py bounds it).
 """
 
 from __future__ import annotations
