@@ -30,7 +30,8 @@ from models.db import repository as repo
 PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
 _PREDICT = re.compile(r"^/v1/jobs/[^/]+/predict/?$")
-_MODEL_GETS = re.compile(r"^/v1/jobs/[^/]+/(boundary|export|validation)/?$")  # GETs that run a model
+# GETs that run a model
+_MODEL_GETS = re.compile(r"^/v1/jobs/[^/]+/(boundary|export|validation)/?$")
 SUBMISSION_PATHS = frozenset({"/v1/jobs", "/v1/experiments", "/v1/datasets"})
 
 
