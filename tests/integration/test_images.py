@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import onnxruntime as ort
 import pytest
 from sklearn.datasets import load_digits
 
@@ -110,6 +111,12 @@ def test_predict_images_as_lists_and_npy(client: httpx.Client,
     one = client.post(url, json={"inputs": images[5:6].tolist()}).json()
     np.testing.assert_allclose(one["probabilities"][0], body["probabilities"][5], rtol=1e-5,
                                atol=1e-6)
+    # the ONNX export answers what /predict answers (BN folded into the convs)
+    onnx = client.get(f"/v1/jobs/{cnn_job['id']}/export", params={"format": "onnx"})
+    assert onnx.status_code == 200
+    session = ort.InferenceSession(onnx.content, providers=["CPUExecutionProvider"])
+    (probs,) = session.run(["probabilities"], {"input": images})
+    np.testing.assert_allclose(probs, body["probabilities"], rtol=1e-4, atol=1e-5)
     wrong = client.post(url, json={"inputs": digits.images[:2, :4].tolist()})
     assert wrong.status_code == 422
     assert "each input must have shape [1, 8, 8]" in wrong.text, wrong.text
