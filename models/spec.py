@@ -408,6 +408,8 @@ class TrainingSpec(_Strict):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     early_stopping: EarlyStopping | None = None
     init: Literal["pytorch", "keras"] = "pytorch"
+    init_scale: float = Field(default=1.0, gt=0.0, le=100.0, description=(
+        "multiplies every initial dense and conv weight (a sensitivity-to-initialisation knob)"))
     record_train_mode_val: bool = False
     checkpoint_monitor: Metric = "val_accuracy"
     standardize: bool = Field(default=False, description=(

@@ -572,8 +572,14 @@ class StackedNetwork(nn.Module):
 
 
 def stacked_network(net: ResolvedNetwork, *, seeds: Sequence[int], init: str,
-                    device: torch.device) -> StackedNetwork:
-    """K = len(seeds) models, model k initialised as build_network(net, init, seeds[k])."""
+                    device: torch.device, init_scale: float = 1.0) -> StackedNetwork:
+    """K = len(seeds) models, model k initialised as build_network(net, init, seeds[k]), its
+    dense and conv weights times `init_scale`."""
     model = StackedNetwork(net, len(seeds), device)
     model.initialize(seeds, init)
+    if init_scale != 1.0:
+        with torch.no_grad():
+            for m in model.layers:
+                if isinstance(m, _Dense | _Conv):
+                    m.params["weight"].mul_(init_scale)
     return model

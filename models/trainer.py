@@ -306,7 +306,7 @@ class _Loop:
         self.val_idx = torch.as_tensor(np.stack([m.val_idx for m in self.models])).to(device)
         self.n_train, self.n_val = self.train_idx.shape[1], self.val_idx.shape[1]
         self.model: StackedNetwork = stacked_network(net, seeds=seeds, init=t.init,
-                                                     device=device)
+                                                     device=device, init_scale=t.init_scale)
         self.opt = make_optimizer([self.model.flat], t.optimizer)
         self.step = fast_step(self.opt)
         self.backward = fast_backward()
