@@ -140,7 +140,7 @@ class ErrorOut(BaseModel):
     request_id: str | None = Field(default=None, description="on 5xx (and some 4xx): quote it")
 
 
-SUBMISSIONS = ("/v1/jobs", "/v1/experiments", "/v1/datasets")
+SUBMISSIONS = ("/v1/jobs", "/v1/experiments", "/v1/studies", "/v1/datasets")
 
 
 def document_errors(app: FastAPI) -> None:

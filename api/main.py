@@ -31,6 +31,7 @@ from api.routes import (
     health,
     jobs,
     results,
+    studies,
     visuals,
 )
 from api.settings import ApiSettings
@@ -97,6 +98,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(export.router, **v1)
     app.include_router(datasets.router, **v1)
     app.include_router(experiments.router, **v1)
+    app.include_router(studies.router, **v1)
     app.include_router(visuals.router, **v1)
     app.include_router(dashboard.router)
     errors.document_errors(app)

@@ -107,3 +107,63 @@ def experiment_figure(summary: Mapping[str, Any], metric: str,
 
 def experiment_png(summary: Mapping[str, Any], metric: str, title: str | None = None) -> bytes:
     return _png(experiment_figure(summary, metric, title))
+
+
+# ------------------------------------------------------------------------------ study reports
+# Reports must be byte-for-byte reproducible: no "Software" (matplotlib version) chunk, and
+# matplotlib writes no timestamp into a PNG, so the same numbers give the same bytes.
+
+
+def _png_reproducible(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def study_curves_png(summary: Mapping[str, Any], metric: str, title: str | None = None) -> bytes:
+    """experiment_figure (mean per variant with its band) as a reproducible PNG."""
+    return _png_reproducible(experiment_figure(summary, metric, title))
+
+
+def study_sweep_png(values: Sequence[float], curves: Mapping[str, Sequence[float | None]], *,
+                    xlabel: str, xscale: str, title: str,
+                    ylabel: str = "mean final val_accuracy") -> bytes:
+    """One line per role ("bn", "none"): the mean final metric at each swept value. `xscale`:
+    "linear", "log" (base 10) or "log2"."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    xs = [float(v) for v in values]
+    for role, ys in curves.items():
+        if len(ys) != len(xs):
+            continue
+        ax.plot(xs, _clean(ys), marker="o", label=role)
+    if xscale in ("log", "log2") and all(x > 0 for x in xs):
+        ax.set_xscale("log", base=2 if xscale == "log2" else 10)
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    return _png_reproducible(fig)
+
+
+def study_gap_png(gap_per_epoch: Sequence[float | None], *, title: str) -> bytes:
+    """Mean |train-mode - eval-mode val_accuracy| per epoch, with the 0.01 level marked."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    epochs = list(range(1, len(gap_per_epoch) + 1))
+    ax.plot(epochs, _clean(gap_per_epoch), marker="." if len(epochs) < 50 else None,
+            label="mean gap over seeds")
+    ax.axhline(0.01, color="grey", linestyle=":", linewidth=1, label="0.01")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("|train-mode - eval-mode val_accuracy|")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _png_reproducible(fig)

@@ -32,7 +32,7 @@ _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
 _PREDICT = re.compile(r"^/v1/jobs/[^/]+/predict/?$")
 # GETs that run a model
 _MODEL_GETS = re.compile(r"^/v1/jobs/[^/]+/(boundary|export|validation)/?$")
-SUBMISSION_PATHS = frozenset({"/v1/jobs", "/v1/experiments", "/v1/datasets"})
+SUBMISSION_PATHS = frozenset({"/v1/jobs", "/v1/experiments", "/v1/studies", "/v1/datasets"})
 
 
 @dataclass(frozen=True)

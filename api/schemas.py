@@ -227,3 +227,45 @@ class ExperimentPage(BaseModel):
 class RetryOut(BaseModel):
     retried: list[str] = Field(description="job ids of the failed children queued again")
     experiment: ExperimentOut
+
+
+class StudyClaimOut(BaseModel):
+    claim: str
+    text: str = Field(description="the claim in words")
+    experiment_id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    counts: dict[str, int] = Field(description="the experiment's children per status")
+    epochs_done: int = Field(description="epochs its children have finished")
+    epochs_total: int = Field(description="epochs its children will run")
+
+
+class StudyCost(BaseModel):
+    children: int = Field(description="child jobs of every claim's experiment")
+    epochs: int = Field(description="epochs of every child together")
+    estimated_seconds: float | None = Field(description=(
+        "upper bound on the wall time: the median seconds per epoch of this server's recently "
+        "finished jobs x the epochs / the live workers (stacking ignored); null before any "
+        "job has finished"))
+    note: str
+
+
+class StudyOut(BaseModel):
+    id: str
+    name: str | None
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    cancel_requested: bool = False
+    created_at: datetime
+    spec: dict[str, Any] = Field(description="the normalised StudySpec")
+    claims: list[StudyClaimOut]
+    counts: dict[str, int] = Field(description="children of every experiment per status")
+    cost: StudyCost
+
+
+class StudyPage(BaseModel):
+    items: list[StudyOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page")
+
+
+class StudyRetryOut(BaseModel):
+    retried: list[str] = Field(description="job ids of the failed children queued again")
+    study: StudyOut

@@ -18,7 +18,7 @@ class ApiSettings(BaseBnlabSettings):
     # Predictions: POST /v1/jobs/{id}/predict and GET /v1/jobs/{id}/boundary.
     rate_limit_predictions: str = "600/minute"
     # Queued + running jobs one key may have (experiment children count); checked at submission.
-    max_active_jobs_per_key: int = Field(default=256, ge=1)
+    max_active_jobs_per_key: int = Field(default=2048, ge=1)
     # Request bodies: JSON (specs, predict rows) and, separately, CSV uploads; both refused
     # with 413 while streaming, before a route reads them.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
@@ -32,6 +32,8 @@ class ApiSettings(BaseBnlabSettings):
     max_upload_values: int = Field(default=20_000_000, ge=1)
     # Experiments: variants x seeds.
     max_experiment_children: int = Field(default=1_024, ge=1)
+    # Studies: every claim's experiment's children together (BNLAB_MAX_STUDY_CHILDREN).
+    max_study_children: int = Field(default=2_048, ge=1)
     # Inference.
     max_predict_rows: int = Field(default=10_000, ge=1)
     predictor_cache_size: int = Field(default=16, ge=1)

@@ -1,11 +1,11 @@
 """Every benchmark, one table: `python -m bench [--quick] [--only a,b] [--json PATH] [--markdown]`.
 
 Each module (bench.training, bench.experiments, bench.cnn, bench.service, bench.api_load,
-bench.inference, bench.export, bench.scale) runs in a child process of its own: torch thread
-settings, Keras' backend, started servers and a crash stay there, and one module's failure (an
-exception, a crash, a timeout) becomes an error row while the others still run; the exit status
-is then 1. A module that does not exist (bench.export is optional) is reported as skipped, not
-failed.
+bench.inference, bench.export, bench.scale, bench.study) runs in a child process of its own:
+torch thread settings, Keras' backend, started servers and a crash stay there, and one module's
+failure (an exception, a crash, a timeout) becomes an error row while the others still run; the
+exit status is then 1. A module that does not exist (bench.export is optional) is reported as
+skipped, not failed.
 
 --quick keeps every module short (the whole run is a minute or two on 2 cores); --json writes
 the rows with a description of the machine (bench.hardware) and each module's seconds;
@@ -33,7 +33,7 @@ from bench import hardware
 from bench.report import Row, markdown, print_table
 
 MODULES = ("training", "experiments", "cnn", "service", "api_load", "inference", "export",
-           "scale")
+           "scale", "study")
 REPO = Path(__file__).resolve().parents[1]
 
 

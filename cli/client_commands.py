@@ -1,6 +1,6 @@
 """The commands that talk to a running service over HTTP, built on `client` (no torch, no
 server imports): submit, watch, ls, status, history, curves, predict, cancel, datasets ...,
-experiment ....
+experiment ..., study ....
 
 The server is $BNLAB_URL (or --url), the key $BNLAB_API_KEY. Read commands take --json for
 scripts. Anything for a person (progress, tables, messages) goes to stderr or is a table on
@@ -41,8 +41,11 @@ from bnlab import (
     Job,
     NotFound,
     StatusEvent,
+    Study,
+    StudyReport,
 )
-from bnlab._calls import EXPORT_SUFFIXES
+from bnlab._calls import EXPORT_SUFFIXES, STUDY_CLAIMS, STUDY_PRESETS
+from bnlab.types import StudyData
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -599,9 +602,305 @@ def experiment_retry(experiment_id: Annotated[str, typer.Argument(help="An exper
     show(exp, as_json)
 
 
+# -- bnlab study ...
+
+study_app = typer.Typer(help="Studies: the claims about BatchNorm tested on your data and "
+                             "network, a verdict per claim.", no_args_is_help=True)
+
+# The built-in datasets' names (models.spec's BuiltinDataset): `--dataset NAME` is one of them,
+# anything else the id of an uploaded dataset.
+BUILTIN_DATASETS = ("concertriccir2", "concentric_circles", "moons", "xor", "spirals", "blobs",
+                    "digits", "iris", "wine", "breast_cancer", "mnist", "fashion_mnist",
+                    "cifar10")
+VERDICT_STYLE = {"supported": "green", "contradicted": "red", "inconclusive": "yellow"}
+StudyIdArg = Annotated[str, typer.Argument(help="A study id.")]
+
+
+def dataset_ref(value: str) -> dict[str, Any]:
+    """`--dataset`: a built-in's name -> {"name": ...}, a JSON object as given (a built-in
+    with options), anything else an uploaded dataset's id -> {"id": ...}."""
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            ref = json.loads(text)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--dataset: {exc}") from None
+        if not isinstance(ref, dict):
+            raise typer.BadParameter("--dataset: a JSON object is needed")
+        return ref
+    return {"name": text} if text in BUILTIN_DATASETS else {"id": text}
+
+
+def claim_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    claims = [c.strip() for c in value.split(",") if c.strip()]
+    unknown = [c for c in claims if c not in STUDY_CLAIMS]
+    if unknown or not claims:
+        raise typer.BadParameter(f"--claims {value!r}: use some of {', '.join(STUDY_CLAIMS)}")
+    return claims
+
+
+class StudyProgress:
+    """A rich progress bar per claim: succeeded / all children of its experiment."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> StudyProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, study: StudyData) -> None:
+        for c in study.claims:
+            bad = {k: v for k, v in c.counts.items() if k in ("failed", "cancelled") and v}
+            status = c.status + "".join(f", {v} {k}" for k, v in bad.items())
+            if c.claim not in self.tasks:
+                self.tasks[c.claim] = self.progress.add_task(c.claim, total=c.total or None,
+                                                             completed=c.succeeded,
+                                                             status=status)
+            else:
+                self.progress.update(self.tasks[c.claim], total=c.total or None,
+                                     completed=c.succeeded, status=status)
+
+
+def _title(study: StudyData) -> str:
+    return f"study [bold]{study.id}[/bold]" + (f" {study.name}" if study.name else "")
+
+
+def _done_text(counts: dict[str, int]) -> str:
+    return f"{counts.get('succeeded', 0)}/{sum(counts.values())}"
+
+
+def show_study(study: Study) -> None:
+    counts = "  ".join(f"{k} {v}" for k, v in study.counts.items() if v)
+    out.print(f"{_title(study)}: {study.status}  {counts}", highlight=False)
+    table = Table(Column("claim", no_wrap=True), Column("status", no_wrap=True), "done",
+                  Column("experiment", no_wrap=True))
+    for c in study.claims:
+        bad = "".join(f", {v} {k}" for k, v in c.counts.items()
+                      if k in ("failed", "cancelled") and v and k != c.status)
+        table.add_row(c.claim, c.status + bad, f"{c.succeeded}/{c.total}",
+                      c.experiment_id or "")
+    out.print(table)
+    if study.cost is not None:
+        eta = study.cost.estimated_seconds
+        out.print(f"{study.cost.children} jobs"
+                  + (f", about {eta:.0f} s" if eta is not None else "")
+                  + (f" ({study.cost.note})" if study.cost.note else ""), highlight=False)
+    for w in study.warnings:
+        out.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+
+
+def show_report(report: dict[str, Any]) -> None:
+    r = StudyReport.model_validate(report)
+    partial = " (partial: not every run has finished)" if r.partial else ""
+    out.print(f"study [bold]{r.id}[/bold]" + (f" {r.name}" if r.name else "")
+              + f": {r.status or ''}, seeds {r.seeds}, alpha {r.alpha}{partial}",
+              highlight=False)
+    def g(v: float | int | None) -> str:
+        return "-" if v is None else f"{v:.3g}"
+
+    conf = round(100 * (r.confidence or 0.95))
+    table = Table(Column("claim", no_wrap=True), Column("verdict", no_wrap=True), "n", "effect",
+                  Column(f"{conf}% CI", no_wrap=True), "p (Holm)")
+    for c in r.claims:
+        style = VERDICT_STYLE.get(c.verdict, "")
+        t = c.test
+        effect = t.estimate if t.estimate is not None else t.mean
+        table.add_row(c.claim, f"[{style}]{c.verdict}[/{style}]" if style else c.verdict,
+                      g(t.n), g(effect), f"[{g(t.ci_low)}, {g(t.ci_high)}]", g(c.adjusted_p))
+    out.print(table)
+    for c in r.claims:  # the words, below the numbers: a table cell would wrap them to bits
+        out.print(f"[bold]{c.claim}[/bold] ({c.verdict}): {c.reason or ''}", highlight=False)
+        if c.firm_up and c.firm_up.get("text"):
+            out.print(f"  to firm it up: {c.firm_up['text']}", highlight=False)
+
+
+def finish_study(study: Study, as_json: bool) -> None:
+    """The verdicts of a finished study (or its state, if there is no report); exit 1 unless
+    it succeeded."""
+    try:
+        report: dict[str, Any] | None = study.report()
+    except BnlabError as exc:
+        if study.status == "succeeded":
+            raise
+        report = None
+        if not as_json:
+            err.print(f"no report: {exc}", highlight=False)
+    if as_json:
+        print_json({"study": study.model_dump(mode="json"), "report": report})
+    elif report is not None:
+        show_report(report)
+    else:
+        show_study(study)
+    if study.status != "succeeded":
+        raise typer.Exit(1)
+
+
+def watch_study(study: Study, poll: float) -> Study:
+    with StudyProgress(err) as live:
+        live(study)
+        study.wait(progress=live, poll=poll)
+    return study
+
+
+WatchOpt = Annotated[bool, typer.Option("--watch", "-w", help=(
+    "Follow it to the end with a bar per claim, then print the verdicts; exit 1 unless every "
+    "run succeeded."))]
+PollOpt = Annotated[float, typer.Option(help="Seconds between polls while watching.")]
+
+
+@study_app.command("run")
+@handles_errors
+def study_run(
+    preset: Annotated[str, typer.Argument(help="The claims to test: bn-claims.")] = "bn-claims",
+    dataset: Annotated[str | None, typer.Option(help=(
+        "A built-in dataset's name (e.g. concertriccir2), an uploaded dataset's id, or a JSON "
+        "object (a built-in with options). Default: the server's (concertriccir2)."))] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per variant (paired across variants).")
+                     ] = 20,
+    claims: Annotated[str | None, typer.Option(help=(
+        "Comma-separated subset: " + ", ".join(STUDY_CLAIMS) + "."))] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per run.")] = None,
+    base: Annotated[Path | None, typer.Option(help=(
+        "A partial job spec (JSON: dataset, network, training); --dataset and --epochs "
+        "override its fields."))] = None,
+    name: Annotated[str | None, typer.Option(help="A name to show.")] = None,
+    watch: WatchOpt = False, poll: PollOpt = 2.0, as_json: JsonOpt = False, url: UrlOpt = None,
+) -> None:
+    """Start a study; prints its id (with --watch: live progress, then the verdicts)."""
+    if preset not in STUDY_PRESETS:
+        raise typer.BadParameter(f"preset {preset!r}: use one of {', '.join(STUDY_PRESETS)}")
+    body = read_json(base) if base is not None else {}
+    if dataset is not None:
+        body["dataset"] = dataset_ref(dataset)
+    if epochs is not None:
+        body["training"] = {**(body.get("training") or {}), "epochs": epochs}
+    with Client(url) as bn:
+        study = bn.studies.create(preset, base=body or None, claims=claim_list(claims),
+                                  seeds=seeds, name=name)
+        if not as_json:
+            cost = study.cost
+            err.print(f"submitted study {study.id}: {len(study.claims)} claims"
+                      + (f", {cost.children} jobs" if cost is not None else "")
+                      + (f", about {cost.estimated_seconds:.0f} s"
+                         if cost is not None and cost.estimated_seconds is not None else ""),
+                      highlight=False)
+            for w in study.warnings:
+                err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        if watch:
+            finish_study(watch_study(study, poll) if not as_json
+                         else study.wait(poll=poll), as_json)
+        elif as_json:
+            print_json(study.model_dump(mode="json"))
+        else:
+            sys.stdout.write(study.id + "\n")
+
+
+@study_app.command("watch")
+@handles_errors
+def study_watch(study_id: StudyIdArg, poll: PollOpt = 2.0, as_json: JsonOpt = False,
+                url: UrlOpt = None) -> None:
+    """Follow a study to the end, then print its verdicts; exit 1 unless all ran."""
+    with Client(url) as bn:
+        study = bn.studies.get(study_id)
+        finish_study(study.wait(poll=poll) if as_json else watch_study(study, poll),
+                     as_json)
+
+
+@study_app.command("show")
+@handles_errors
+def study_show(study_id: StudyIdArg, as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """A study's state: each claim's experiment and how far it is."""
+    with Client(url) as bn:
+        study = bn.studies.get(study_id)
+    if as_json:
+        print_json(study.model_dump(mode="json"))
+    else:
+        show_study(study)
+
+
+@study_app.command("ls")
+@handles_errors
+def study_ls(limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+             as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """List studies, newest first."""
+    with Client(url) as bn:
+        items = list(bn.studies.list(limit=limit, page_size=min(limit, 100)))
+    if as_json:
+        print_json([s.model_dump(mode="json") for s in items])
+        return
+    table = Table(Column("id", no_wrap=True), "name", "status", "claims", "done", "created")
+    for s in items:
+        table.add_row(s.id, s.name or "", s.status, str(len(s.claims)), _done_text(s.counts),
+                      s.created_at.strftime("%Y-%m-%d %H:%M") if s.created_at else "")
+    out.print(table)
+
+
+@study_app.command("report")
+@handles_errors
+def study_report(
+    study_id: StudyIdArg,
+    format: Annotated[str, typer.Option("--format", "-f", help=(
+        "md (Markdown), json, html (a page with the figures), or table (the verdicts)."))
+    ] = "md",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=(
+        "File to write (default: stdout)."))] = None,
+    url: UrlOpt = None,
+) -> None:
+    """A study's report: per claim the verdict, its reason and numbers."""
+    if format not in ("md", "json", "html", "table"):
+        raise typer.BadParameter(f"--format {format!r}: use md, json, html or table")
+    with Client(url) as bn:
+        if format == "table":
+            show_report(bn.studies.report(study_id))
+            return
+        text = (bn.studies.report_markdown(study_id) if format == "md"
+                else bn.studies.report_html(study_id) if format == "html"
+                else json.dumps(bn.studies.report(study_id), indent=2, default=str) + "\n")
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.write_text(text, encoding="utf-8")
+    err.print(f"wrote {output} ({len(text):,} characters)", highlight=False)
+
+
+@study_app.command("cancel")
+@handles_errors
+def study_cancel(study_id: StudyIdArg, as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """Cancel every run of the study that has not finished."""
+    with Client(url) as bn:
+        study = bn.studies.cancel(study_id)
+    if as_json:
+        print_json(study.model_dump(mode="json"))
+    else:
+        err.print(f"{study.id}: {study.status}"
+                  + (" (cancel requested)" if study.cancel_requested else ""), highlight=False)
+
+
+@study_app.command("retry")
+@handles_errors
+def study_retry(study_id: StudyIdArg, as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """Queue the study's failed runs again."""
+    with Client(url) as bn:
+        study = bn.studies.retry(study_id)
+    if as_json:
+        print_json(study.model_dump(mode="json"))
+    else:
+        show_study(study)
+
+
 def register(app: typer.Typer) -> None:
     """Add the client commands to `bnlab`."""
     for command in (submit, watch, ls, status, history, curves, predict, export, cancel):
         app.command()(command)
     app.add_typer(datasets_app, name="datasets")
     app.add_typer(experiment_app, name="experiment")
+    app.add_typer(study_app, name="study")

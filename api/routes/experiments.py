@@ -29,7 +29,7 @@ from api.routes.jobs import body_hash, choose_queue
 from api.routes.results import PNG, series
 from api.schemas import ChildOut, ExperimentOut, ExperimentPage, RetryOut
 from models.db import repository as repo
-from models.db.tables import Experiment, Job
+from models.db.tables import Experiment, Job, Study
 from models.experiment import Child, ExperimentSpec, expand, variant_names
 from models.spec import SpecError
 from models.stats import Run, summarize, summary_csv
@@ -124,6 +124,59 @@ def _resolve_children(session: Session, children: list[Child], settings: Setting
     return {c.index: warnings[c.variant] for c in children}, dataset_ids
 
 
+@dataclass
+class PlannedExperiment:
+    """An experiment expanded and checked, ready to store: its children, each child's
+    warnings (by index) and each variant's uploaded dataset id."""
+
+    body: ExperimentSpec
+    children: list[Child]
+    warnings: dict[int, list[str]]
+    dataset_ids: dict[str, str | None]
+
+
+def prepare_experiment(session: Session, body: ExperimentSpec, settings: SettingsDep,
+                       owner: str, *, max_children: int) -> PlannedExperiment:
+    """Expand and resolve (nothing stored); raises SpecError naming every problem."""
+    children = expand(body, max_children=max_children)
+    warnings, dataset_ids = _resolve_children(session, children, settings, owner)
+    return PlannedExperiment(body, children, warnings, dataset_ids)
+
+
+def store_experiment(session: Session, planned: PlannedExperiment, settings: SettingsDep,
+                     owner: str, *, stored: dict[str, Any] | None = None,
+                     idempotency_key: str | None = None, request_hash: str | None = None,
+                     study: Study | None = None, claim: str | None = None
+                     ) -> tuple[Experiment, list[Job]]:
+    """Add the experiment row (a study's when `study` is given, testing `claim`) and its
+    children, flushed, not committed: the caller commits, then enqueues every job."""
+    body = planned.body
+    stored = body.model_dump(mode="json") if stored is None else stored
+    queues = {c.index: choose_queue(session, c.spec.device, settings.worker_alive_within_s)
+              for c in planned.children}
+    if study is None:
+        exp = repo.create_experiment(session, spec=stored, name=body.name,
+                                     variants=variant_names(body), seeds=body.seed_list(),
+                                     idempotency_key=idempotency_key,
+                                     request_hash=request_hash, owner=owner)
+    else:
+        exp = repo.create_study_experiment(session, study=study, claim=claim or "",
+                                           spec=stored, name=body.name,
+                                           variants=variant_names(body),
+                                           seeds=body.seed_list())
+    jobs = [repo.create_job(
+        session, job_id=repo.child_job_id(exp.id, c.variant, c.seed),
+        spec=c.spec.model_dump(mode="json"), name=c.spec.name, queue=queues[c.index],
+        device=c.spec.device, epochs_total=c.spec.training.epochs,
+        warnings=planned.warnings[c.index],
+        dataset_id=planned.dataset_ids[c.variant],
+        max_attempts=settings.max_attempts, experiment_id=exp.id, variant=c.variant,
+        seed=c.seed, child_index=c.index, stack_key=_stack_key(exp.id, c.stack_key),
+        owner=owner)
+        for c in planned.children]
+    return exp, jobs
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=ExperimentOut,
              responses={200: {"description": "an earlier experiment with the same "
                                              "Idempotency-Key"},
@@ -148,27 +201,14 @@ def submit_experiment(
             session, idempotency_key=idempotency_key, owner=principal.owner)
         if earlier is not None:
             return _replayed(session, earlier, request_hash, response)
-    children = expand(body, max_children=settings.max_experiment_children)
-    warnings, dataset_ids = _resolve_children(session, children, settings, principal.owner)
-    check_active_jobs(session, owner=principal.owner, adding=len(children),
+    planned = prepare_experiment(session, body, settings, principal.owner,
+                                 max_children=settings.max_experiment_children)
+    check_active_jobs(session, owner=principal.owner, adding=len(planned.children),
                       limit=settings.max_active_jobs_per_key)
-    queues = {c.index: choose_queue(session, c.spec.device, settings.worker_alive_within_s)
-              for c in children}
     try:
-        exp = repo.create_experiment(session, spec=stored, name=body.name,
-                                     variants=variant_names(body), seeds=body.seed_list(),
-                                     idempotency_key=idempotency_key,
-                                     request_hash=request_hash, owner=principal.owner)
-        jobs = [repo.create_job(
-            session, job_id=repo.child_job_id(exp.id, c.variant, c.seed),
-            spec=c.spec.model_dump(mode="json"), name=c.spec.name, queue=queues[c.index],
-            device=c.spec.device, epochs_total=c.spec.training.epochs,
-            warnings=warnings[c.index],
-            dataset_id=dataset_ids[c.variant],
-            max_attempts=settings.max_attempts, experiment_id=exp.id, variant=c.variant,
-            seed=c.seed, child_index=c.index, stack_key=_stack_key(exp.id, c.stack_key),
-            owner=principal.owner)
-            for c in children]
+        exp, jobs = store_experiment(session, planned, settings, principal.owner,
+                                     stored=stored, idempotency_key=idempotency_key,
+                                     request_hash=request_hash)
         session.commit()  # commit, then enqueue: the workers must find the rows
     except IntegrityError:
         session.rollback()

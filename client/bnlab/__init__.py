@@ -6,13 +6,16 @@
                               "training": {"epochs": 50}})
         job.wait(progress=True)
         history = job.history()               # Keras's shape; as_frame=True for pandas
+        study = bn.studies.create("bn-claims", base={"dataset": {"name": "concertriccir2"}})
+        study.wait(progress=True)
+        print(study.report_markdown())        # a verdict per claim about BatchNorm
 
 Imports httpx and pydantic only (never torch or the server); specs may be given as dicts or as
 `models.spec.JobSpec` / `models.experiment.ExperimentSpec`.
 """
 
-from bnlab._async import AsyncClient, AsyncExperiment, AsyncJob
-from bnlab._sync import Client, Experiment, Job
+from bnlab._async import AsyncClient, AsyncExperiment, AsyncJob, AsyncStudy
+from bnlab._sync import Client, Experiment, Job, Study
 from bnlab.errors import (
     APIError,
     AuthenticationError,
@@ -29,6 +32,7 @@ from bnlab.errors import (
     WaitTimeout,
 )
 from bnlab.types import (
+    ClaimVerdict,
     Dataset,
     DoneEvent,
     EpochEvent,
@@ -36,12 +40,15 @@ from bnlab.types import (
     ExperimentChild,
     Prediction,
     StatusEvent,
+    StudyClaim,
+    StudyReport,
 )
 
 __all__ = [
-    "APIError", "AsyncClient", "AsyncExperiment", "AsyncJob", "AuthenticationError",
-    "BadRequest", "BnlabError", "Client", "Conflict", "ConnectionError", "Dataset", "DoneEvent",
-    "EpochEvent", "Event", "Experiment", "ExperimentChild", "Job", "NotFound",
-    "PayloadTooLarge", "Prediction", "RateLimited", "ServerError", "StatusEvent", "Timeout",
+    "APIError", "AsyncClient", "AsyncExperiment", "AsyncJob", "AsyncStudy",
+    "AuthenticationError", "BadRequest", "BnlabError", "ClaimVerdict", "Client", "Conflict",
+    "ConnectionError", "Dataset", "DoneEvent", "EpochEvent", "Event", "Experiment",
+    "ExperimentChild", "Job", "NotFound", "PayloadTooLarge", "Prediction", "RateLimited",
+    "ServerError", "StatusEvent", "Study", "StudyClaim", "StudyReport", "Timeout",
     "ValidationError", "WaitTimeout",
 ]

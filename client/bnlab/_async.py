@@ -30,7 +30,12 @@ from bnlab._base import (
 )
 from bnlab._sse import Comment, Decoder, Message
 from bnlab.errors import ConnectionError, NotFound
-from bnlab.progress import ProgressArg, progress_callback
+from bnlab.progress import (
+    ProgressArg,
+    StudyProgressArg,
+    progress_callback,
+    study_progress_callback,
+)
 from bnlab.types import (
     Dataset,
     DoneEvent,
@@ -38,6 +43,7 @@ from bnlab.types import (
     ExperimentData,
     JobData,
     Prediction,
+    StudyData,
     epoch_events,
     experiment_done,
     job_done,
@@ -101,6 +107,39 @@ class AsyncExperiment(ExperimentData):
 
     def events(self, *, last_event_id: str | None = None) -> AsyncIterator[Event]:
         return self._client.experiments.events(self.id, last_event_id=last_event_id)
+
+
+class AsyncStudy(StudyData):
+    """A study as the server last reported it, with methods that talk to the server."""
+
+    _client: AsyncClient = PrivateAttr()
+
+    async def refresh(self) -> AsyncStudy:
+        return replace_model(self, await self._client.studies.get(self.id))
+
+    async def wait(self, *, timeout: float | None = None, poll: float | None = None,
+                   poll_interval: float = 2.0,
+                   progress: StudyProgressArg = False) -> AsyncStudy:
+        """Until every claim's experiment has finished (polling; `poll` is an alias of
+        `poll_interval`)."""
+        return replace_model(self, await self._client.studies.wait(
+            self.id, timeout=timeout, poll=poll, poll_interval=poll_interval,
+            progress=progress))
+
+    async def cancel(self) -> AsyncStudy:
+        return replace_model(self, await self._client.studies.cancel(self.id))
+
+    async def retry(self) -> AsyncStudy:
+        return replace_model(self, await self._client.studies.retry(self.id))
+
+    async def report(self) -> dict[str, Any]:
+        return await self._client.studies.report(self.id)
+
+    async def report_markdown(self) -> str:
+        return await self._client.studies.report_markdown(self.id)
+
+    async def report_html(self) -> str:
+        return await self._client.studies.report_html(self.id)
 
 
 class AsyncDatasets:
@@ -272,6 +311,79 @@ class AsyncExperiments:
         return self._experiment(data)
 
 
+class AsyncStudies:
+    """The seed's claims about BatchNorm, tested on your data (see `Client.studies`)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    def _study(self, data: Mapping[str, Any]) -> AsyncStudy:
+        study = AsyncStudy.model_validate(data)
+        study._client = self._c
+        return study
+
+    async def create(self, preset: str | BaseModel | Mapping[str, Any] = "bn-claims", *,
+                     base: BaseModel | Mapping[str, Any] | None = None,
+                     claims: str | Sequence[str] | None = None, seeds: int | None = 20,
+                     name: str | None = None, idempotency_key: str | None = None,
+                     **options: Any) -> AsyncStudy:
+        body = calls.study_body(preset, base=base, claims=claims, seeds=seeds, name=name,
+                                options=options)
+        return self._study(await self._c.run(calls.create_study(body, idempotency_key)))
+
+    async def get(self, study_id: str) -> AsyncStudy:
+        return self._study(await self._c.run(calls.get_study(study_id)))
+
+    async def list(self, *, page_size: int = 50,
+                   limit: int | None = None) -> AsyncIterator[AsyncStudy]:
+        cursor: str | None = None
+        seen = 0
+        while True:
+            items, cursor = calls.page_items(await self._c.run(calls.list_studies(
+                limit=page_size, cursor=cursor)))
+            for item in items:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield self._study(item)
+            if not cursor:
+                return
+
+    async def cancel(self, study_id: str) -> AsyncStudy:
+        return self._study(await self._c.run(calls.cancel_study(study_id)))
+
+    async def retry(self, study_id: str) -> AsyncStudy:
+        return self._study(await self._c.run(calls.retry_study(study_id)))
+
+    async def report(self, study_id: str) -> dict[str, Any]:
+        return await self._c.run(calls.study_report(study_id))  # type: ignore[no-any-return]
+
+    async def report_markdown(self, study_id: str) -> str:
+        return await self._c.run(calls.study_report_markdown(study_id))
+
+    async def report_html(self, study_id: str) -> str:
+        return await self._c.run(calls.study_report_html(study_id))
+
+    async def wait(self, study_id: str, *, timeout: float | None = None,
+                   poll: float | None = None, poll_interval: float = 2.0,
+                   progress: StudyProgressArg = False) -> AsyncStudy:
+        report = study_progress_callback(progress)
+        interval = poll if poll is not None else poll_interval
+        deadline = None if timeout is None else time.monotonic() + timeout
+        get = calls.get_study(study_id)
+        etag: str | None = None
+        while True:
+            response = checked(await self._c.send(get,
+                                                  {"If-None-Match": etag} if etag else None))
+            if response.status_code != 304:
+                study, etag = self._study(response.json()), response.headers.get("etag")
+                report(study)
+                if study.done:
+                    return study
+            check_deadline(deadline, timeout)
+            await asyncio.sleep(interval)
+
+
 class AsyncClient:
     """The asyncio twin of `Client` (same arguments, same environment variables)."""
 
@@ -287,6 +399,7 @@ class AsyncClient:
         self.datasets = AsyncDatasets(self)
         self.jobs = AsyncJobs(self)
         self.experiments = AsyncExperiments(self)
+        self.studies = AsyncStudies(self)
 
     async def close(self) -> None:
         if self._owns_http:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -166,3 +167,79 @@ def summary_csv(experiment_id: str) -> Call[str]:
 def experiment_curves(experiment_id: str, metric: str) -> Call[bytes]:
     return Call("GET", f"/v1/experiments/{experiment_id}/curves.png", as_bytes,
                 params={"metric": metric})
+
+
+# -- studies --
+
+STUDY_PRESETS = ("bn-claims",)
+STUDY_CLAIMS = ("faster_convergence", "higher_learning_rates", "init_insensitivity",
+                "regularization", "batch_size", "placement", "train_vs_inference")
+REPORT_FORMATS = ("json", "md", "html")
+
+
+def study_body(preset: str | BaseModel | Mapping[str, Any], *, base: Any, claims: Any,
+               seeds: int | None, name: str | None, options: Mapping[str, Any]
+               ) -> dict[str, Any]:
+    """The POST /v1/studies body: a preset's name and the fields given (None: the server's
+    default), or a whole spec (a dict or a StudySpec) as `preset`, which the keywords only
+    complete."""
+    whole = isinstance(preset, BaseModel | Mapping)
+    body = spec_body(preset) if whole else {"preset": preset}  # type: ignore[arg-type]
+    if isinstance(claims, str):
+        claims = [c.strip() for c in claims.split(",") if c.strip()]
+    given = {"name": name, "claims": list(claims) if claims is not None else None,
+             "base": spec_body(base) if base is not None else None, "seeds": seeds,
+             **options}
+    for k, v in given.items():
+        if v is not None and not (whole and k in body):
+            body[k] = v
+    return json.loads(json.dumps(body))
+
+
+def create_study(body: Mapping[str, Any], idempotency_key: str | None) -> Call[Any]:
+    return Call("POST", "/v1/studies", as_json, json=dict(body), headers=_key(idempotency_key))
+
+
+def get_study(study_id: str) -> Call[Any]:
+    return Call("GET", f"/v1/studies/{study_id}", as_json)
+
+
+def list_studies(*, limit: int, cursor: str | None) -> Call[Any]:
+    params: dict[str, Any] = {"limit": limit}
+    if cursor is not None:
+        params["cursor"] = cursor
+    return Call("GET", "/v1/studies", as_json, params=params)
+
+
+def page_items(page: Any) -> tuple[list[Any], str | None]:
+    """A listing's items and next cursor: {"items": [...], "next_cursor": ...} or a list."""
+    if isinstance(page, list):
+        return page, None
+    return list(page.get("items") or []), page.get("next_cursor")
+
+
+def cancel_study(study_id: str) -> Call[Any]:
+    return Call("POST", f"/v1/studies/{study_id}/cancel", as_json)
+
+
+def _retried_study(response: Any) -> Any:
+    body = response.json()  # the study, or {"retried": [...], "study": {...}}
+    return body.get("study", body) if isinstance(body, dict) else body
+
+
+def retry_study(study_id: str) -> Call[Any]:
+    return Call("POST", f"/v1/studies/{study_id}/retry", _retried_study)
+
+
+def study_report(study_id: str) -> Call[Any]:
+    return Call("GET", f"/v1/studies/{study_id}/report", as_json)
+
+
+def study_report_markdown(study_id: str) -> Call[str]:
+    return Call("GET", f"/v1/studies/{study_id}/report.md", as_text,
+                headers={"Accept": "text/markdown"})
+
+
+def study_report_html(study_id: str) -> Call[str]:
+    return Call("GET", f"/v1/studies/{study_id}/report.html", as_text,
+                headers={"Accept": "text/html"})

@@ -29,7 +29,12 @@ from bnlab._base import (
 )
 from bnlab._sse import Comment, Decoder, Message
 from bnlab.errors import ConnectionError, NotFound
-from bnlab.progress import ProgressArg, progress_callback
+from bnlab.progress import (
+    ProgressArg,
+    StudyProgressArg,
+    progress_callback,
+    study_progress_callback,
+)
 from bnlab.types import (
     Dataset,
     DoneEvent,
@@ -37,6 +42,7 @@ from bnlab.types import (
     ExperimentData,
     JobData,
     Prediction,
+    StudyData,
     epoch_events,
     experiment_done,
     job_done,
@@ -98,6 +104,39 @@ class Experiment(ExperimentData):
 
     def events(self, *, last_event_id: str | None = None) -> Iterator[Event]:
         return self._client.experiments.events(self.id, last_event_id=last_event_id)
+
+
+class Study(StudyData):
+    """A study as the server last reported it, with methods that talk to the server."""
+
+    _client: Client = PrivateAttr()
+
+    def refresh(self) -> Study:
+        return replace_model(self, self._client.studies.get(self.id))
+
+    def wait(self, *, timeout: float | None = None, poll: float | None = None,
+             poll_interval: float = 2.0, progress: StudyProgressArg = False) -> Study:
+        """Block until every claim's experiment has finished (polling; `poll` is an alias of
+        `poll_interval`). `progress`: True for a line per change on stderr, or a callable
+        given the Study at each change."""
+        return replace_model(self, self._client.studies.wait(
+            self.id, timeout=timeout, poll=poll, poll_interval=poll_interval,
+            progress=progress))
+
+    def cancel(self) -> Study:
+        return replace_model(self, self._client.studies.cancel(self.id))
+
+    def retry(self) -> Study:
+        return replace_model(self, self._client.studies.retry(self.id))
+
+    def report(self) -> dict[str, Any]:
+        return self._client.studies.report(self.id)
+
+    def report_markdown(self) -> str:
+        return self._client.studies.report_markdown(self.id)
+
+    def report_html(self) -> str:
+        return self._client.studies.report_html(self.id)
 
 
 class Datasets:
@@ -269,6 +308,88 @@ class Experiments:
         return self._experiment(data)
 
 
+class Studies:
+    """The seed's claims about BatchNorm, each tested as an experiment on your data and
+    network, with a verdict per claim (`report`)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def _study(self, data: Mapping[str, Any]) -> Study:
+        study = Study.model_validate(data)
+        study._client = self._c
+        return study
+
+    def create(self, preset: str | BaseModel | Mapping[str, Any] = "bn-claims", *,
+               base: BaseModel | Mapping[str, Any] | None = None,
+               claims: str | Sequence[str] | None = None, seeds: int | None = 20,
+               name: str | None = None, idempotency_key: str | None = None,
+               **options: Any) -> Study:
+        """Start a study: `preset` (or a whole spec as a dict / `models.study.StudySpec`),
+        `base` a partial job spec (dataset, network, training), `claims` a subset of the
+        preset's; `options` are the spec's other fields (alpha, confidence, learning_rates,
+        init_scales, batch_sizes, threshold_fraction). Retries carry one Idempotency-Key."""
+        body = calls.study_body(preset, base=base, claims=claims, seeds=seeds, name=name,
+                                options=options)
+        return self._study(self._c.run(calls.create_study(body, idempotency_key)))
+
+    def get(self, study_id: str) -> Study:
+        return self._study(self._c.run(calls.get_study(study_id)))
+
+    def list(self, *, page_size: int = 50, limit: int | None = None) -> Iterator[Study]:
+        """Newest first, fetching pages as you iterate; `limit` stops after that many."""
+        cursor: str | None = None
+        seen = 0
+        while True:
+            items, cursor = calls.page_items(self._c.run(calls.list_studies(
+                limit=page_size, cursor=cursor)))
+            for item in items:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield self._study(item)
+            if not cursor:
+                return
+
+    def cancel(self, study_id: str) -> Study:
+        """Cancel every child of every claim that has not finished."""
+        return self._study(self._c.run(calls.cancel_study(study_id)))
+
+    def retry(self, study_id: str) -> Study:
+        """Run the failed children again (Conflict if none failed)."""
+        return self._study(self._c.run(calls.retry_study(study_id)))
+
+    def report(self, study_id: str) -> dict[str, Any]:
+        """Per claim: verdict, reason, measure, the paired test and its Holm-adjusted p
+        (`bnlab.StudyReport.model_validate(...)` for typed access)."""
+        return self._c.run(calls.study_report(study_id))  # type: ignore[no-any-return]
+
+    def report_markdown(self, study_id: str) -> str:
+        return self._c.run(calls.study_report_markdown(study_id))
+
+    def report_html(self, study_id: str) -> str:
+        return self._c.run(calls.study_report_html(study_id))
+
+    def wait(self, study_id: str, *, timeout: float | None = None, poll: float | None = None,
+             poll_interval: float = 2.0, progress: StudyProgressArg = False) -> Study:
+        """Poll (with If-None-Match) until the study is done; raises WaitTimeout after
+        `timeout` seconds."""
+        report = study_progress_callback(progress)
+        interval = poll if poll is not None else poll_interval
+        deadline = None if timeout is None else time.monotonic() + timeout
+        get = calls.get_study(study_id)
+        etag: str | None = None
+        while True:
+            response = checked(self._c.send(get, {"If-None-Match": etag} if etag else None))
+            if response.status_code != 304:
+                study, etag = self._study(response.json()), response.headers.get("etag")
+                report(study)
+                if study.done:
+                    return study
+            check_deadline(deadline, timeout)
+            time.sleep(interval)
+
+
 class Client:
     """bnlab's API. `base_url` defaults to $BNLAB_URL (else http://127.0.0.1:8000), `api_key`
     to $BNLAB_API_KEY (sent as `Authorization: Bearer`). Connection errors, 429 (after its
@@ -286,6 +407,7 @@ class Client:
         self.datasets = Datasets(self)
         self.jobs = Jobs(self)
         self.experiments = Experiments(self)
+        self.studies = Studies(self)
 
     def close(self) -> None:
         if self._owns_http:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from bnlab.types import DoneEvent, EpochEvent, Event, StatusEvent
+from bnlab.types import DoneEvent, EpochEvent, Event, StatusEvent, StudyData
 
 SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy")
 ProgressArg = bool | Callable[[Event], Any]
@@ -53,3 +53,30 @@ def progress_callback(progress: ProgressArg) -> Callable[[Event], Any]:
     if callable(progress):
         return progress
     return TextProgress() if progress else (lambda _: None)
+
+
+StudyProgressArg = bool | Callable[[StudyData], Any]
+
+
+class StudyTextProgress:
+    """A line per change of a study: its status and each claim's succeeded/total children."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.last = ""
+
+    def __call__(self, study: StudyData) -> None:
+        claims = "  ".join(f"{c.claim} {c.succeeded}/{c.total}"
+                           + (f" ({c.counts['failed']} failed)" if c.counts.get("failed") else "")
+                           for c in study.claims)
+        text = f"study {study.id} {study.status}  {claims}".rstrip()
+        if text != self.last:
+            self.last = text
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+
+def study_progress_callback(progress: StudyProgressArg) -> Callable[[StudyData], Any]:
+    if callable(progress):
+        return progress
+    return StudyTextProgress() if progress else (lambda _: None)

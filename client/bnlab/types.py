@@ -8,7 +8,7 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -123,6 +123,129 @@ class ExperimentData(_Model):
             return True
         pending = self.counts.get("queued", 0) + self.counts.get("running", 0)
         return bool(self.counts) and sum(self.counts.values()) > 0 and pending == 0
+
+
+# -- studies -------------------------------------------------------------------------------
+
+_PENDING = ("queued", "running")
+
+
+class StudyClaim(_Model):
+    """One claim of a study: the experiment that tests it and how far its children are."""
+
+    claim: str
+    text: str | None = None
+    experiment_id: str | None = None
+    status: str = "queued"
+    counts: dict[str, int] = Field(default_factory=dict)
+    epochs_done: int | None = None
+    epochs_total: int | None = None
+
+    @property
+    def total(self) -> int:
+        """Children of the claim's experiment."""
+        return sum(v for v in self.counts.values() if isinstance(v, int))
+
+    @property
+    def succeeded(self) -> int:
+        return self.counts.get("succeeded", 0)
+
+    @property
+    def done(self) -> bool:
+        if self.status in TERMINAL:
+            return True
+        return self.total > 0 and not sum(self.counts.get(s, 0) for s in _PENDING)
+
+
+class StudyCost(_Model):
+    children: int = 0
+    epochs: int | None = None
+    estimated_seconds: float | None = None
+    note: str | None = None
+
+
+class StudyData(_Model):
+    id: str
+    name: str | None = None
+    status: str
+    cancel_requested: bool = False
+    created_at: datetime | None = None
+    spec: dict[str, Any] = Field(default_factory=dict)
+    claims: list[StudyClaim] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict, description=(
+        "children of every claim per status (summed from the claims if the server omits it)"))
+    cost: StudyCost | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _sum_counts(self) -> StudyData:
+        if not self.counts and self.claims:
+            for c in self.claims:
+                for k, v in c.counts.items():
+                    self.counts[k] = self.counts.get(k, 0) + v
+        return self
+
+    @property
+    def done(self) -> bool:
+        """Finished: a terminal status, or every claim's children settled."""
+        if self.status in TERMINAL:
+            return True
+        return bool(self.claims) and all(c.done for c in self.claims)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+class PairedTest(_Model):
+    """A claim's paired test (a positive difference is the claim's direction)."""
+
+    test: str | None = None  # "t", "wilcoxon", ...
+    n: int | None = None
+    estimate: float | None = None  # the effect the CI is about (a mean or a median)
+    mean: float | None = None
+    median: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    effect_size: float | None = None
+    p_two_sided: float | None = None
+
+
+class ClaimVerdict(_Model):
+    """One claim of a study's report."""
+
+    claim: str
+    text: str | None = None
+    verdict: str  # "supported" | "contradicted" | "inconclusive"
+    reason: str | None = None
+    measure: str | None = None
+    comparison: str | None = None
+    rule: str | None = None
+    test: PairedTest = Field(default_factory=PairedTest)
+    adjusted_p: float | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+    partial: bool = False
+    experiment_id: str | None = None
+    experiment_status: str | None = None
+    firm_up: dict[str, Any] | None = None
+
+
+class StudyReport(_Model):
+    """GET /v1/studies/{id}/report: `StudyReport.model_validate(client.studies.report(id))`."""
+
+    id: str
+    name: str | None = None
+    status: str | None = None
+    created_at: datetime | None = None
+    partial: bool = False
+    alpha: float | None = None
+    confidence: float | None = None
+    seeds: int | list[int] | None = None
+    claims: list[ClaimVerdict] = Field(default_factory=list)
+
+
+def study_done(data: dict[str, Any]) -> bool:
+    return StudyData.model_validate(data).done
 
 
 def job_done(data: dict[str, Any]) -> bool:

@@ -106,6 +106,28 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class Study(Base):
+    """A study: the seed's claims about BatchNorm, one experiment per claim
+    (experiment.study_id, experiment.claim). Status and reports are derived on read."""
+
+    __tablename__ = "study"
+    __table_args__ = (
+        Index("ix_study_owner_created_at_id", "owner", "created_at", "id"),
+        UniqueConstraint("owner", "idempotency_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str | None] = mapped_column(String(255))
+    spec: Mapped[dict[str, Any]]  # the normalised StudySpec
+    claims: Mapped[list[str]]  # claim names, in the study's order
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    owner: Mapped[str] = _owner()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class Experiment(Base):
     """A grid of variants x seeds; its children are ordinary jobs (job.experiment_id).
 
@@ -131,6 +153,10 @@ class Experiment(Base):
     owner: Mapped[str] = _owner()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # A study's experiments: which study, and the claim this one tests.
+    study_id: Mapped[str | None] = mapped_column(
+        ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    claim: Mapped[str | None] = mapped_column(String(64))
 
     children: Mapped[list[Job]] = relationship(
         back_populates="experiment", cascade="all, delete-orphan", passive_deletes=True,
