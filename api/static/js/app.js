@@ -8,6 +8,8 @@ import * as compare from "./views/compare.js";
 import * as experiments from "./views/experiments.js";
 import * as experiment from "./views/experiment.js";
 import * as submit from "./views/submit.js";
+import * as studies from "./views/studies.js";
+import * as study from "./views/study.js";
 
 const root = document.getElementById("app");
 let cleanup = null;
@@ -24,6 +26,8 @@ function pick({ parts }) {
   if (first === "jobs" && id) return ["jobs", job, id];
   if (first === "experiments" && id) return ["experiments", experiment, id];
   if (first === "experiments") return ["experiments", experiments, null];
+  if (first === "studies" && id) return ["studies", study, id];
+  if (first === "studies") return ["studies", studies, null];
   if (first === "compare") return ["compare", compare, null];
   if (first === "submit") return ["submit", submit, null];
   return ["jobs", jobs, null];

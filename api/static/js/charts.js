@@ -3,6 +3,8 @@
 // new LineChart(el, {series: [{label, color, dash, band: [loIdx, hiIdx]}], yLabel, sync})
 //   .setData(x, ys)  x: epochs, ys: one array per series (null = gap)
 // Series flagged {hidden: true} are drawn (e.g. a band's edges) but left out of the legend.
+// xLabel names the x axis ("epoch"); xTicks, an array of labels, makes x a category axis:
+// x values are then the indices 0..n-1 and each tick shows its label (a sweep's values).
 // The container's data-points attribute says how many x values are plotted (tests read it).
 
 import uPlot from "../vendor/uplot/uPlot.esm.js";
@@ -12,7 +14,7 @@ const HEIGHT = 260;
 
 export class LineChart {
   constructor(el, { series, yLabel = "", title = "", sync = null, height = HEIGHT,
-    legend = true } = {}) {
+    legend = true, xLabel = "epoch", xTicks = null } = {}) {
     this.el = el;
     this.series = series;
     this.height = height;
@@ -24,16 +26,21 @@ export class LineChart {
     });
     const opts = {
       title, width: Math.max(200, el.clientWidth || 600), height,
-      scales: { x: { time: false } },
+      scales: { x: xTicks ? { time: false, range: () => [-0.25, Math.max(1, xTicks.length - 1) + 0.25] }
+        : { time: false } },
       axes: [
         // epochs are whole numbers: no 2.5 ticks
-        { label: "epoch", labelSize: 20, size: 36, grid: { stroke: "#eef0f2" },
-          incrs: [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000] },
+        xTicks
+          ? { label: xLabel, labelSize: 20, size: 36, grid: { stroke: "#eef0f2" },
+            splits: () => xTicks.map((_, i) => i), values: (u, vals) => vals.map((v) => xTicks[v] ?? "") }
+          : { label: xLabel, labelSize: 20, size: 36, grid: { stroke: "#eef0f2" },
+            incrs: [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000] },
         { label: yLabel, labelSize: 20, size: 56, grid: { stroke: "#eef0f2" },
           values: (u, vals) => vals.map((v) => (Math.abs(v) >= 1000 ? v.toExponential(1) : +v.toPrecision(4))) },
       ],
       series: [
-        { label: "epoch" },
+        xTicks ? { label: xLabel, value: (u, v) => (v === null || v === undefined ? "–" : xTicks[v] ?? "") }
+          : { label: xLabel },
         ...series.map((s) => ({
           label: s.label, stroke: s.hidden ? "transparent" : s.color, width: s.width ?? 1.6,
           // points: uPlot's default shows them only while they are sparse (a first epoch)
