@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -53,7 +54,7 @@ def sequential_estimate(body: dict[str, Any]) -> tuple[float, int]:
     return total, children
 
 
-def measure(seeds: int, epochs: int) -> list[Row]:
+def measure(seeds: int, epochs: int, report_to: Path | None = None) -> list[Row]:
     torch.set_num_threads(1)
     body: dict[str, Any] = {"preset": "bn-claims", "seeds": seeds,
                             "base": {"dataset": {"name": "concertriccir2"},
@@ -72,6 +73,8 @@ def measure(seeds: int, epochs: int) -> list[Row]:
             study = client.get(f"/v1/studies/{study['id']}").json()
         report = client.get(f"/v1/studies/{study['id']}/report").json()
         wall = time.perf_counter() - start
+        if report_to is not None:  # the report as the README shows it
+            report_to.write_text(client.get(f"/v1/studies/{study['id']}/report.md").text)
     children = int(study["cost"]["children"])
     seq_s, planned = sequential_estimate(body)
     verdicts = ", ".join(f"{c['claim']}: {c['verdict']}" for c in report["claims"])
@@ -96,8 +99,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--report", type=Path, default=None,
+                        help="also write the study's Markdown report here")
     args = parser.parse_args()
-    print_table(measure(args.seeds, args.epochs))
+    print_table(measure(args.seeds, args.epochs, args.report))
 
 
 if __name__ == "__main__":

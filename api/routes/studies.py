@@ -14,9 +14,12 @@ import html
 import json
 import logging
 import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, status
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -26,6 +29,7 @@ from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep
 from api.errors import Conflict, InvalidInput, NotFound, NotReady, validation_messages
 from api.ratelimit import check_active_jobs
 from api.resolve import dataset_shape
+from api.routes.events import Poll, SessionsDep, stream
 from api.routes.experiments import (
     PlannedExperiment,
     _runs,
@@ -591,3 +595,54 @@ def get_report_md(study: StudyDep, session: SessionDep, settings: SettingsDep) -
 def get_report_html(study: StudyDep, session: SessionDep, settings: SettingsDep) -> Response:
     """The report as one self-contained page (inline CSS, one inline PNG per claim)."""
     return Response(report_html(session, study, settings), media_type="text/html")
+
+
+@dataclass
+class StudyEvents:
+    """The poller of one study's stream: a `progress` event whenever a claim's counts or
+    status change, then `done` with the study and its report's verdicts."""
+
+    study_id: str
+    settings: ApiSettings
+    sent: dict[str, Any] = field(default_factory=dict)
+
+    def poll(self, session: Session) -> Poll:
+        study = repo.get_study(session, study_id=self.study_id)
+        if study is None:
+            return Poll([ServerSentEvent(event="error", data={
+                "error": "NotFound", "detail": f"study '{self.study_id}' was deleted"})], True)
+        out = study_out(session, study, self.settings)
+        progress = [{"claim": c.claim, "status": c.status, "counts": c.counts}
+                    for c in out.claims]
+        events = []
+        if progress != self.sent.get("progress"):
+            self.sent["progress"] = progress
+            events.append(ServerSentEvent(event="progress", data={
+                "study_id": out.id, "status": out.status, "claims": progress}))
+        if out.status in ("succeeded", "failed", "cancelled"):
+            report = study_report(session, study, self.settings)
+            verdicts = [{"claim": c["claim"], "verdict": c["verdict"]}
+                        for c in report["claims"]]
+            events.append(ServerSentEvent(event="done", data={
+                "study": out.model_dump(mode="json"), "verdicts": verdicts}))
+            return Poll(events, True)
+        return Poll(events)
+
+
+def _existing_study(study_id: StudyId, sessions: SessionsDep, principal: PrincipalDep) -> str:
+    with sessions() as session:  # short: the stream must not hold a connection
+        if repo.get_study(session, study_id=study_id, owner=principal.owner) is None:
+            raise NotFound(f"no study with id '{study_id}': list studies with GET /v1/studies")
+    return study_id
+
+
+@router.get("/{study_id}/events", response_class=EventSourceResponse, responses={
+    200: {"description": "`progress` when a claim's counts change, then `done`"},
+    404: {"description": "no such study"}})
+async def study_events(study_id: Annotated[str, Depends(_existing_study)],
+                       sessions: SessionsDep, settings: SettingsDep
+                       ) -> AsyncIterator[ServerSentEvent]:
+    """Server-Sent Events of a study: per-claim progress as children finish, then `done` with
+    the study and each claim's verdict. A reconnect starts from the current progress."""
+    async for event in stream(sessions, StudyEvents(study_id, settings)):
+        yield event

@@ -270,3 +270,22 @@ def test_another_key_gets_404(authed: TestClient) -> None:
     assert authed.get("/v1/studies", headers=B).json()["items"] == []
     assert authed.get("/v1/studies", headers=A).json()["items"]
     assert authed.get(f"/v1/studies/{sid}", headers=A).json()["status"] == "queued"
+
+
+def test_study_events_report_progress_then_the_verdicts(client: TestClient,
+                                                        ctx: RunContext) -> None:
+    from tests.api.test_experiments import sse
+
+    study = client.post("/v1/studies", json=small_study(claims=["regularization"],
+                                                       seeds=2)).json()
+    train(client, ctx, children(client, study))
+    events = sse(client.get(f"/v1/studies/{study['id']}/events").text)
+    assert [e["event"] for e in events] == ["progress", "done"]
+    (claim,) = events[0]["data"]["claims"]
+    assert claim["claim"] == "regularization" and claim["counts"]["succeeded"] == 4
+    done = events[1]["data"]
+    report = client.get(f"/v1/studies/{study['id']}/report").json()
+    assert done["study"]["status"] == "succeeded"
+    assert done["verdicts"] == [{"claim": "regularization",
+                                 "verdict": report["claims"][0]["verdict"]}]
+    assert client.get("/v1/studies/nope/events").status_code == 404
