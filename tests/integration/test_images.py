@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -186,3 +187,28 @@ def test_an_npz_upload_trains_and_predicts(client: httpx.Client) -> None:
     p = client.post(f"/v1/jobs/{job_id}/predict",
                     json={"inputs": digits.images[:3].tolist()})
     assert p.status_code == 200 and len(p.json()["classes"]) == 3
+
+
+def test_a_study_on_breast_cancer(client: httpx.Client) -> None:
+    """The studies machinery on a real table (standardised inputs), through Redis/PostgreSQL."""
+    r = client.post("/v1/studies", json={
+        "preset": "bn-claims", "claims": ["regularization", "placement", "batch_size"],
+        "seeds": 3, "batch_sizes": [8, 64],
+        "base": {"dataset": {"name": "breast_cancer"},
+                 "network": {"hidden": [8], "batchnorm": "before_activation"},
+                 "training": {"epochs": 3, "split": "stratified", "standardize": True}}})
+    assert r.status_code == 202, r.text
+    study = r.json()
+    assert study["cost"]["children"] == 3 * (2 + 2 + 4)
+    deadline = time.monotonic() + 900
+    while study["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, study
+        time.sleep(0.5)
+        study = client.get(f"/v1/studies/{study['id']}").json()
+    assert study["status"] == "succeeded", study
+    report = client.get(f"/v1/studies/{study['id']}/report").json()
+    assert [c["claim"] for c in report["claims"]] == ["regularization", "placement", "batch_size"]
+    assert all(c["verdict"] in ("supported", "contradicted", "inconclusive") and
+               c["test"]["n"] == 3 for c in report["claims"])
+    md = client.get(f"/v1/studies/{study['id']}/report.md")
+    assert md.status_code == 200 and "| claim | verdict |" in md.text
