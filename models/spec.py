@@ -178,6 +178,8 @@ class NetworkSpec(_Strict):
             "instancenorm applies to conv blocks only"))
     groups: int | None = Field(default=None, ge=1, description=(
         "shorthand groupnorm groups (default: 8, or the largest divisor of the width below 8)"))
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description=(
+        "shorthand: a dropout layer of this rate after each hidden dense block (0: none)"))
     momentum: float | None = Field(default=None, gt=0.0, lt=1.0)
     eps: float | None = Field(default=None, gt=0.0, le=1.0)
     affine: bool = True
@@ -691,6 +693,8 @@ def expand_shorthand(net: NetworkSpec, n_classes: int) -> list[Any]:
                       else FlattenLayer())
     for units in net.hidden or []:
         layers += _block(DenseLayer(units=units), net, "none" if norm == "instancenorm" else norm)
+        if net.dropout > 0:
+            layers.append(DropoutLayer(rate=net.dropout))
     binary = n_classes == 2
     units = net.output_units or (1 if binary else n_classes)
     activation = net.output_activation or (Activation.sigmoid if units == 1 else Activation.softmax)

@@ -79,6 +79,9 @@ class StudySpec(BaseModel):
                                      min_length=2, max_length=8)
     batch_sizes: list[int] = Field(default_factory=lambda: [2, 8, 32, 128], min_length=2,
                                    max_length=8)
+    dropout_rate: float = Field(default=0.2, gt=0.0, lt=1.0, description=(
+        "regularization: the rate of a third variant, the plain network with dropout after "
+        "each hidden layer (shorthand networks only)"))
     threshold_fraction: float = Field(default=0.9, gt=0.0, le=1.0, description=(
         "faster_convergence: the val_accuracy to reach, as a fraction of the best any run "
         "reaches"))
@@ -162,8 +165,14 @@ def plan(spec: StudySpec) -> list[tuple[Claim, ExperimentSpec]]:
             "confidence": spec.confidence})))
 
     for claim in spec.claim_list():
-        if claim in (Claim.faster_convergence, Claim.regularization):
+        if claim == Claim.faster_convergence:
             exp(claim, [{"name": "bn", "network": bn}, {"name": "none", "network": none}])
+        elif claim == Claim.regularization:
+            variants = [{"name": "bn", "network": bn}, {"name": "none", "network": none}]
+            if _placement(bn) is not None:  # the shorthand can add dropout to the plain net
+                variants.append({"name": "dropout",
+                                 "network": {**none, "dropout": spec.dropout_rate}})
+            exp(claim, variants)
         elif claim == Claim.higher_learning_rates:
             exp(claim, [{"name": f"{role} lr={_label(lr)}", "network": net,
                          "training.optimizer.lr": lr}
@@ -261,13 +270,23 @@ def analyze_claim(claim: Claim, runs: Sequence[Run], spec: StudySpec, *, epochs:
                            "supported if BN reaches it in fewer epochs", test,
                            {"threshold": threshold}, partial)
     if claim == Claim.regularization:
+        roles = sorted({r.variant for r in runs} & {"bn", "none", "dropout"})
         gap = {v: {s: (_final(r, "accuracy") or math.nan) - (_final(r, "val_accuracy") or math.nan)
-                   for s, r in _by_seed(runs, v).items()} for v in ("bn", "none")}
+                   for s, r in _by_seed(runs, v).items()} for v in roles}
+        gap.setdefault("bn", {})
+        gap.setdefault("none", {})
         test = cs.paired_test(_diffs(gap["bn"], gap["none"]), confidence=conf)  # type: ignore[arg-type]
+        details: dict[str, Any] = {"mean_gap": {v: _mean(gap[v].values()) for v in gap}}
+        if "dropout" in gap:  # informative, outside the Holm family: the verdict is BN vs none
+            vs = cs.paired_test(_diffs(gap["bn"], gap["dropout"]),  # type: ignore[arg-type]
+                                confidence=conf)
+            details["bn_vs_dropout"] = {
+                "comparison": "gap(dropout) - gap(bn), paired by seed (t); not in the Holm "
+                              "family", "estimate": vs["estimate"], "ci_low": vs["ci_low"],
+                "ci_high": vs["ci_high"], "p_two_sided": vs["p_two_sided"], "n": vs["n"]}
         return ClaimResult(claim, "final train accuracy - val_accuracy (the generalisation gap)",
                            "gap(none) - gap(bn), paired by seed (t)",
-                           "supported if BN's gap is smaller", test,
-                           {"mean_gap": {v: _mean(gap[v].values()) for v in gap}}, partial)
+                           "supported if BN's gap is smaller", test, details, partial)
     if claim == Claim.placement:
         acc = {v: {s: _final(r, "val_accuracy") for s, r in _by_seed(runs, v).items()}
                for v in ("before", "after")}

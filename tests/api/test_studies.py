@@ -61,25 +61,25 @@ def test_study_end_to_end(client: TestClient, settings: ApiSettings, ctx: RunCon
     assert [c["claim"] for c in study["claims"]] == CLAIMS
     assert study["claims"][0]["text"] == "BatchNorm acts as a regulariser"
     # regularization: bn/none x 3, placement: before/after x 3, train_vs_inference: bn x 3
-    assert study["cost"]["children"] == 15 and study["cost"]["epochs"] == 30
+    assert study["cost"]["children"] == 18 and study["cost"]["epochs"] == 36
     assert study["cost"]["estimated_seconds"] is None  # nothing has finished on this server
     assert "no job has finished" in study["cost"]["note"]
-    assert study["counts"]["queued"] == 15
+    assert study["counts"]["queued"] == 18
     assert study["spec"]["seeds"] == 3 and study["spec"]["claims"] == CLAIMS
     kids = children(client, study)
-    assert len(kids) == 15
+    assert len(kids) == 18
     assert sorted(m["args"][0] for m in queued_messages(settings)) == sorted(
         c["job_id"] for c in kids)
     exp = client.get(f"/v1/experiments/{study['claims'][2]['experiment_id']}").json()
     assert exp["variants"] == ["bn"] and exp["seeds"] == [0, 1, 2]
 
     # The first claim's experiment trains: progress shows, the report is partial.
-    train(client, ctx, kids[:6])
+    train(client, ctx, kids[:9])  # regularization: bn, none and none + dropout, 3 seeds each
     now = client.get(f"/v1/studies/{study['id']}").json()
     assert now["status"] == "running"
     assert [c["status"] for c in now["claims"]] == ["succeeded", "queued", "queued"]
-    assert now["claims"][0]["counts"]["succeeded"] == 6
-    assert now["claims"][0]["epochs_done"] == 12 and now["claims"][0]["epochs_total"] == 12
+    assert now["claims"][0]["counts"]["succeeded"] == 9
+    assert now["claims"][0]["epochs_done"] == 18 and now["claims"][0]["epochs_total"] == 18
     assert now["cost"]["estimated_seconds"] is not None
     assert "upper bound" in now["cost"]["note"]
     partial = client.get(f"/v1/studies/{study['id']}/report").json()
@@ -88,9 +88,9 @@ def test_study_end_to_end(client: TestClient, settings: ApiSettings, ctx: RunCon
     assert all(c["verdict"] == "inconclusive" for c in partial["claims"][1:])
     assert "Partial:" in client.get(f"/v1/studies/{study['id']}/report.md").text
 
-    train(client, ctx, kids[6:])
+    train(client, ctx, kids[9:])
     done = client.get(f"/v1/studies/{study['id']}").json()
-    assert done["status"] == "succeeded" and done["counts"]["succeeded"] == 15
+    assert done["status"] == "succeeded" and done["counts"]["succeeded"] == 18
     report = client.get(f"/v1/studies/{study['id']}/report")
     assert report.status_code == 200, report.text
     body = report.json()
@@ -156,7 +156,7 @@ def test_idempotency_key(client: TestClient, settings: ApiSettings) -> None:
     again = client.post("/v1/studies", json=small_study(), headers=headers)
     assert one.status_code == 202 and again.status_code == 200
     assert one.json()["id"] == again.json()["id"]
-    assert len(queued_messages(settings)) == 15
+    assert len(queued_messages(settings)) == 18
     other = client.post("/v1/studies", json=small_study(seeds=2), headers=headers)
     assert other.status_code == 409
 
@@ -166,7 +166,7 @@ def test_bad_studies_are_422_saying_what_to_change(client: TestClient) -> None:
     r = client.post("/v1/studies", json={"base": copy.deepcopy(BASE), "seeds": 100})
     assert r.status_code == 422, r.text
     detail = str(r.json()["detail"])
-    assert "3300 children" in detail and "max_study_children" in detail
+    assert "3400 children" in detail and "max_study_children" in detail
     assert "higher_learning_rates: 800" in detail and "fewer seeds" in detail
 
     no_bn = small_study()
@@ -205,7 +205,7 @@ def test_the_child_limit_is_a_setting(settings: ApiSettings) -> None:
     with TestClient(create_app(small)) as client:
         r = client.post("/v1/studies", json=small_study())
         assert r.status_code == 422
-        assert ("15 children (regularization: 6, placement: 6, train_vs_inference: 3)"
+        assert ("18 children (regularization: 9, placement: 6, train_vs_inference: 3)"
                 in str(r.json()["detail"]))
 
 
@@ -222,7 +222,7 @@ def test_cancel_and_retry(client: TestClient, ctx: RunContext) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["cancel_requested"] is True and body["status"] == "failed"
-    assert body["counts"]["cancelled"] == 9 and body["counts"]["failed"] == 1
+    assert body["counts"]["cancelled"] == 11 and body["counts"]["failed"] == 1
     assert {c["status"] for c in body["claims"][1:]} == {"cancelled"}
     r = client.post(f"/v1/studies/{study['id']}/retry")
     assert r.status_code == 200, r.text
@@ -282,7 +282,7 @@ def test_study_events_report_progress_then_the_verdicts(client: TestClient,
     events = sse(client.get(f"/v1/studies/{study['id']}/events").text)
     assert [e["event"] for e in events] == ["progress", "done"]
     (claim,) = events[0]["data"]["claims"]
-    assert claim["claim"] == "regularization" and claim["counts"]["succeeded"] == 4
+    assert claim["claim"] == "regularization" and claim["counts"]["succeeded"] == 6
     done = events[1]["data"]
     report = client.get(f"/v1/studies/{study['id']}/report").json()
     assert done["study"]["status"] == "succeeded"

@@ -199,7 +199,8 @@ def test_a_study_on_breast_cancer(client: httpx.Client) -> None:
                  "training": {"epochs": 3, "split": "stratified", "standardize": True}}})
     assert r.status_code == 202, r.text
     study = r.json()
-    assert study["cost"]["children"] == 3 * (2 + 2 + 4)
+    # regularization: bn, none and none + dropout; placement: before, after; batch: 2 x 2
+    assert study["cost"]["children"] == 3 * (3 + 2 + 4)
     deadline = time.monotonic() + 900
     while study["status"] not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, study

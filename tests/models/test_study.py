@@ -51,7 +51,7 @@ def test_the_preset_plans_one_experiment_per_claim() -> None:
     assert [c for c, _ in planned] == list(Claim)
     counts = {c.value: len(expand(e, max_children=10_000)) for c, e in planned}
     assert counts == {"faster_convergence": 6, "higher_learning_rates": 24,
-                      "init_insensitivity": 30, "regularization": 6, "batch_size": 24,
+                      "init_insensitivity": 30, "regularization": 9, "batch_size": 24,
                       "placement": 6, "train_vs_inference": 3}
     # variants of a claim share everything but the seed within a stack: one stack per variant
     for _, exp in planned:
