@@ -195,3 +195,12 @@ def test_keras_momentum_that_rounds_out_of_range_is_refused(m: float) -> None:
         with pytest.raises(ValidationError, match="strictly between 0 and 1"):
             JobSpec.model_validate({"dataset": {"name": "moons"},
                                     "network": {**network, "momentum_convention": "keras"}})
+
+
+def test_shorthand_dropout_follows_each_hidden_block() -> None:
+    spec = JobSpec.model_validate({"dataset": {"name": "moons"}, "network": {
+        "hidden": [4, 3], "batchnorm": "before_activation", "dropout": 0.25}})
+    layers = resolve_job(spec, n_features=2, n_classes=2, n_rows=100).network.layers
+    assert [la.type for la in layers] == ["dense", "batchnorm", "activation", "dropout",
+                                          "dense", "batchnorm", "activation", "dropout", "dense"]
+    assert {la.rate for la in layers if la.type == "dropout"} == {0.25}
