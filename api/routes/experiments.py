@@ -282,17 +282,22 @@ def retry_experiment(exp: ExperimentDep, session: SessionDep, queue: QueueDep,
     if not ids:
         raise Conflict(f"experiment '{exp.id}' has no failed children: nothing to retry")
     session.commit()
-    for job_id in ids:
+    requeue(session, queue, ids)
+    session.refresh(exp)
+    return RetryOut(retried=ids, experiment=experiment_out(session, exp))
+
+
+def requeue(session: Session, queue: QueueDep, job_ids: list[str]) -> None:
+    """Enqueue reset (committed, queued) jobs again; a lost message is re-sent by the workers'
+    reaper, since the rows are already queued."""
+    for job_id in job_ids:
         job = repo.get_job(session, job_id=job_id)
         if job is not None:
-            # A lost message is re-sent by the workers' reaper: the rows are already queued.
             try:
                 queue.enqueue(job.id, queue=job.queue)
             except Exception:
                 log.exception("enqueue of retried job %s failed; the reaper will resend it",
                               job.id)
-    session.refresh(exp)
-    return RetryOut(retried=ids, experiment=experiment_out(session, exp))
 
 
 def _runs(session: Session, exp: Experiment, include: str) -> list[Run]:

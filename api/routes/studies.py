@@ -35,6 +35,7 @@ from api.routes.experiments import (
     _runs,
     experiment_summary,
     prepare_experiment,
+    requeue,
     store_experiment,
 )
 from api.routes.jobs import body_hash
@@ -316,15 +317,7 @@ def retry_study(study: StudyDep, session: SessionDep, queue: QueueDep,
     if not ids:
         raise Conflict(f"study '{study.id}' has no failed children: nothing to retry")
     session.commit()
-    for job_id in ids:
-        job = repo.get_job(session, job_id=job_id)
-        if job is not None:
-            # A lost message is re-sent by the workers' reaper: the rows are already queued.
-            try:
-                queue.enqueue(job.id, queue=job.queue)
-            except Exception:
-                log.exception("enqueue of retried job %s failed; the reaper will resend it",
-                              job.id)
+    requeue(session, queue, ids)
     session.refresh(study)
     return StudyRetryOut(retried=ids, study=study_out(session, study, settings))
 
