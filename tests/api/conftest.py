@@ -15,10 +15,11 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.settings import ApiSettings
 from models.datasets import parse_csv
+from models.db import make_engine, session_factory, upgrade
 from models.db import repository as repo
-from models.db import upgrade
-from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, resolve_job
+from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, Limits, resolve_job
 from models.trainer import EpochRecord, TrainingCallbacks, train_job
+from worker.training_run import RunContext
 
 
 @pytest.fixture
@@ -32,6 +33,14 @@ def settings(tmp_path: Path) -> ApiSettings:
 def client(settings: ApiSettings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+@pytest.fixture
+def ctx(settings: ApiSettings) -> Iterator[RunContext]:
+    """The worker's task body on the app's database, for tests that train queued jobs."""
+    engine = make_engine(settings.sqlalchemy_url)
+    yield RunContext(sessions=session_factory(engine), worker="test-worker", limits=Limits())
+    engine.dispose()
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.settings import ApiSettings
-from models.db import make_engine, session_factory
 from models.db import repository as repo
-from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, Limits
+from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS
 from tests.api.conftest import queued_messages
 from worker.training_run import RunContext, run_job
 
@@ -40,12 +39,6 @@ BN_PLACEMENT = {
                           "validation_split": 0.2, "split": "random"}},
     "variants": {"network.batchnorm": ["none", "before_activation", "after_activation"]},
     "seeds": 5}
-
-
-@pytest.fixture
-def ctx(settings: ApiSettings) -> RunContext:
-    engine = make_engine(settings.sqlalchemy_url)
-    return RunContext(sessions=session_factory(engine), worker="test-worker", limits=Limits())
 
 
 def children_of(client: TestClient, exp_id: str) -> list[dict[str, Any]]:

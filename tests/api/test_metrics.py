@@ -3,7 +3,6 @@ this process, on the app's database), parsed with prometheus_client's own parser
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import api.metrics
 from api.main import create_app
 from api.settings import ApiSettings
-from models.db import make_engine, session_factory, upgrade
-from models.spec import Limits
+from models.db import upgrade
 from tests.api.conftest import generated_body
 from worker.training_run import RunContext, run_job
 
@@ -84,13 +82,6 @@ def test_a_server_error_counts_as_5xx(tmp_path: Path) -> None:
     with TestClient(app, raise_server_exceptions=False) as client:
         assert client.get("/boom").status_code == 500
         assert requests(scrape(client), "/boom", "5xx") == 1
-
-
-@pytest.fixture
-def ctx(settings: ApiSettings) -> Iterator[RunContext]:
-    engine = make_engine(settings.sqlalchemy_url)
-    yield RunContext(sessions=session_factory(engine), worker="test-worker", limits=Limits())
-    engine.dispose()
 
 
 def test_jobs_queue_and_epochs_follow_a_real_job(client: TestClient, ctx: RunContext) -> None:

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import ApiSettings
-from models.db import make_engine, session_factory, upgrade
 from models.db import repository as repo
-from models.spec import NOTEBOOK_BN_LAYERS, Limits
+from models.db import upgrade
+from models.spec import NOTEBOOK_BN_LAYERS
 from tests.api.conftest import CIRCLES, queued_messages
 from worker.training_run import RunContext, run_job
 
@@ -29,12 +29,6 @@ BASE = {"dataset": CIRCLES, "network": {"hidden": [4], "batchnorm": "after_activ
 def small_study(**over: Any) -> dict[str, Any]:
     return {"name": "small", "claims": list(CLAIMS), "base": copy.deepcopy(BASE), "seeds": 3,
             **over}
-
-
-@pytest.fixture
-def ctx(settings: ApiSettings) -> RunContext:
-    engine = make_engine(settings.sqlalchemy_url)
-    return RunContext(sessions=session_factory(engine), worker="test-worker", limits=Limits())
 
 
 def children(client: TestClient, study: dict[str, Any]) -> list[dict[str, Any]]:

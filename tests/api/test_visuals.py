@@ -9,19 +9,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from api.settings import ApiSettings
-from models.db import make_engine, session_factory
-from models.spec import NOTEBOOK_BN_LAYERS, Limits
+from models.spec import NOTEBOOK_BN_LAYERS
 from tests.api.conftest import notebook_body
 from worker.training_run import RunContext, run_job
 
 CIRCLES = {"name": "concentric_circles", "n_samples": 300, "noise": 0.05, "factor": 0.4}
-
-
-@pytest.fixture
-def ctx(settings: ApiSettings) -> RunContext:
-    engine = make_engine(settings.sqlalchemy_url)
-    return RunContext(sessions=session_factory(engine), worker="test-worker", limits=Limits())
 
 
 def submit(client: TestClient, body: dict[str, Any]) -> str:

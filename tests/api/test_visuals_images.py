@@ -15,21 +15,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.routes.visuals import _tile
-from api.settings import ApiSettings
 from models.datasets import generate
-from models.db import make_engine, session_factory
-from models.spec import DigitsDataset, JobSpec, Limits
+from models.spec import DigitsDataset, JobSpec
 from models.splits import split
 from worker.training_run import RunContext, run_job
 
 DIGITS = {"name": "digits"}
 BLOBS4 = {"name": "blobs", "n_samples": 300, "n_features": 4, "n_classes": 3}
-
-
-@pytest.fixture
-def ctx(settings: ApiSettings) -> RunContext:
-    engine = make_engine(settings.sqlalchemy_url)
-    return RunContext(sessions=session_factory(engine), worker="test-worker", limits=Limits())
 
 
 def submit(client: TestClient, body: dict[str, Any]) -> str:

@@ -260,13 +260,6 @@ def test_cli_watch_exits_1_when_a_run_failed(monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.fixture
-def study_app(app_client: TestClient) -> TestClient:
-    if app_client.get("/v1/studies").status_code == 404:
-        pytest.skip("the app has no /v1/studies route yet (api/routes/studies.py)")
-    return app_client
-
-
-@pytest.fixture
 def worker(settings: ApiSettings) -> Iterator[None]:
     """The worker's run_job in a thread: trains every queued job, oldest first."""
     from models.db import make_engine, session_factory
@@ -301,8 +294,8 @@ def worker(settings: ApiSettings) -> Iterator[None]:
         raise errors[0]
 
 
-def test_tiny_study_end_to_end(study_app: TestClient, worker: None) -> None:
-    with Client(http_client=study_app) as bn:
+def test_tiny_study_end_to_end(app_client: TestClient, worker: None) -> None:
+    with Client(http_client=app_client) as bn:
         study = bn.studies.create("bn-claims", base=TINY_BASE, claims=CLAIMS, seeds=2,
                                   name="tiny", idempotency_key="tiny-1")
         assert study.status in ("queued", "running") and study.name == "tiny"
@@ -338,9 +331,9 @@ def test_tiny_study_end_to_end(study_app: TestClient, worker: None) -> None:
         assert study.cancel().cancel_requested and study.id == again.id
 
 
-def test_cli_study_run_watch_and_report(study_app: TestClient, worker: None, tmp_path: Path,
+def test_cli_study_run_watch_and_report(app_client: TestClient, worker: None, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    _use(monkeypatch, study_app)
+    _use(monkeypatch, app_client)
     run = CliRunner().invoke(cli_app, [
         "study", "run", "bn-claims", "--dataset", "concentric_circles", "--seeds", "2",
         "--claims", ",".join(CLAIMS), "--epochs", "2", "--watch", "--poll", "0.1"])
@@ -351,7 +344,7 @@ def test_cli_study_run_watch_and_report(study_app: TestClient, worker: None, tmp
         line = next(v for v in verdicts if claim in v)
         assert any(v in line for v in ("supported", "contradicted", "inconclusive")), line
 
-    with Client(http_client=study_app) as bn:
+    with Client(http_client=app_client) as bn:
         study_id = next(iter(bn.studies.list(limit=1))).id
     out = tmp_path / "report.md"
     rep = CliRunner().invoke(cli_app, ["study", "report", study_id, "--format", "md",
