@@ -166,12 +166,6 @@ def weight_init(shape: tuple[int, ...], bias: bool, init: str, seed: int, ordina
     return w, torch.empty(shape[0]).uniform_(-bound, bound, generator=gen) if bias else None
 
 
-def dense_init(units: int, width: int, bias: bool, init: str, seed: int, ordinal: int
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Dense layer `ordinal`'s initial (units, width) weight and bias (see weight_init)."""
-    return weight_init((units, width), bias, init, seed, ordinal)
-
-
 def _bn_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode BatchNorm as y = a*x + b per channel (float64)."""
     assert bn.running_mean is not None and bn.running_var is not None

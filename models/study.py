@@ -136,8 +136,18 @@ class StudyError(ValueError):
         self.errors = errors
 
 
-def _label(value: float) -> str:
-    return f"{value:g}"
+# The swept claims: (variant-name key, spec path, StudySpec field of the swept values).
+SWEEPS: dict[Claim, tuple[str, str, str]] = {
+    Claim.higher_learning_rates: ("lr", "training.optimizer.lr", "learning_rates"),
+    Claim.init_insensitivity: ("scale", "training.init_scale", "init_scales"),
+    Claim.batch_size: ("batch", "training.batch_size", "batch_sizes"),
+}
+ROLES = ("bn", "none")
+
+
+def _cell(role: str, key: str, value: float) -> str:
+    """A sweep variant's name: "bn lr=0.01", "none batch=2"."""
+    return f"{role} {key}={value:g}"
 
 
 def plan(spec: StudySpec) -> list[tuple[Claim, ExperimentSpec]]:
@@ -173,20 +183,11 @@ def plan(spec: StudySpec) -> list[tuple[Claim, ExperimentSpec]]:
                 variants.append({"name": "dropout",
                                  "network": {**none, "dropout": spec.dropout_rate}})
             exp(claim, variants)
-        elif claim == Claim.higher_learning_rates:
-            exp(claim, [{"name": f"{role} lr={_label(lr)}", "network": net,
-                         "training.optimizer.lr": lr}
-                        for role, net in (("bn", bn), ("none", none))
-                        for lr in spec.learning_rates])
-        elif claim == Claim.init_insensitivity:
-            exp(claim, [{"name": f"{role} scale={_label(s)}", "network": net,
-                         "training.init_scale": s}
-                        for role, net in (("bn", bn), ("none", none))
-                        for s in spec.init_scales])
-        elif claim == Claim.batch_size:
-            exp(claim, [{"name": f"{role} batch={b}", "network": net, "training.batch_size": b}
-                        for role, net in (("bn", bn), ("none", none))
-                        for b in spec.batch_sizes])
+        elif claim in SWEEPS:
+            key, path, values = SWEEPS[claim]
+            exp(claim, [{"name": _cell(role, key, v), "network": net, path: v}
+                        for role, net in zip(ROLES, (bn, none), strict=True)
+                        for v in getattr(spec, values)])
         elif claim == Claim.placement:
             if _placement(bn) is None:
                 errors.append("placement needs the base network as the hidden/conv shorthand "
@@ -295,64 +296,42 @@ def analyze_claim(claim: Claim, runs: Sequence[Run], spec: StudySpec, *, epochs:
                            "supported if BN before the activation ends higher", test,
                            {"mean_val_accuracy": {v: _mean(acc[v].values()) for v in acc}},
                            partial)
+    if claim in SWEEPS:
+        key, _, field_name = SWEEPS[claim]
+        values = getattr(spec, field_name)
+        per = {role: {v: _by_seed(runs, _cell(role, key, v)) for v in values} for role in ROLES}
+        details = {field_name: values, "mean_final_val_accuracy": {
+            role: [_mean(_final(r, "val_accuracy") for r in per[role][v].values())
+                   for v in values] for role in ROLES}}
+        # batch_size compares the smallest batch with the largest; the others use every value
+        used = [values[0], values[-1]] if claim == Claim.batch_size else values
+        per_seed: dict[str, dict[int, float | None]] = {role: {} for role in ROLES}
+        for role in ROLES:
+            for s in sorted(set.intersection(*(set(per[role][v]) for v in used))):
+                per_seed[role][s] = _sweep_measure(claim, [per[role][v][s] for v in used],
+                                                   used, n_classes, epochs)
     if claim == Claim.higher_learning_rates:
-        lrs = spec.learning_rates
-        highest: dict[str, dict[int, float | None]] = {}
-        curves: dict[str, list[float | None]] = {}
-        for role in ("bn", "none"):
-            per_lr = {lr: _by_seed(runs, f"{role} lr={_label(lr)}") for lr in lrs}
-            common = sorted(set.intersection(*(set(m) for m in per_lr.values())))
-            highest[role] = {}
-            for s in common:
-                ok = [lr for lr in lrs if _trained(per_lr[lr].get(s), n_classes, epochs)]
-                highest[role][s] = math.log10(max(ok)) if ok else math.log10(lrs[0]) - 1.0
-            curves[role] = [_mean(_final(r, "val_accuracy") for r in per_lr[lr].values())
-                            for lr in lrs]
-        test = cs.paired_test(_diffs(highest["none"], highest["bn"]), confidence=conf,
+        test = cs.paired_test(_diffs(per_seed["none"], per_seed["bn"]), confidence=conf,
                               test="wilcoxon")
         return ClaimResult(claim, "log10 of the highest learning rate at which the seed trains "
                            "(every epoch finite, final val_accuracy above chance + 0.1; none: "
                            "one decade below the lowest)",
                            "bn - none, paired by seed (Wilcoxon signed-rank)",
-                           "supported if BN trains at higher learning rates", test,
-                           {"learning_rates": lrs, "mean_final_val_accuracy": curves}, partial)
+                           "supported if BN trains at higher learning rates", test, details,
+                           partial)
     if claim == Claim.init_insensitivity:
-        scales = spec.init_scales
-        spreads: dict[str, dict[int, float | None]] = {}
-        curves = {}
-        for role in ("bn", "none"):
-            per = {sc: _by_seed(runs, f"{role} scale={_label(sc)}") for sc in scales}
-            common = sorted(set.intersection(*(set(m) for m in per.values())))
-            spreads[role] = {}
-            for s in common:
-                finals = [_final(per[sc][s], "val_accuracy") for sc in scales]
-                values = [v if v is not None else 0.0 for v in finals]  # diverged: no accuracy
-                spreads[role][s] = cs.spread(values)["std"]
-            curves[role] = [_mean(_final(r, "val_accuracy") for r in per[sc].values())
-                            for sc in scales]
-        test = cs.paired_test(_diffs(spreads["bn"], spreads["none"]), confidence=conf)
+        test = cs.paired_test(_diffs(per_seed["bn"], per_seed["none"]), confidence=conf)
         return ClaimResult(claim, "std of final val_accuracy across the init scales, per seed "
                            "(a diverged run counts as 0)", "spread(none) - spread(bn), paired "
-                           "by seed (t)", "supported if BN's spread is smaller", test,
-                           {"init_scales": scales, "mean_final_val_accuracy": curves}, partial)
+                           "by seed (t)", "supported if BN's spread is smaller", test, details,
+                           partial)
     if claim == Claim.batch_size:
         small, large = spec.batch_sizes[0], spec.batch_sizes[-1]
-        drop: dict[str, dict[int, float | None]] = {}
-        curves = {}
-        for role in ("bn", "none"):
-            lo, hi = (_by_seed(runs, f"{role} batch={b}") for b in (small, large))
-            drop[role] = {s: (_final(hi[s], "val_accuracy") or 0.0)
-                          - (_final(lo[s], "val_accuracy") or 0.0) for s in set(lo) & set(hi)}
-            curves[role] = [_mean(_final(r, "val_accuracy")
-                                  for r in _by_seed(runs, f"{role} batch={b}").values())
-                            for b in spec.batch_sizes]
-        test = cs.paired_test(_diffs(drop["none"], drop["bn"]), confidence=conf)
+        test = cs.paired_test(_diffs(per_seed["none"], per_seed["bn"]), confidence=conf)
         return ClaimResult(claim, f"val_accuracy at batch {large} - at batch {small}, per seed",
                            "drop(bn) - drop(none), paired by seed (t)",
                            f"supported if batch {small} hurts BN more than it hurts the plain "
-                           "network", test,
-                           {"batch_sizes": spec.batch_sizes, "mean_final_val_accuracy": curves},
-                           partial)
+                           "network", test, details, partial)
     # train_vs_inference: train-mode minus eval-mode validation accuracy, per epoch
     gaps: dict[int, list[float]] = {}
     for s, r in _by_seed(runs, "bn").items():
@@ -370,6 +349,19 @@ def analyze_claim(claim: Claim, runs: Sequence[Run], spec: StudySpec, *, epochs:
                        "supported if the gap is above 0", test,
                        {"mean_gap_per_epoch": per_epoch, "below_0.01_from_epoch": settles},
                        partial)
+
+
+def _sweep_measure(claim: Claim, runs: list[Run], values: list[float], n_classes: int,
+                   epochs: int) -> float | None:
+    """One seed's measure over a sweep: its run at each swept value, in order."""
+    if claim == Claim.higher_learning_rates:  # log10 of the highest lr that trains
+        ok = [v for v, r in zip(values, runs, strict=True) if _trained(r, n_classes, epochs)]
+        return math.log10(max(ok)) if ok else math.log10(values[0]) - 1.0
+    finals = [_final(r, "val_accuracy") for r in runs]
+    if claim == Claim.init_insensitivity:  # the spread across scales; diverged: 0 accuracy
+        return cs.spread([v if v is not None else 0.0 for v in finals])["std"]
+    # batch_size: the largest batch's accuracy minus the smallest's
+    return (finals[-1] or 0.0) - (finals[0] or 0.0)
 
 
 def _mean(values: Any) -> float | None:

@@ -217,15 +217,7 @@ def submit_experiment(
         if earlier is None:
             raise
         return _replayed(session, earlier, request_hash, response)
-    try:
-        for job in jobs:
-            queue.enqueue(job.id, queue=job.queue)
-    except Exception as exc:
-        log.exception("enqueue of experiment %s failed", exp.id)
-        session.delete(exp)  # its children go with it (ON DELETE CASCADE)
-        session.commit()
-        raise NotReady(f"the broker did not accept the experiment's jobs "
-                       f"({type(exc).__name__}); nothing was stored: retry shortly") from None
+    enqueue_or_undo(session, queue, jobs, exp, "experiment")
     response.headers["Location"] = f"/v1/experiments/{exp.id}"
     return experiment_out(session, exp)
 
@@ -287,6 +279,21 @@ def retry_experiment(exp: ExperimentDep, session: SessionDep, queue: QueueDep,
     return RetryOut(retried=ids, experiment=experiment_out(session, exp))
 
 
+def enqueue_or_undo(session: Session, queue: QueueDep, jobs: list[Job],
+                    owner: Experiment | Study, what: str) -> None:
+    """Enqueue committed jobs; if the broker refuses, delete `owner` (its rows go with it, ON
+    DELETE CASCADE) so that nothing is left stored, and answer 503."""
+    try:
+        for job in jobs:
+            queue.enqueue(job.id, queue=job.queue)
+    except Exception as exc:
+        log.exception("enqueue of %s %s failed", what, owner.id)
+        session.delete(owner)
+        session.commit()
+        raise NotReady(f"the broker did not accept the {what}'s jobs ({type(exc).__name__}); "
+                       "nothing was stored: retry shortly") from None
+
+
 def requeue(session: Session, queue: QueueDep, job_ids: list[str]) -> None:
     """Enqueue reset (committed, queued) jobs again; a lost message is re-sent by the workers'
     reaper, since the rows are already queued."""
@@ -301,8 +308,12 @@ def requeue(session: Session, queue: QueueDep, job_ids: list[str]) -> None:
 
 
 def _runs(session: Session, exp: Experiment, include: str) -> list[Run]:
-    jobs = [j for j in repo.children(session, experiment_id=exp.id)
-            if include != "succeeded" or str(j.status) == "succeeded"]
+    return runs_of(session, repo.children(session, experiment_id=exp.id), include)
+
+
+def runs_of(session: Session, children: list[Job], include: str) -> list[Run]:
+    """Runs (variant, seed, history) of an experiment's loaded children."""
+    jobs = [j for j in children if include != "succeeded" or str(j.status) == "succeeded"]
     rows = repo.histories(session, job_ids=[j.id for j in jobs])  # one query, not one a child
     runs = []
     for job in jobs:

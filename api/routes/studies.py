@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import logging
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,16 +25,17 @@ from sqlalchemy.orm import Session
 
 from api import plots
 from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep
-from api.errors import Conflict, InvalidInput, NotFound, NotReady, validation_messages
+from api.errors import Conflict, InvalidInput, NotFound, validation_messages
 from api.ratelimit import check_active_jobs
 from api.resolve import dataset_shape
 from api.routes.events import Poll, SessionsDep, stream
 from api.routes.experiments import (
     PlannedExperiment,
-    _runs,
+    enqueue_or_undo,
     experiment_summary,
     prepare_experiment,
     requeue,
+    runs_of,
     store_experiment,
 )
 from api.routes.jobs import body_hash
@@ -48,7 +48,6 @@ from models.spec import JobSpec, SpecError
 from models.study import CLAIM_TEXT, Claim, StudyError, StudySpec, analyze_claim, decide, plan
 
 router = APIRouter(prefix="/studies", tags=["studies"])
-log = logging.getLogger(__name__)
 
 EXAMPLES: dict[str, Any] = {
     "quick": {"summary": "three claims, 5 seeds, a generated dataset, 20 epochs", "value": {
@@ -242,15 +241,7 @@ def submit_study(
         if earlier is None:
             raise
         return _replayed(session, earlier, request_hash, response, settings)
-    try:
-        for job in jobs:
-            queue.enqueue(job.id, queue=job.queue)
-    except Exception as exc:
-        log.exception("enqueue of study %s failed", study.id)
-        session.delete(study)  # its experiments and their children go with it (CASCADE)
-        session.commit()
-        raise NotReady(f"the broker did not accept the study's jobs ({type(exc).__name__}); "
-                       "nothing was stored: retry shortly") from None
+    enqueue_or_undo(session, queue, jobs, study, "study")  # experiments and children cascade
     response.headers["Location"] = f"/v1/studies/{study.id}"
     return study_out(session, study, settings)
 
@@ -365,7 +356,7 @@ def _analysis(session: Session, study: Study, settings: ApiSettings
         statuses.append(exp_status)
         epochs = max((j.epochs_total for j in jobs), default=0)
         n_classes = _n_classes(session, jobs[0], settings, cache) if jobs else 2
-        results.append(analyze_claim(Claim(exp.claim or ""), _runs(session, exp, "succeeded"),
+        results.append(analyze_claim(Claim(exp.claim or ""), runs_of(session, jobs, "succeeded"),
                                      spec, epochs=epochs, n_classes=n_classes,
                                      partial=exp_status in ACTIVE))
     entries = decide(results, alpha=spec.alpha)
@@ -447,6 +438,18 @@ def _test_line(test: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _claim_items(c: dict[str, Any]) -> list[str]:
+    """A claim's report lines (plain text), the same in the Markdown and the HTML report."""
+    items = [f"Measure: {c['measure']}", f"Comparison: {c['comparison']}", f"Rule: {c['rule']}",
+             f"Numbers: {_test_line(c['test'])}; Holm-adjusted p {_fmt(c['adjusted_p'])}"]
+    if c["test"].get("note"):
+        items.append(f"Note: {c['test']['note']}")
+    items += _detail_lines(c["details"])
+    if c.get("firm_up"):
+        items.append(f"To firm it up: {c['firm_up'].get('text')}")
+    return items
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -470,17 +473,8 @@ def report_markdown(report: dict[str, Any]) -> str:
                      f"{_fmt(c['test'].get('n'))} |")
     for c in report["claims"]:
         lines += ["", f"## {c['text']} (`{c['claim']}`)", "",
-                  f"**{c['verdict']}**: {c['reason']}", "",
-                  f"- Measure: {c['measure']}",
-                  f"- Comparison: {c['comparison']}",
-                  f"- Rule: {c['rule']}",
-                  f"- Numbers: {_test_line(c['test'])}; Holm-adjusted p "
-                  f"{_fmt(c['adjusted_p'])}"]
-        if c["test"].get("note"):
-            lines.append(f"- Note: {c['test']['note']}")
-        lines += [f"- {line}" for line in _detail_lines(c["details"])]
-        if c.get("firm_up"):
-            lines.append(f"- To firm it up: {c['firm_up'].get('text')}")
+                  f"**{c['verdict']}**: {c['reason']}", ""]
+        lines += [f"- {item}" for item in _claim_items(c)]
         lines.append(f"- Experiment: `{c['experiment_id']}` ({c['experiment_status']}; "
                      f"GET /v1/experiments/{c['experiment_id']}/summary)")
     return "\n".join(lines) + "\n"
@@ -544,17 +538,8 @@ def report_html(session: Session, study: Study, settings: ApiSettings) -> str:
         parts += [f'<h2 id="{e(c["claim"])}">{e(c["text"])} (<code>{e(c["claim"])}</code>)'
                   "</h2>",
                   f'<p><span class="{e(c["verdict"])}">{e(c["verdict"])}</span>: '
-                  f"{e(c['reason'])}</p><ul>",
-                  f"<li>Measure: {e(c['measure'])}</li>",
-                  f"<li>Comparison: {e(c['comparison'])}</li>",
-                  f"<li>Rule: {e(c['rule'])}</li>",
-                  f"<li>Numbers: {e(_test_line(c['test']))}; Holm-adjusted p "
-                  f"{e(_fmt(c['adjusted_p']))}</li>"]
-        if c["test"].get("note"):
-            parts.append(f"<li>Note: {e(c['test']['note'])}</li>")
-        parts += [f"<li>{e(line)}</li>" for line in _detail_lines(c["details"])]
-        if c.get("firm_up"):
-            parts.append(f"<li>To firm it up: {e(str(c['firm_up'].get('text')))}</li>")
+                  f"{e(c['reason'])}</p><ul>"]
+        parts += [f"<li>{e(item)}</li>" for item in _claim_items(c)]
         parts.append(f"<li>Experiment: <code>{e(c['experiment_id'])}</code> "
                      f"({e(c['experiment_status'])})</li></ul>")
         png = _claim_png(session, by_id[c["experiment_id"]], raw)
