@@ -14,7 +14,8 @@ from models.datasets import Table
 from models.db import repository as repo
 from models.db.tables import Dataset
 from models.image_data import builtin_labels, builtin_shape, parse_upload
-from models.spec import JobSpec, Limits, ResolvedJob, UploadedDataset, resolve_job
+from models.resolution import ResolvedJob, resolve_job
+from models.spec import JobSpec, Limits, UploadedDataset
 from models.splits import training_split_warnings
 
 # Parsed uploads by (sha256, format, label column). Uploads are immutable, so a table parsed for

@@ -55,7 +55,8 @@ from bench.report import Row, print_table
 from models.datasets import Table
 from models.devices import select_device
 from models.network import build_network
-from models.spec import JobSpec, ResolvedJob, resolve_job
+from models.resolution import ResolvedJob, resolve_job
+from models.spec import JobSpec
 from models.splits import split
 from models.trainer import train_many
 

@@ -79,7 +79,8 @@ class _Service:
         from models.datasets import notebook_csv, parse_csv
         from models.db import repository as repo
         from models.db import upgrade
-        from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, resolve_job
+        from models.resolution import resolve_job
+        from models.spec import NOTEBOOK_BN_LAYERS, JobSpec
         from models.trainer import train_job
 
         self.settings = ApiSettings(home=home, database_url=None, broker_url=None,

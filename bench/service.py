@@ -237,7 +237,8 @@ class BareTrainer:
         import torch
 
         from models.datasets import notebook_csv, parse_csv
-        from models.spec import JobSpec, resolve_job
+        from models.resolution import resolve_job
+        from models.spec import JobSpec
 
         self.torch = torch
         self.table = parse_csv(notebook_csv())

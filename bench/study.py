@@ -34,7 +34,7 @@ def sequential_estimate(body: dict[str, Any]) -> tuple[float, int]:
     times its seeds), and how many children there are."""
     from models.datasets import load_table
     from models.experiment import expand
-    from models.spec import resolve_job
+    from models.resolution import resolve_job
     from models.study import StudySpec, plan
     from models.trainer import train_job
 

@@ -50,7 +50,8 @@ from bench.report import Row, print_table
 from models.datasets import Table, notebook_csv, parse_csv
 from models.devices import select_device
 from models.network import build_network
-from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, ResolvedJob, resolve_job
+from models.resolution import ResolvedJob, resolve_job
+from models.spec import NOTEBOOK_BN_LAYERS, JobSpec
 from models.splits import split
 from models.trainer import train_job
 

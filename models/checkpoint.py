@@ -24,7 +24,8 @@ import torch
 from pydantic import TypeAdapter
 from safetensors.torch import load, save
 
-from models.spec import Layer, ResolvedNetwork
+from models.resolution import ResolvedNetwork
+from models.spec import Layer
 
 FORMAT = "bnlab-checkpoint/1"
 _MAX_HEADER = 16 * 1024 * 1024

@@ -367,27 +367,6 @@ def _owned(patch: dict[str, Any], base: Any, prefix: str = "") -> dict[str, Any]
     return owned
 
 
-def _user_loc(doc: Any, loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as the user's dotted path (union tags dropped)."""
-    parts: list[str] = []
-    node: Any = doc
-    for i, seg in enumerate(loc):
-        if isinstance(node, dict) and seg in node:
-            node = node[seg]
-        elif isinstance(node, list) and isinstance(seg, int) and seg < len(node):
-            node = node[seg]  # a separate branch: mypy needs the narrowing
-        elif isinstance(node, dict) and i < len(loc) - 1:
-            continue  # a discriminated union's tag, not a key the user wrote
-        else:
-            node = None
-        parts.append(str(seg))
-    return ".".join(parts) or "spec"
-
-
-def _related(loc: str, paths: list[str]) -> bool:
-    return any(loc == p or loc.startswith(p + ".") or p.startswith(loc + ".") for p in paths)
-
-
 def _child_doc(doc: dict[str, Any], exp_name: str, variant: str, seed: int) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
     doc["name"] = f"{exp_name}/{variant}/seed={seed}"
@@ -397,18 +376,6 @@ def _child_doc(doc: dict[str, Any], exp_name: str, variant: str, seed: int) -> d
     if isinstance(training, dict):
         training["seed"] = seed
     return doc
-
-
-def _problems(doc: dict[str, Any], e: ValidationError) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for err in e.errors(include_url=False):
-        loc = _user_loc(doc, tuple(err["loc"]))
-        msg = err["msg"]
-        if "exactly one of 'layers'" in msg:
-            msg += " (a variant's network merges into base's: write \"hidden\": null or " \
-                   "\"layers\": null in the variant to drop base's)"
-        out.append((loc, msg))
-    return out
 
 
 def stack_key(spec: JobSpec) -> str | None:
@@ -434,38 +401,15 @@ def expand(exp: ExperimentSpec, *, max_children: int) -> list[Child]:
     docs, errors = _variant_docs(exp)
     exp_name = exp.name or "experiment"
     specs: list[tuple[str, JobSpec]] = []
-    unrelated: dict[tuple[str, str], list[str]] = {}  # errors the variant's own paths don't touch
-    grid = exp.variants if isinstance(exp.variants, dict) else None
+    invalid: list[_Invalid] = []
     for name, doc, paths in docs:
         child = _child_doc(doc, exp_name, name, seeds[0])
         try:
             specs.append((name, JobSpec.model_validate(child)))
         except ValidationError as e:
-            for loc, msg in _problems(child, e):
-                related = [p for p in paths if _related(loc, [p])]
-                if related and msg.startswith("Extra inputs") and loc not in paths and \
-                        _value_at(exp.base, loc) is not _MISSING:
-                    msg += " (it comes from base: set it to null in the variant to drop it)"
-                if loc == "name":
-                    errors.append(f"variant '{name}': the child name '{child['name']}' is too "
-                                  "long: shorten the experiment name or use named variants")
-                elif grid is not None and len(related) == 1:
-                    # one grid value is at fault: say so once, not once per grid cell
-                    path = related[0]
-                    where = "" if loc == path else f" {loc}:"
-                    errors.append(f"variants: '{path}' value {json.dumps(paths[path])}:{where} "
-                                  f"{msg}")
-                elif related:
-                    errors.append(f"variant '{name}': {loc}{_shown(_value_at(child, loc))}: "
-                                  f"{msg}")
-                else:
-                    unrelated.setdefault((loc, msg), []).append(name)
-    for (loc, msg), names in unrelated.items():
-        if len(names) == len(docs):
-            errors.append(f"base: {loc}: {msg}")
-        else:
-            errors += [f"variant '{n}': {loc}: {msg} (set it in base or in the variant)"
-                       for n in names]
+            invalid.append(_Invalid(name, child, paths, e))
+    errors += _attribute(invalid, exp.base, grid=isinstance(exp.variants, dict),
+                         n_variants=len(docs))
     if not errors:
         errors += _identical(specs)
     if errors:
@@ -478,6 +422,97 @@ def expand(exp: ExperimentSpec, *, max_children: int) -> list[Child]:
             child_spec = JobSpec.model_validate(_child_doc(doc, exp_name, name, seed))
             children.append(Child(len(children), name, seed, child_spec, key))
     return children
+
+
+# ------------------------------------------------------------------------- error attribution
+
+
+@dataclass(frozen=True)
+class _Invalid:
+    """A variant whose child spec (checked on the first seed) failed validation."""
+
+    name: str
+    child: dict[str, Any]  # the child's spec document as validated
+    paths: dict[str, Any]  # {path the variant owns: its value}
+    error: ValidationError
+
+
+def _attribute(invalid: list[_Invalid], base: dict[str, Any], *, grid: bool,
+               n_variants: int) -> list[str]:
+    """Each validation problem as one message, said where the user can fix it: at the grid value
+    or variant whose own paths it touches; else at base when every variant has it, or at each
+    variant that has it."""
+    errors: list[str] = []
+    unrelated: dict[tuple[str, str], list[str]] = {}  # errors the variant's own paths don't touch
+    problems = [(v, loc, msg) for v in invalid for loc, msg in _problems(v.child, v.error)]
+    for variant, loc, msg in problems:
+        error = _attributed(variant, loc, msg, base, grid=grid)
+        if error is None:
+            unrelated.setdefault((loc, msg), []).append(variant.name)
+        else:
+            errors.append(error)
+    for (loc, msg), names in unrelated.items():
+        if len(names) == n_variants:
+            errors.append(f"base: {loc}: {msg}")
+        else:
+            errors += [f"variant '{n}': {loc}: {msg} (set it in base or in the variant)"
+                       for n in names]
+    return errors
+
+
+def _attributed(variant: _Invalid, loc: str, msg: str, base: dict[str, Any], *,
+                grid: bool) -> str | None:
+    """The message for a problem at `loc` that the variant's own paths (or its name) explain;
+    None when they do not touch it."""
+    paths = variant.paths
+    related = [p for p in paths if _related(loc, [p])]
+    if related and msg.startswith("Extra inputs") and loc not in paths and \
+            _value_at(base, loc) is not _MISSING:
+        msg += " (it comes from base: set it to null in the variant to drop it)"
+    if loc == "name":
+        return (f"variant '{variant.name}': the child name '{variant.child['name']}' is too "
+                "long: shorten the experiment name or use named variants")
+    if grid and len(related) == 1:
+        # one grid value is at fault: say so once, not once per grid cell
+        path = related[0]
+        where = "" if loc == path else f" {loc}:"
+        return f"variants: '{path}' value {json.dumps(paths[path])}:{where} {msg}"
+    if related:
+        return f"variant '{variant.name}': {loc}{_shown(_value_at(variant.child, loc))}: {msg}"
+    return None
+
+
+def _problems(doc: dict[str, Any], e: ValidationError) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for err in e.errors(include_url=False):
+        loc = _user_loc(doc, tuple(err["loc"]))
+        msg = err["msg"]
+        if "exactly one of 'layers'" in msg:
+            msg += " (a variant's network merges into base's: write \"hidden\": null or " \
+                   "\"layers\": null in the variant to drop base's)"
+        out.append((loc, msg))
+    return out
+
+
+def _user_loc(doc: Any, loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as the user's dotted path (union tags dropped)."""
+    parts: list[str] = []
+    node: Any = doc
+    for i, seg in enumerate(loc):
+        if isinstance(node, dict) and seg in node:
+            node = node[seg]
+        elif isinstance(node, list) and isinstance(seg, int) and seg < len(node):
+            node = node[seg]  # a separate branch: mypy needs the narrowing
+        elif isinstance(node, dict) and i < len(loc) - 1:
+            continue  # a discriminated union's tag, not a key the user wrote
+        else:
+            node = None
+        parts.append(str(seg))
+    return ".".join(parts) or "spec"
+
+
+def _related(loc: str, paths: list[str]) -> bool:
+    return any(loc == p or loc.startswith(p + ".") or p.startswith(loc + ".") for p in paths)
 
 
 _MISSING = object()

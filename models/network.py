@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.resolution import ResolvedNetwork, Shape, conv_padding, pool_stride
 from models.spec import (
     Activation,
     ActivationLayer,
@@ -28,10 +29,6 @@ from models.spec import (
     InstanceNormLayer,
     LayerNormLayer,
     MaxPool2dLayer,
-    ResolvedNetwork,
-    Shape,
-    conv_padding,
-    pool_stride,
 )
 
 _ACTIVATIONS: dict[Activation, Callable[[ActivationLayer], nn.Module]] = {

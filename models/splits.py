@@ -1,6 +1,6 @@
 """Train/validation splits as index arrays: Keras's `tail`, `random` and `stratified`.
 
-Every split keeps Keras's sizes (`models.spec.train_rows`), so steps per epoch follow from the
+Every split keeps Keras's sizes (`models.resolution.train_rows`), so steps per epoch follow from the
 spec alone whichever way the rows are chosen. Index arrays come back sorted (file order).
 """
 
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.spec import TrainingSpec, train_rows
+from models.resolution import train_rows
+from models.spec import TrainingSpec
 
 SPLITS = ("tail", "random", "stratified")
 MAX_MIX_DISTANCE = 0.2  # total variation distance between train and val class mixes

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.network import weight_init
+from models.resolution import ResolvedNetwork, conv_padding, pool_stride
 from models.spec import (
     Activation,
     ActivationLayer,
@@ -45,9 +46,6 @@ from models.spec import (
     InstanceNormLayer,
     LayerNormLayer,
     MaxPool2dLayer,
-    ResolvedNetwork,
-    conv_padding,
-    pool_stride,
 )
 
 # Parameters are strided views of one buffer by design (see StackedNetwork._allocate).

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 
 from models import checkpoint as ckpt
 from models.datasets import Table
+from models.resolution import ResolvedJob
 from models.spec import (
     CosineSchedule,
     OptimizerSpec,
     PlateauSchedule,
-    ResolvedJob,
     StepSchedule,
     TrainingSpec,
     metric_mode,

@@ -34,16 +34,8 @@ from models.db import repository as repo
 from models.db.tables import JobStatus, utcnow
 from models.devices import DeviceError, select_device
 from models.image_data import builtin_shape
-from models.spec import (
-    JobSpec,
-    Limits,
-    ResolvedJob,
-    SpecError,
-    UploadedDataset,
-    activation_bytes,
-    resolve_job,
-    resolve_network,
-)
+from models.resolution import ResolvedJob, activation_bytes, resolve_job, resolve_network
+from models.spec import JobSpec, Limits, SpecError, UploadedDataset
 from models.trainer import TrainingDiverged, TrainingResult, train_many
 from worker.callbacks import DbCallbacks, LeaseLost, stack_callbacks
 from worker.db import retrying

@@ -30,7 +30,8 @@ from api.schemas import CheckpointRef, ModelOut
 from models.db import repository as repo
 from models.db.tables import Job
 from models.image_data import builtin_classes
-from models.spec import JobSpec, UploadedDataset, resolve_network
+from models.resolution import resolve_network
+from models.spec import JobSpec, UploadedDataset
 
 router = APIRouter(prefix="/jobs", tags=["results"])
 

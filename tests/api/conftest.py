@@ -17,7 +17,8 @@ from api.settings import ApiSettings
 from models.datasets import parse_csv
 from models.db import make_engine, session_factory, upgrade
 from models.db import repository as repo
-from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, Limits, resolve_job
+from models.resolution import resolve_job
+from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, Limits
 from models.trainer import EpochRecord, TrainingCallbacks, train_job
 from worker.training_run import RunContext
 

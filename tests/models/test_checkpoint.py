@@ -14,7 +14,8 @@ from safetensors.torch import load
 from models.checkpoint import CheckpointError, decode, read_checkpoint_meta
 from models.datasets import Table, parse_csv
 from models.network import build_network
-from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, ResolvedJob, resolve_job
+from models.resolution import ResolvedJob, resolve_job
+from models.spec import NOTEBOOK_BN_LAYERS, JobSpec
 from models.trainer import train_job
 from tests.conftest import NOTEBOOK_CSV
 
@@ -29,7 +30,8 @@ from safetensors.torch import save
 torch.set_num_threads(int(sys.argv[6]))  # the parent's: reductions split by thread count
 from models.checkpoint import decode, read_checkpoint_meta
 from models.datasets import parse_csv
-from models.spec import JobSpec, resolve_job
+from models.spec import JobSpec
+from models.resolution import resolve_job
 from models.trainer import train_job
 blob = open(sys.argv[1], "rb").read()
 table = parse_csv(open(sys.argv[2], "rb").read())

@@ -18,7 +18,8 @@ from models.datasets import Table
 from models.export import to_onnx
 from models.inference import InferenceInputError, load_predictor, serving_network
 from models.network import build_network, fold_batchnorm
-from models.spec import JobSpec, Limits, SpecError, resolve_job
+from models.resolution import resolve_job
+from models.spec import JobSpec, Limits, SpecError
 from models.stacked import stacked_network
 from models.trainer import TrainingDiverged, train_job, train_many
 

@@ -16,7 +16,8 @@ from models.datasets import Table
 from models.devices import select_device
 from models.export import to_onnx
 from models.inference import load_predictor
-from models.spec import JobSpec, resolve_job
+from models.resolution import resolve_job
+from models.spec import JobSpec
 from models.trainer import train_many
 from tests.models.test_conv import NORMS, images, job
 

@@ -27,7 +27,8 @@ from models.export import (
     to_torch_export,
 )
 from models.inference import load_predictor
-from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, resolve_job
+from models.resolution import resolve_job
+from models.spec import NOTEBOOK_BN_LAYERS, JobSpec
 from models.trainer import train_job
 
 BATCHES = (1, 3, 257)

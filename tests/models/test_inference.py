@@ -8,7 +8,8 @@ import torch
 
 from models.datasets import Table, parse_csv
 from models.inference import InferenceInputError, load_predictor, model_report
-from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, resolve_job
+from models.resolution import resolve_job
+from models.spec import NOTEBOOK_BN_LAYERS, JobSpec
 from models.trainer import train_job
 
 

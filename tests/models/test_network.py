@@ -9,15 +9,8 @@ import torch
 
 from models.devices import DeviceError, select_device
 from models.network import build_network, fold_batchnorm
-from models.spec import (
-    NOTEBOOK_BN_LAYERS,
-    NOTEBOOK_PLAIN_LAYERS,
-    JobSpec,
-    NetworkSpec,
-    ResolvedNetwork,
-    resolve_job,
-    resolve_network,
-)
+from models.resolution import ResolvedNetwork, resolve_job, resolve_network
+from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec, NetworkSpec
 from models.stacked import stacked_network
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from models.datasets import parse_csv
-from models.spec import train_rows
+from models.resolution import train_rows
 from models.splits import split, split_warnings
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from models.network import build_network
-from models.spec import NetworkSpec, ResolvedNetwork, resolve_network
+from models.resolution import ResolvedNetwork, resolve_network
+from models.spec import NetworkSpec
 from models.stacked import Mode, StackedNetwork, _BatchNorm, dropout_keys, stacked_network
 
 CPU = torch.device("cpu")

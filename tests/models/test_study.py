@@ -12,7 +12,7 @@ import torch
 
 from models.datasets import load_table
 from models.experiment import ExperimentSpec, expand, stack_groups
-from models.spec import resolve_job
+from models.resolution import resolve_job
 from models.stats import Run
 from models.study import Claim, StudyError, StudySpec, analyze_claim, decide, plan
 from models.trainer import train_many

@@ -13,7 +13,8 @@ import torch
 
 from models.checkpoint import decode, encode, read_checkpoint_meta
 from models.datasets import Table, parse_csv
-from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec, ResolvedJob, resolve_job
+from models.resolution import ResolvedJob, resolve_job
+from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec
 from models.trainer import (
     EpochRecord,
     TrainingCallbacks,

@@ -18,14 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.datasets import class_counts, parse_csv
 from models.db import repository as repo
 from models.db.tables import Job
-from models.spec import (
-    NOTEBOOK_BN_LAYERS,
-    NOTEBOOK_PLAIN_LAYERS,
-    JobSpec,
-    Limits,
-    activation_bytes,
-    resolve_network,
-)
+from models.resolution import activation_bytes, resolve_network
+from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec, Limits
 from worker.training_run import RunContext, failure_reason, run_job
 
 WORKER = "test@host"
