@@ -155,21 +155,11 @@ class _Loop:
         self.models = [ModelState(s, job, table.y) for s in seeds]
         self.binary = net.output_units == 1
         self.d = table.n_features
-        X = np.ascontiguousarray(table.X.reshape(table.n_rows, self.d), dtype=np.float32)
         # per model: the input standardisation fitted on its training rows, or None
         self.standard = input_standardization(table, [m.train_idx for m in self.models]) \
             if t.standardize else None
         self.scale_per_step = False
-        if self.standard is not None:
-            mean, std = self.standard
-            if self.k == 1 or bool((mean == mean[:1]).all() and (std == std[:1]).all()):
-                X = ((X - mean[0]) / std[0]).astype(np.float32)  # one transform, not per step
-            else:  # models with their own training rows: their own statistics, per step
-                self.scale_per_step = True
-                self.shift = torch.as_tensor(mean, dtype=torch.float32).to(device)[:, None, :]
-                self.inv_std = torch.as_tensor(1.0 / std, dtype=torch.float32
-                                               ).to(device)[:, None, :]
-        self.X = torch.as_tensor(X).to(device)
+        self.X = torch.as_tensor(self._standardized(table)).to(device)
         self.y = torch.as_tensor(table.y, dtype=torch.int64).to(device)
         # features and the float label side by side: one gather per step fetches both
         self.Xy = torch.cat([self.X, self.y.to(torch.float32).unsqueeze(1)], dim=1)
@@ -198,6 +188,21 @@ class _Loop:
                                                self.models, self.standard)
         # the gradient of sum_k loss_k, without a sum op and its backward node per step
         self.ones = torch.ones(self.k, device=device)
+
+    def _standardized(self, table: Table) -> np.ndarray:
+        """The (rows, features) float32 inputs, standardised once when every model has the
+        same statistics; else each model's are applied per step (`scale_per_step`)."""
+        X = np.ascontiguousarray(table.X.reshape(table.n_rows, self.d), dtype=np.float32)
+        if self.standard is None:
+            return X
+        mean, std = self.standard
+        if self.k == 1 or bool((mean == mean[:1]).all() and (std == std[:1]).all()):
+            return ((X - mean[0]) / std[0]).astype(np.float32)  # one transform, not per step
+        # models with their own training rows: their own statistics, per step
+        self.scale_per_step = True
+        self.shift = torch.as_tensor(mean, dtype=torch.float32).to(self.device)[:, None, :]
+        self.inv_std = torch.as_tensor(1.0 / std, dtype=torch.float32).to(self.device)[:, None, :]
+        return X
 
     # ------------------------------------------------------------------ metrics
 
