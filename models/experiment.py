@@ -18,7 +18,7 @@ so the same request always expands to the same children in the same order.
 
 Pairing. Within a seed, every variant is trained on the same draw:
 - the same train/validation split and the same batch order: both derive from `training.seed`
-  alone (`models.trainer._ModelState` splits with it and seeds the batch-order generator with
+  alone (`models.training_state.ModelState` splits with it and seeds the batch-order generator with
   it), and a generated dataset's rows come from `dataset.seed`, which children share unless a
   variant changes it. (One exception: a BatchNorm net whose last batch would hold a single row
   drops that row each epoch; the order of the others is unchanged.) A variant that changes

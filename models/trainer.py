@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,18 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import checkpoint as ckpt
 from models.datasets import Table
+from models.optim import fast_backward, fast_step, make_optimizer, scheduled_lr
 from models.resolution import ResolvedJob
-from models.spec import (
-    CosineSchedule,
-    OptimizerSpec,
-    PlateauSchedule,
-    StepSchedule,
-    TrainingSpec,
-    metric_mode,
-)
-from models.splits import split
+from models.spec import PlateauSchedule, TrainingSpec
 from models.stacked import (
     LAYOUT_WARNING,
     StackedNetwork,
@@ -44,6 +36,8 @@ from models.stacked import (
     dropout_keys,
     stacked_network,
 )
+from models.training_checkpoints import TrainingCheckpoints
+from models.training_state import ModelState, Monitors, monitored
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
 TRAIN_MODE_VAL_KEYS = ("train_mode_val_loss", "train_mode_val_accuracy")
@@ -106,94 +100,6 @@ class TrainingResult:
 # ---------------------------------------------------------------------------- helpers
 
 
-def make_optimizer(params: list[torch.Tensor], o: OptimizerSpec) -> torch.optim.Optimizer:
-    """Elementwise optimizers only (stacked models stay independent); fused where torch has it."""
-    def build(**speed: bool) -> torch.optim.Optimizer:
-        if o.name in ("adam", "adamw"):
-            cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-            return cls(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-                       **speed)
-        if o.name == "sgd":
-            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                                   weight_decay=o.weight_decay, **speed)
-        return torch.optim.RMSprop(params, lr=o.lr, alpha=o.alpha, eps=o.eps,
-                                   weight_decay=o.weight_decay, momentum=o.momentum, foreach=True)
-    if o.name == "rmsprop":
-        return build()
-    try:
-        return build(fused=True)
-    except (RuntimeError, TypeError, ValueError):  # a device without fused kernels
-        return build(foreach=True)
-
-
-def fast_step(opt: torch.optim.Optimizer) -> Callable[[], Any]:
-    """`opt.step`, for fused Adam/AdamW over the one flat tensor without torch.optim's per-call
-    Python overhead (a sixth of a small model's step): the same kernel with the same arguments
-    as Adam's own fused path, so the result is bitwise the same."""
-    group = opt.param_groups[0]
-    if not isinstance(opt, torch.optim.Adam) or not group.get("fused") \
-            or len(opt.param_groups) != 1 or len(group["params"]) != 1 or group["amsgrad"]:
-        return opt.step
-    p = group["params"][0]
-    kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
-
-    def step() -> None:
-        state = opt.state.get(p)
-        if not state or p.grad is None:
-            opt.step()  # first step: torch.optim creates the state
-            return
-        steps = [state["step"]]
-        torch._foreach_add_(steps, 1)
-        kernel([p], [p.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], steps,
-               amsgrad=False, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
-               weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
-               grad_scale=None, found_inf=None)
-    return step
-
-
-def fast_backward() -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """`loss.backward(grad)` without torch.autograd.backward's Python argument checks (a
-    twentieth of a small model's step): the same engine call with the arguments it passes.
-    The caller passes a gradient of the loss's shape, dtype and device."""
-    engine = getattr(torch.autograd.Variable, "_execution_engine", None)
-    run = getattr(engine, "run_backward", None)
-    if run is None:  # a torch without it: the public call
-        return lambda loss, grad: loss.backward(grad)
-
-    def backward(loss: torch.Tensor, grad: torch.Tensor) -> None:
-        run((loss,), (grad,), False, False, (), allow_unreachable=True, accumulate_grad=True)
-    return backward
-
-
-def scheduled_lr(t: TrainingSpec, epoch: int, plateau_lr: float | None) -> float:
-    """The lr used during `epoch` (1-based); step and cosine are closed forms of the epoch."""
-    base, s = t.optimizer.lr, t.lr_schedule
-    if isinstance(s, StepSchedule):
-        return base * s.gamma ** ((epoch - 1) // s.step_size)
-    if isinstance(s, CosineSchedule):
-        t_max = s.t_max or t.epochs
-        done = min(epoch - 1, t_max)  # stays at eta_min after t_max
-        return s.eta_min + (base - s.eta_min) * (1 + math.cos(math.pi * done / t_max)) / 2
-    if isinstance(s, PlateauSchedule):
-        return base if plateau_lr is None else plateau_lr
-    return base
-
-
-def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    if math.isnan(value):
-        return False
-    if best is None or math.isnan(best):
-        return True
-    return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-def _monitor(name: str, has_val: bool) -> str:
-    """Without validation rows, a val_* monitor falls back to its training counterpart."""
-    return name if has_val or not name.startswith("val_") else name[4:]
-
-
-
-
 def _summary(values: np.ndarray) -> list[dict[str, Any]]:
     """Per row of a (K, C) array: mean/min/max (and the values when there are few)."""
     means, mins, maxs = values.mean(1).tolist(), values.min(1).tolist(), values.max(1).tolist()
@@ -232,40 +138,6 @@ def input_standardization(table: Table, train_idx: Sequence[np.ndarray]
 # ---------------------------------------------------------------------------- the loop
 
 
-class _ModelState:
-    """Per-model bookkeeping outside the tensors: seed, split, history, best, early stopping,
-    and how it stopped."""
-
-    def __init__(self, seed: int, job: ResolvedJob, y: np.ndarray) -> None:
-        t = job.spec.training
-        self.seed = seed
-        self.spec = job.spec.model_copy(update={"training": t.model_copy(update={"seed": seed})})
-        self.train_idx, self.val_idx = split(y, validation_split=t.validation_split,
-                                             how=t.split, seed=seed)
-        self.data_gen = torch.Generator().manual_seed(seed)
-        self.history: dict[str, list[float]] = {}
-        self.best: dict[str, Any] = {"value": None, "val_loss": None, "epoch": None,
-                                     "metrics": {}}
-        self.early: dict[str, Any] = {"best": None, "wait": 0}
-        self.plateau: dict[str, Any] = {"best": None, "wait": 0, "lr": None}
-        self.best_blob: bytes | None = None
-        # a best epoch whose blob is not built yet: (epoch, metrics, trainer state); its
-        # weights are in _Loop.best_state
-        self.best_pending: tuple[int, dict[str, float], dict[str, Any]] | None = None
-        self.last_metrics: dict[str, float] = {}
-        self.epochs_run = 0
-        self.stopped = self.stopped_early = self.cancelled = False
-        self.diverged: TrainingDiverged | None = None
-        self.last_blob: bytes | None = None
-
-    def trainer_state(self) -> dict[str, Any]:
-        return {"best": self.best, "early_stopping": self.early, "plateau": self.plateau}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.best, self.early, self.plateau = (state["best"], state["early_stopping"],
-                                               state["plateau"])
-
-
 class _Loop:
     def __init__(self, job: ResolvedJob, table: Table, seeds: Sequence[int],
                  device: torch.device) -> None:
@@ -281,24 +153,14 @@ class _Loop:
         self.job, self.net, self.t, self.device, self.table = job, net, t, device, table
         self.k = len(seeds)
         self.seeds = list(seeds)
-        self.models = [_ModelState(s, job, table.y) for s in seeds]
+        self.models = [ModelState(s, job, table.y) for s in seeds]
         self.binary = net.output_units == 1
         self.d = table.n_features
-        X = np.ascontiguousarray(table.X.reshape(table.n_rows, self.d), dtype=np.float32)
         # per model: the input standardisation fitted on its training rows, or None
         self.standard = input_standardization(table, [m.train_idx for m in self.models]) \
             if t.standardize else None
         self.scale_per_step = False
-        if self.standard is not None:
-            mean, std = self.standard
-            if self.k == 1 or bool((mean == mean[:1]).all() and (std == std[:1]).all()):
-                X = ((X - mean[0]) / std[0]).astype(np.float32)  # one transform, not per step
-            else:  # models with their own training rows: their own statistics, per step
-                self.scale_per_step = True
-                self.shift = torch.as_tensor(mean, dtype=torch.float32).to(device)[:, None, :]
-                self.inv_std = torch.as_tensor(1.0 / std, dtype=torch.float32
-                                               ).to(device)[:, None, :]
-        self.X = torch.as_tensor(X).to(device)
+        self.X = torch.as_tensor(self._standardized(table)).to(device)
         self.y = torch.as_tensor(table.y, dtype=torch.int64).to(device)
         # features and the float label side by side: one gather per step fetches both
         self.Xy = torch.cat([self.X, self.y.to(torch.float32).unsqueeze(1)], dim=1)
@@ -323,9 +185,25 @@ class _Loop:
                            if isinstance(m, _BatchNorm)]
         bn_names = [r.name for r in net.summary() if r.type == "batchnorm"]
         self.bn_names = dict(zip([i for i, _ in self.bn_modules], bn_names, strict=True))
-        self.best_state: dict[str, torch.Tensor] | None = None  # see snapshot_best
+        self.checkpoints = TrainingCheckpoints(net, table.classes, self.model, self.opt,
+                                               self.models, self.standard)
         # the gradient of sum_k loss_k, without a sum op and its backward node per step
         self.ones = torch.ones(self.k, device=device)
+
+    def _standardized(self, table: Table) -> np.ndarray:
+        """The (rows, features) float32 inputs, standardised once when every model has the
+        same statistics; else each model's are applied per step (`scale_per_step`)."""
+        X = np.ascontiguousarray(table.X.reshape(table.n_rows, self.d), dtype=np.float32)
+        if self.standard is None:
+            return X
+        mean, std = self.standard
+        if self.k == 1 or bool((mean == mean[:1]).all() and (std == std[:1]).all()):
+            return ((X - mean[0]) / std[0]).astype(np.float32)  # one transform, not per step
+        # models with their own training rows: their own statistics, per step
+        self.scale_per_step = True
+        self.shift = torch.as_tensor(mean, dtype=torch.float32).to(self.device)[:, None, :]
+        self.inv_std = torch.as_tensor(1.0 / std, dtype=torch.float32).to(self.device)[:, None, :]
+        return X
 
     # ------------------------------------------------------------------ metrics
 
@@ -395,116 +273,12 @@ class _Loop:
             col += width
         return layers
 
-    # ------------------------------------------------------------------ checkpoints
-
-    def _meta(self, k: int, kind: str, epoch: int, metrics: dict[str, float],
-              trainer: dict[str, Any] | None = None) -> dict[str, Any]:
-        m = self.models[k]
-        return {"kind": kind, "epoch": epoch, "seed": m.seed,
-                "spec": m.spec.model_dump(mode="json"),
-                "network": ckpt.network_to_meta(self.net), "classes": self.table.classes,
-                "metrics": metrics, "trainer": trainer or m.trainer_state()}
-
-    def last_blob(self, k: int, epoch: int) -> bytes:
-        optim: dict[str, torch.Tensor] = {}
-        for name, v in self.opt.state.get(self.model.flat, {}).items():
-            if not isinstance(v, torch.Tensor):
-                continue
-            if name == "step":
-                optim["step"] = v.detach().clone()
-                continue
-            for key in self.model.layout:  # (K, row) state -> model k's tensor per parameter
-                optim[f"{key}.{name}"] = self.model.slot(key, v, k)
-        meta = self._meta(k, "last", epoch, self.models[k].last_metrics)
-        return ckpt.encode(meta, self.model.model_state(k), optim,
-                           {"data": self.models[k].data_gen.get_state()}, self.inputs(k))
-
-    def inputs(self, k: int) -> dict[str, torch.Tensor] | None:
-        """Model k's input standardisation as checkpoint tensors, shaped to broadcast over one
-        row: (F,) for tables, (C, 1, 1) for images (whose statistics are per channel)."""
-        if self.standard is None:
-            return None
-        shape = self.net.input_shape
-        view = (shape[0], 1, 1) if len(shape) == 3 else shape
-        mean, std = self.standard
-        first = (slice(None), *[0] * (len(shape) - 1))  # one value per channel
-        return {name: torch.as_tensor(v[k].reshape(shape)[first].reshape(view),
-                                      dtype=torch.float32)
-                for name, v in (("mean", mean), ("std", std))}
-
-    def best_blob(self, k: int, epoch: int, metrics: dict[str, float]) -> bytes:
-        return ckpt.encode(self._meta(k, "best", epoch, metrics), self.model.model_state(k),
-                           inputs=self.inputs(k))
-
-    @torch.no_grad()
-    def snapshot_best(self, ks: list[int]) -> None:
-        """Keep models `ks`' current weights as their best, for blobs built later: a few
-        row copies per epoch instead of a checkpoint per model per improvement."""
-        state = self.model.stacked_state()
-        if self.best_state is None:
-            self.best_state = {key: t.detach().clone() for key, t in state.items()}
-            return
-        idx = torch.as_tensor(ks, device=self.device)
-        for key, t in state.items():
-            self.best_state[key].index_copy_(0, idx, t.detach().index_select(0, idx))
-
-    def pending_best_blob(self, k: int) -> bytes | None:
-        m = self.models[k]
-        if m.best_pending is None or self.best_state is None:
-            return m.best_blob
-        epoch, metrics, trainer = m.best_pending
-        weights = {key: t[k].to("cpu", copy=True).contiguous()
-                   for key, t in self.best_state.items()}
-        m.best_blob, m.best_pending = (
-            ckpt.encode(self._meta(k, "best", epoch, metrics, trainer), weights,
-                        inputs=self.inputs(k)), None)
-        return m.best_blob
-
-    def restore(self, blobs: Sequence[bytes]) -> int:
-        """Load K "last" checkpoints; returns the epoch they end at."""
-        if len(blobs) != self.k:
-            raise ValueError(f"{len(blobs)} checkpoints to resume {self.k} models")
-        cps = [ckpt.decode(b) for b in blobs]
-        want = ckpt.network_to_meta(self.net)
-        for c, m in zip(cps, self.models, strict=True):
-            if c.meta.get("kind") != "last" or "data" not in c.rng:
-                raise ckpt.CheckpointError("resume needs a 'last' checkpoint (a 'best' one has "
-                                           "no optimizer or RNG state)")
-            if c.meta["network"] != want:
-                raise ckpt.CheckpointError("the checkpoint was trained on a different network "
-                                           "or dataset shape than this job describes")
-            m.data_gen.set_state(c.rng["data"])
-            m.restore(c.meta["trainer"])
-            m.last_metrics = c.meta["metrics"]
-        epochs = {int(c.meta["epoch"]) for c in cps}
-        if len(epochs) != 1:
-            raise ValueError("stacked models resume from checkpoints of one epoch")
-        self.model.load_model_states([c.model for c in cps])
-        flat = self.model.flat
-        entry: dict[str, torch.Tensor] = {}
-        if "step" in cps[0].optim:
-            entry["step"] = cps[0].optim["step"]
-        names = {key.rsplit(".", 1)[1] for key in cps[0].optim if key != "step"}
-        for name in names:
-            padded = torch.zeros_like(flat)
-            for k, c in enumerate(cps):
-                for key in self.model.layout:
-                    self.model.slot(key, padded, k).copy_(c.optim[f"{key}.{name}"])
-            entry[name] = padded
-        state = {0: entry} if entry else {}
-        groups = self.opt.state_dict()["param_groups"]
-        self.opt.load_state_dict({"state": state, "param_groups": groups})
-        return epochs.pop()
-
-    # ------------------------------------------------------------------ one epoch
-
-
     # ------------------------------------------------------------------ one epoch
 
     def run_epoch(self, epoch: int) -> torch.Tensor:
         """Train one epoch; returns the (rows x K) float64 metric matrix still on the device."""
         t, model, k = self.t, self.model, self.k
-        lr = scheduled_lr(t, epoch, self.models[0].plateau["lr"])
+        lr = scheduled_lr(t, epoch, self.models[0].trainer.plateau.lr)
         for group in self.opt.param_groups:
             group["lr"] = lr
         if t.shuffle:
@@ -582,74 +356,122 @@ def train_many(job: ResolvedJob, table: Table, *, seeds: Sequence[int], device: 
     """
     loop = _Loop(job, table, seeds, device)
     t = job.spec.training
-    cbs = list(callbacks) if callbacks is not None else [None] * loop.k
+    cbs: list[TrainingCallbacks | None] = \
+        list(callbacks) if callbacks is not None else [None] * loop.k
     if len(cbs) != loop.k:
         raise ValueError(f"{len(cbs)} callbacks for {loop.k} seeds")
-    start = 1 + (loop.restore(resume_from) if resume_from is not None else 0)
+    start = 1 + (loop.checkpoints.restore(resume_from) if resume_from is not None else 0)
     for m in loop.models:
         m.epochs_run = start - 1
-    has_val = loop.n_val > 0
-    keys = list(HISTORY_KEYS) + (list(TRAIN_MODE_VAL_KEYS) if t.record_train_mode_val else [])
-    best_name = _monitor(t.checkpoint_monitor, has_val)
-    tie_name = "val_loss" if has_val else "loss"
-    # None: the run's first periodic epoch is checkpointed whatever the interval, so a job
-    # that shows any epoch also has a "last" checkpoint to predict and draw with.
-    last_written: float | None = None
+    mon = _monitors(t, has_val=loop.n_val > 0)
+    clock = _LastClock(checkpoint_every, checkpoint_interval_s)
     for epoch in range(start, t.epochs + 1):
-        t0 = time.perf_counter()
-        values = loop.run_epoch(epoch).cpu().numpy().T.tolist()  # the one host read; [k][row]
-        lr = float(loop.opt.param_groups[0]["lr"])
-        live = [k for k, m in enumerate(loop.models) if not m.stopped]
-        bn = loop.bn_extras() if any(cbs[k] is not None for k in live) else None
-        wall = time.perf_counter() - t0
-        periodic = bool(checkpoint_every and epoch % checkpoint_every == 0 and (
-            checkpoint_interval_s is None or last_written is None
-            or time.monotonic() - last_written >= checkpoint_interval_s))
-        improved: list[int] = []
-        for k in live:
-            m, cb, col = loop.models[k], cbs[k], values[k]
-            if not math.isfinite(col[0]):
-                who = f" (model with seed {m.seed})" if loop.k > 1 else ""
-                exc = TrainingDiverged(
-                    f"training diverged at epoch {epoch}{who}: the training loss is {col[0]}; "
-                    "lower the learning rate, scale the inputs or add normalisation",
-                    epoch=epoch, loss=col[0])
-                if loop.k == 1:
-                    raise exc
-                m.diverged, m.stopped = exc, True
-                continue
-            metrics = _metrics(col, lr, has_val, t.record_train_mode_val)
-            m.last_metrics, m.epochs_run = metrics, epoch
-            for key in keys:
-                m.history.setdefault(key, []).append(metrics[key])
-            _update_state(m, t, metrics, epoch, best_name, tie_name, has_val)
-            m.stopped_early = bool(m.early.get("stop"))
-            m.cancelled = cb is not None and cb.should_stop()
-            m.stopped = epoch == t.epochs or m.stopped_early or m.cancelled
-            blobs: dict[str, bytes] = {}
-            if m.best["epoch"] == epoch:
-                if cb is not None:
-                    m.best_blob, m.best_pending = loop.best_blob(k, epoch, metrics), None
-                    blobs["best"] = m.best_blob
-                else:  # built at the end from a snapshot of the weights
-                    improved.append(k)
-                    m.best_pending = (epoch, dict(metrics), {
-                        "best": m.best, "early_stopping": dict(m.early),
-                        "plateau": dict(m.plateau)})
-            if m.stopped or (cb is not None and periodic):
-                blobs["last"] = m.last_blob = loop.last_blob(k, epoch)
-            if cb is not None:
-                extras = {"bn": bn[k] if bn is not None else [], "notes": list(loop.notes),
-                          "steps": _steps(loop.n_used, t.batch_size), "train_rows": loop.n_used}
-                cb.on_epoch_end(EpochRecord(epoch, dict(metrics), wall, extras, blobs))
-        if improved:
-            loop.snapshot_best(improved)
-        if periodic or any(loop.models[k].stopped for k in live):
-            last_written = time.monotonic()
+        _epoch(loop, cbs, epoch, mon, clock)
         if all(m.stopped for m in loop.models):
             break
-    return [_result(loop, k, keys, start) for k in range(loop.k)]
+    return [_result(loop, k, mon.keys, start) for k in range(loop.k)]
 
+
+def _monitors(t: TrainingSpec, *, has_val: bool) -> Monitors:
+    keys = list(HISTORY_KEYS) + (list(TRAIN_MODE_VAL_KEYS) if t.record_train_mode_val else [])
+    return Monitors(keys=keys, best=monitored(t.checkpoint_monitor, has_val),
+                    tie="val_loss" if has_val else "loss", has_val=has_val)
+
+
+@dataclass
+class _LastClock:
+    """Which epochs get a periodic "last" checkpoint: every `every` epochs (0: none), and with
+    `interval_s` only once that many seconds passed since the previous "last" written."""
+
+    every: int
+    interval_s: float | None
+    # None: the run's first periodic epoch is checkpointed whatever the interval, so a job
+    # that shows any epoch also has a "last" checkpoint to predict and draw with.
+    written: float | None = None
+
+    def due(self, epoch: int) -> bool:
+        return bool(self.every and epoch % self.every == 0 and (
+            self.interval_s is None or self.written is None
+            or time.monotonic() - self.written >= self.interval_s))
+
+    def wrote(self) -> None:
+        self.written = time.monotonic()
+
+
+@dataclass
+class _EpochEnd:
+    """What one epoch's models share when their results are recorded."""
+
+    epoch: int
+    lr: float
+    wall: float  # seconds of training + evaluation
+    bn: list[list[dict[str, Any]]] | None  # per model; None when no live model has a callback
+    periodic: bool  # a periodic "last" checkpoint is due
+
+
+def _epoch(loop: _Loop, cbs: list[TrainingCallbacks | None], epoch: int, mon: Monitors,
+           clock: _LastClock) -> None:
+    """Train one epoch and record it for each model still running."""
+    t0 = time.perf_counter()
+    values = loop.run_epoch(epoch).cpu().numpy().T.tolist()  # the one host read; [k][row]
+    lr = float(loop.opt.param_groups[0]["lr"])
+    live = [k for k, m in enumerate(loop.models) if not m.stopped]
+    bn = loop.bn_extras() if any(cbs[k] is not None for k in live) else None
+    end = _EpochEnd(epoch, lr, time.perf_counter() - t0, bn, clock.due(epoch))
+    deferred: list[int] = []  # models whose best is these weights, built later
+    for k in live:
+        col = values[k]
+        if not math.isfinite(col[0]):
+            _diverge(loop, k, epoch, col[0])
+        elif _record(loop, k, cbs[k], col, end, mon):
+            deferred.append(k)
+    if deferred:
+        loop.checkpoints.snapshot_best(deferred)
+    if end.periodic or any(loop.models[k].stopped for k in live):
+        clock.wrote()
+
+
+def _diverge(loop: _Loop, k: int, epoch: int, loss: float) -> None:
+    """Model k's training loss is NaN/inf: K = 1 raises, else it stops there alone."""
+    m = loop.models[k]
+    who = f" (model with seed {m.seed})" if loop.k > 1 else ""
+    exc = TrainingDiverged(
+        f"training diverged at epoch {epoch}{who}: the training loss is {loss}; "
+        "lower the learning rate, scale the inputs or add normalisation",
+        epoch=epoch, loss=loss)
+    if loop.k == 1:
+        raise exc
+    m.diverged, m.stopped = exc, True
+
+
+def _record(loop: _Loop, k: int, cb: TrainingCallbacks | None, col: list[float],
+            end: _EpochEnd, mon: Monitors) -> bool:
+    """Model k's epoch: history, trainer state, whether it stops, its checkpoints and its
+    callback. True when its best is this epoch's weights, to snapshot (it has no callback)."""
+    t, m, epoch = loop.t, loop.models[k], end.epoch
+    metrics = _metrics(col, end.lr, mon.has_val, t.record_train_mode_val)
+    m.last_metrics, m.epochs_run = metrics, epoch
+    for key in mon.keys:
+        m.history.setdefault(key, []).append(metrics[key])
+    m.trainer.update(t, metrics, epoch, mon)
+    m.stopped_early = m.trainer.early.stop
+    m.cancelled = cb is not None and cb.should_stop()
+    m.stopped = epoch == t.epochs or m.stopped_early or m.cancelled
+    blobs: dict[str, bytes] = {}
+    deferred = False
+    if m.trainer.best.epoch == epoch:
+        if cb is not None:
+            blobs["best"] = loop.checkpoints.write_best(k, epoch, metrics)
+        else:
+            loop.checkpoints.defer_best(k, epoch, metrics)
+            deferred = True
+    if m.stopped or (cb is not None and end.periodic):
+        blobs["last"] = loop.checkpoints.write_last(k, epoch)
+    if cb is not None:
+        extras = {"bn": end.bn[k] if end.bn is not None else [], "notes": list(loop.notes),
+                  "steps": _steps(loop.n_used, t.batch_size), "train_rows": loop.n_used}
+        cb.on_epoch_end(EpochRecord(epoch, dict(metrics), end.wall, extras, blobs))
+    return deferred
 
 def _metrics(col: list[float], lr: float, has_val: bool, train_mode_val: bool
              ) -> dict[str, float]:
@@ -662,53 +484,26 @@ def _metrics(col: list[float], lr: float, has_val: bool, train_mode_val: bool
     return metrics
 
 
+
+
 def _result(loop: _Loop, k: int, keys: list[str], start: int) -> TrainingResult:
-    m = loop.models[k]
+    m, cps = loop.models[k], loop.checkpoints
     blobs: dict[str, bytes] = {}
-    if m.last_blob is not None:
-        blobs["last"] = m.last_blob
+    last = cps.last[k]
+    if last is not None:
+        blobs["last"] = last
     elif m.diverged is None:  # no epoch ran (resumed at the end): the resumed state
-        blobs["last"] = loop.last_blob(k, m.epochs_run)
-    best = loop.pending_best_blob(k)
+        blobs["last"] = cps.last_blob(k, m.epochs_run)
+    best = cps.best_blob(k)
     if best is not None:
         blobs["best"] = best
+    b = m.trainer.best
     return TrainingResult(
         history={key: m.history.get(key, []) for key in keys}, epochs_run=m.epochs_run,
-        stopped_early=m.stopped_early, cancelled=m.cancelled, best_epoch=m.best["epoch"],
-        best_metrics=dict(m.best["metrics"]), final_metrics=dict(m.last_metrics),
+        stopped_early=m.stopped_early, cancelled=m.cancelled, best_epoch=b.epoch,
+        best_metrics=dict(b.metrics), final_metrics=dict(m.last_metrics),
         notes=list(loop.notes), start_epoch=start, seed=m.seed, checkpoints=blobs,
         diverged=m.diverged)
-
-
-def _update_state(m: _ModelState, t: TrainingSpec, metrics: dict[str, float], epoch: int,
-                  best_name: str, tie_name: str, has_val: bool) -> None:
-    """Best checkpoint, reduce-on-plateau and early stopping after one epoch."""
-    value, tie = metrics[best_name], metrics[tie_name]
-    b = m.best
-    tied = b["value"] is not None and value == b["value"] and best_name != tie_name
-    if _better(value, b["value"], metric_mode(best_name)) or (
-            tied and _better(tie, b["val_loss"], "min")):
-        m.best = {"value": value, "val_loss": tie, "epoch": epoch, "metrics": dict(metrics)}
-    s = t.lr_schedule
-    if isinstance(s, PlateauSchedule):
-        p, name = m.plateau, _monitor(s.monitor, has_val)
-        if p["lr"] is None:
-            p["lr"] = t.optimizer.lr
-        if _better(metrics[name], p["best"], metric_mode(name)):
-            p["best"], p["wait"] = metrics[name], 0
-        else:
-            p["wait"] += 1
-            if p["wait"] > s.patience:
-                p["lr"], p["wait"] = max(p["lr"] * s.factor, s.min_lr), 0
-    es = t.early_stopping
-    if es is not None:
-        e, name = m.early, _monitor(es.monitor, has_val)
-        if _better(metrics[name], e["best"], metric_mode(name), es.min_delta):
-            e["best"], e["wait"] = metrics[name], 0
-        else:
-            e["wait"] += 1
-            if e["wait"] >= es.patience:
-                e["stop"] = True
 
 
 def train_job(job: ResolvedJob, table: Table, *, device: torch.device,

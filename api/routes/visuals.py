@@ -272,7 +272,7 @@ def _forward(predictor: Predictor, X: np.ndarray) -> np.ndarray:
 
 
 def _val_rows(table: Table, spec: JobSpec, seed: int) -> np.ndarray:
-    """The trainer's validation rows (models.trainer._ModelState: the same split call)."""
+    """The trainer's validation rows (models.training_state.ModelState: the same split call)."""
     t = spec.training
     _, val_idx = split(table.y, validation_split=t.validation_split, how=t.split, seed=seed)
     return val_idx

@@ -18,7 +18,7 @@ from models.datasets import Table
 from models.export import to_onnx
 from models.inference import InferenceInputError, load_predictor, serving_network
 from models.network import build_network, fold_batchnorm
-from models.resolution import resolve_job
+from models.resolution import resolve_job, train_rows
 from models.spec import JobSpec, Limits, SpecError
 from models.stacked import stacked_network
 from models.trainer import TrainingDiverged, train_job, train_many
@@ -197,11 +197,17 @@ def test_stacked_models_equal_their_lone_runs(name: str) -> None:
     resolved = job(NORMS[name], table)
     seeds = [3, 4, 5, 6]
     together = train_many(resolved, table, seeds=seeds, device=CPU)
+    n_train = train_rows(resolved.n_rows, resolved.spec.training.validation_split)
     for seed, stacked in zip(seeds, together, strict=True):
         alone = train_many(resolved, table, seeds=[seed], device=CPU)[0]
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        for key in ("loss", "val_loss"):
             np.testing.assert_allclose(stacked.history[key], alone.history[key], rtol=0,
                                        atol=2e-3, err_msg=f"{name} seed {seed} {key}")
+        # Grouped and lone convolutions sum in different orders, so a prediction sitting on
+        # a near-tie may flip: an accuracy may move by one row of its split, never more.
+        for key, rows in (("accuracy", n_train), ("val_accuracy", resolved.n_rows - n_train)):
+            np.testing.assert_allclose(stacked.history[key], alone.history[key], rtol=0,
+                                       atol=1 / rows + 1e-9, err_msg=f"{name} seed {seed} {key}")
     # the models differ from each other: the stack did not train one model four times
     assert len({round(r.history["val_loss"][-1], 6) for r in together}) == len(seeds)
 

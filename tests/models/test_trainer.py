@@ -23,6 +23,7 @@ from models.trainer import (
     train_job,
     train_many,
 )
+from models.training_state import TrainerState
 
 CPU = torch.device("cpu")
 
@@ -169,6 +170,23 @@ def test_cancel_and_early_stopping(notebook: Table) -> None:
                        lr_schedule={"type": "reduce_on_plateau", "patience": 1})
     with pytest.raises(ValueError, match="one seed at a time"):
         train_many(plateau, notebook, seeds=[1, 2], device=CPU)
+
+
+def test_trainer_state_metadata_keeps_its_checkpoint_form(notebook: Table) -> None:
+    """A checkpoint's `trainer` metadata: the keys (and their order) of the dicts it was before
+    TrainerState; early stopping's "stop" only once set. It restores to the same state."""
+    job = make_job(notebook, NOTEBOOK_PLAIN_LAYERS, epochs=30, optimizer={"lr": 1e-6},
+                   early_stopping={"monitor": "val_loss", "patience": 0, "min_delta": 1.0})
+    result = train_job(job, notebook, device=CPU)
+    assert result.stopped_early
+    meta = decode(result.checkpoints["last"]).meta["trainer"]
+    assert list(meta) == ["best", "early_stopping", "plateau"]
+    assert list(meta["best"]) == ["value", "val_loss", "epoch", "metrics"]
+    assert meta["early_stopping"] == {"best": meta["early_stopping"]["best"], "wait": 1,
+                                      "stop": True}
+    assert meta["plateau"] == {"best": None, "wait": 0, "lr": None}
+    assert TrainerState.from_meta(meta).to_meta() == meta
+    assert "stop" not in TrainerState().to_meta()["early_stopping"]
 
 
 def test_a_cancelled_model_stops_alone(notebook: Table) -> None:
