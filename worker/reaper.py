@@ -23,7 +23,8 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import repository as repo
-from models.db.tables import QUEUES, JobStatus, utcnow
+from models.db.tables import JobStatus, utcnow
+from models.queueing import QUEUES
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.db import make_engine, session_factory, upgrade
 from models.db import repository as repo
 from models.db.tables import Job, utcnow
+from models.queueing import TRAIN_TASK
 from worker.celery_app import create_app
 from worker.reaper import Reaper, broker_messages, redis_messages
 from worker.settings import WorkerSettings
@@ -48,7 +49,7 @@ def app(settings: WorkerSettings) -> Iterator[Celery]:
 
 
 def send(app: Celery) -> Any:
-    return lambda job_id, queue: app.send_task("worker.train_job", args=[job_id], queue=queue)
+    return lambda job_id, queue: app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
 
 
 @pytest.fixture
@@ -157,7 +158,7 @@ def test_redis_messages_sees_waiting_messages(redis_url: str, tmp_path: Path) ->
     settings = WorkerSettings(home=tmp_path, broker_url=redis_url)
     app = create_app(settings)
     try:
-        app.send_task("worker.train_job", args=["f" * 32], queue="gpu")
+        app.send_task(TRAIN_TASK, args=["f" * 32], queue="gpu")
         assert "f" * 32 in redis_messages(redis_url)
         assert "e" * 32 not in broker_messages(settings)()
     finally:
