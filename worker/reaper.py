@@ -98,6 +98,22 @@ def lost_reason(attempts: int, worker: str | None, seen: datetime | None) -> str
     return f"worker lost {attempts} times (last seen on {worker} at {when})"
 
 
+def release_dead_process(sessions: sessionmaker[Session], *, node: str, pid: int) -> list[str]:
+    """Worker process `pid` of `node` died (its supervisor saw it exit): its running jobs go
+    back to the queue now, counting the attempt, instead of after the lease timeout, and are
+    due for the next reaper sweep (the restarted worker's, at its start). Returns their ids."""
+    released = []
+    with sessions.begin() as session:
+        for job in repo.held_by(session, lease_prefix=f"{node}/{pid}/"):
+            error = lost_reason(job.attempts, job.worker, job.heartbeat_at)
+            status = repo.release_job(session, job_id=job.id, worker=job.lease_owner,
+                                      error=error)
+            repo.make_due(session, job_id=job.id)
+            log.warning("job %s: its worker process %d died; %s", job.id, pid, status)
+            released.append(job.id)
+    return released
+
+
 @dataclass
 class Sweep:
     requeued_lost: list[str] = field(default_factory=list)
