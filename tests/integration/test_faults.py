@@ -31,9 +31,7 @@ import psycopg
 import pytest
 import redis
 
-from models.queueing import TRAIN_TASK
-from tests.integration.flow import TERMINAL
-from tests.integration.procs import (
+from devtools.procs import (
     BNLAB,
     HANG_S,
     PYTHON,
@@ -46,6 +44,8 @@ from tests.integration.procs import (
     wait_for_log,
     wait_ready,
 )
+from models.queueing import TRAIN_TASK
+from tests.integration.flow import TERMINAL
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,8 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.exceptions import ContentDisallowed
 
 from api.settings import ApiSettings
+from devtools.procs import PYTHON, Procs, clean_env, free_port, wait_ready
 from models.queueing import TRAIN_TASK
-from tests.integration.procs import PYTHON, Procs, clean_env, free_port, wait_ready
 from tests.security.conftest import API_KEY, MAX_PREDICT_ROWS, TINY_JOB, make_settings
 from worker.celery_app import create_app as create_celery
 from worker.settings import WorkerSettings
