@@ -20,6 +20,7 @@ import typer
 from cli.client_commands import register as register_client_commands
 from config.logging import configure_logging
 from config.settings import BaseBnlabSettings
+from models.queueing import QUEUES
 
 app = typer.Typer(help="bnlab: train small PyTorch networks described as JSON.",
                   no_args_is_help=True, add_completion=False)
@@ -175,7 +176,7 @@ def serve(
         env = {**os.environ, "BNLAB_HOME": str(Path(settings.home).resolve())}
         node = EMBEDDED_NODE.replace("%h", socket.gethostname())
         worker = EmbeddedWorker(celery_worker_argv(
-            queues="cpu,gpu", concurrency=1, pool="solo", name=node,
+            queues=",".join(QUEUES), concurrency=1, pool="solo", name=node,
             loglevel=log_level.upper()), env,
             on_death=lambda pid: release_dead_worker_jobs(settings, node, pid))
         log.info("embedded mode: SQLite and filesystem broker under %s", settings.home)
