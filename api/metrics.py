@@ -43,10 +43,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.queue import QUEUES
 from config.settings import BaseBnlabSettings
 from models.db import stats_repo
 from models.db.tables import utcnow
+from models.queueing import QUEUES
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("bnlab.access")

@@ -10,9 +10,7 @@ from pathlib import Path
 from celery import Celery
 
 from config.settings import BaseBnlabSettings
-
-TRAIN_TASK = "worker.train_job"
-QUEUES = ("cpu", "gpu")
+from models.queueing import QUEUES, TRAIN_TASK
 
 
 class JobQueue:

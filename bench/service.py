@@ -79,7 +79,7 @@ class Service:
 @contextlib.contextmanager
 def embedded_service(**env: str) -> Iterator[Service]:
     """`bnlab serve` with nothing configured: SQLite + filesystem broker + its own worker."""
-    from tests.integration.procs import embedded_serve
+    from devtools.procs import embedded_serve
 
     with tempfile.TemporaryDirectory(prefix="bnlab-bench-") as tmp, \
             embedded_serve(Path(tmp), show_logs=False, **env) as (url, procs):
@@ -116,8 +116,7 @@ def _redis_db() -> tuple[str, Callable[[], None]]:
 def redis_postgres_service(workers: int = 1, **env: str) -> Iterator[Service]:
     """uvicorn + `workers` Celery workers (prefork, concurrency 1, as compose runs them) on
     Redis and a PostgreSQL database of their own."""
-    from models.db.migrate import upgrade
-    from tests.integration.procs import (
+    from devtools.procs import (
         PYTHON,
         Procs,
         celery_worker_argv,
@@ -126,6 +125,7 @@ def redis_postgres_service(workers: int = 1, **env: str) -> Iterator[Service]:
         wait_for_log,
         wait_ready,
     )
+    from models.db.migrate import upgrade
 
     db_url, drop_db = _pg_database()
     try:

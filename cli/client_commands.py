@@ -4,8 +4,8 @@ experiment ..., study ....
 
 The server is $BNLAB_URL (or --url), the key $BNLAB_API_KEY. Read commands take --json for
 scripts. Anything for a person (progress, tables, messages) goes to stderr or is a table on
-stdout; with --json, stdout holds the JSON alone. Exit codes: 0 success; 1 the watched job or
-experiment did not succeed, or the server refused the request; 2 bad usage.
+stdout, drawn by cli.render; with --json, stdout holds the JSON alone. Exit codes: 0 success;
+1 the watched job or experiment did not succeed, or the server refused the request; 2 bad usage.
 """
 
 from __future__ import annotations
@@ -20,45 +20,36 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Column, Table
 
-from bnlab import (
-    BnlabError,
-    Client,
-    DoneEvent,
-    EpochEvent,
-    Event,
-    Experiment,
-    Job,
-    NotFound,
-    StatusEvent,
-    Study,
-    StudyReport,
-)
+from bnlab import BnlabError, Client, Experiment, Job, NotFound, Study
 from bnlab._calls import EXPORT_SUFFIXES, STUDY_CLAIMS, STUDY_PRESETS
-from bnlab.types import StudyData
+from cli.render import (
+    LiveProgress,
+    StudyProgress,
+    dump,
+    err,
+    features_text,
+    print_json,
+    show,
+    show_datasets,
+    show_experiments,
+    show_history,
+    show_jobs,
+    show_predictions,
+    show_report,
+    show_studies,
+    show_study,
+    show_summary,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-out = Console(soft_wrap=True)  # tables on stdout
-err = Console(stderr=True)
 
 UrlOpt = Annotated[str | None, typer.Option(
     "--url", envvar="BNLAB_URL", show_default=False,
     help="The service's base URL (default $BNLAB_URL or http://127.0.0.1:8000).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only (for scripts).")]
 IdArg = Annotated[str, typer.Argument(help="A job id or an experiment id.")]
-FINAL_SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -73,14 +64,6 @@ def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(1) from None
 
     return wrapper
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def dump(model: Job | Experiment) -> dict[str, Any]:
-    return model.model_dump(mode="json")
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -108,63 +91,6 @@ def job_or_experiment(bn: Client, some_id: str) -> Job | Experiment:
                 from None
 
 
-def short_metrics(metrics: dict[str, float | None]) -> str:
-    names = (("loss", "loss"), ("accuracy", "acc"), ("val_accuracy", "val_acc"))
-    return " ".join(f"{short} {metrics[k]:.3f}" for k, short in names
-                    if metrics.get(k) is not None)
-
-
-# -- live progress ------------------------------------------------------------------------------
-
-class LiveProgress:
-    """A rich progress bar per job (per child for an experiment) with its latest metrics."""
-
-    def __init__(self, console: Console) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TextColumn("{task.fields[metrics]}"),
-            TimeElapsedColumn(), console=console)
-        self.tasks: dict[str, TaskID] = {}
-
-    def __enter__(self) -> LiveProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def add(self, key: str, label: str, total: int | None, epoch: int = 0,
-            status: str = "") -> TaskID:
-        if key not in self.tasks:
-            self.tasks[key] = self.progress.add_task(label, total=total or None,
-                                                     completed=epoch, status=status, metrics="")
-        return self.tasks[key]
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, StatusEvent):
-            key = event.job_id or "job"
-            task = self.add(key, key, event.epochs)
-            self.progress.update(task, status=event.status, total=event.epochs or None,
-                                 completed=event.epoch or 0)
-        elif isinstance(event, EpochEvent):
-            key = event.job_id or "job"
-            label = f"{event.variant} seed={event.seed}" if event.variant is not None else key
-            task = self.add(key, label, None)
-            self.progress.update(task, completed=event.epoch, status="running",
-                                 metrics=short_metrics(event.metrics))
-        elif isinstance(event, DoneEvent):
-            self._final(event.data)
-
-    def _final(self, data: dict[str, Any]) -> None:
-        children = data.get("children") or [
-            {"job_id": data.get("id"), "status": data.get("status"), "epoch": data.get("epoch")}]
-        for child in children:
-            task = self.tasks.get(str(child.get("job_id")))
-            if task is not None:
-                self.progress.update(task, status=child.get("status"),
-                                     completed=child.get("epoch") or 0)
-
-
 def watch_until_done(item: Job | Experiment, quiet: bool) -> Job | Experiment:
     """Follow `item` live (progress on stderr unless quiet) and return its final state."""
     if quiet:
@@ -184,47 +110,6 @@ def finish(item: Job | Experiment, as_json: bool) -> None:
     show(item, as_json)
     if item.status != "succeeded":
         raise typer.Exit(1)
-
-
-# -- display ------------------------------------------------------------------------------------
-
-def fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
-
-
-def show(item: Job | Experiment, as_json: bool) -> None:
-    if as_json:
-        print_json(dump(item))
-    else:
-        show_status(item)
-
-
-def show_status(item: Job | Experiment) -> None:
-    if isinstance(item, Job):
-        rows = [("id", item.id), ("name", item.name), ("status", item.status),
-                ("epoch", f"{item.epoch}/{item.epochs}"), ("worker", item.worker),
-                ("elapsed_s", item.elapsed_s), ("best_epoch", item.best_epoch),
-                ("error", item.error)]
-        rows += [(k, (item.final_metrics or {}).get(k)) for k in FINAL_SHOWN
-                 if item.final_metrics]
-        for k, v in rows:
-            if v is not None:
-                out.print(f"[bold]{k:>12}[/bold]  {fmt(v)}", highlight=False)
-        for w in item.warnings:
-            out.print(f"[yellow]{'warning':>12}[/yellow]  {w}", highlight=False)
-        return
-    out.print(f"experiment [bold]{item.id}[/bold] {item.name or ''}: {item.status}  "
-              + "  ".join(f"{k} {v}" for k, v in item.counts.items() if v), highlight=False)
-    table = Table("variant", "seed", Column("job", no_wrap=True), "status", "epoch",
-                  "val_accuracy")
-    for c in item.children:
-        table.add_row(c.variant, str(c.seed), c.job_id, c.status, f"{c.epoch}/{c.epochs}",
-                      fmt((c.final_metrics or {}).get("val_accuracy")))
-    out.print(table)
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -274,12 +159,7 @@ def ls(
     if as_json:
         print_json([dump(j) for j in jobs])
         return
-    table = Table(Column("id", no_wrap=True), "name", "status", "epoch", "val_accuracy", "created")
-    for j in jobs:
-        table.add_row(j.id, j.name or "", j.status, f"{j.epoch}/{j.epochs}",
-                      fmt((j.final_metrics or {}).get("val_accuracy")),
-                      j.created_at.strftime("%Y-%m-%d %H:%M:%S") if j.created_at else "")
-    out.print(table)
+    show_jobs(jobs)
 
 
 @handles_errors
@@ -305,11 +185,7 @@ def history(
     if as_json:
         print_json(h)
         return
-    keys = [k for k in h if k not in ("epoch", "wall_time")]
-    table = Table("epoch", *keys)
-    for i, epoch in enumerate(h["epoch"]):
-        table.add_row(str(epoch), *(fmt(h[k][i]) for k in keys))
-    out.print(table)
+    show_history(h)
 
 
 @handles_errors
@@ -382,10 +258,7 @@ def predict(
     if as_json:
         print_json(result.model_dump(mode="json"))
         return
-    table = Table("row", "class", *(f"p({c})" for c in result.class_names))
-    for i, (cls, probs) in enumerate(zip(result.classes, result.probabilities, strict=True)):
-        table.add_row(str(i), cls, *(f"{p:.4f}" for p in probs))
-    out.print(table)
+    show_predictions(result)
 
 
 @handles_errors
@@ -431,14 +304,6 @@ def cancel(some_id: IdArg, as_json: JsonOpt = False, url: UrlOpt = None) -> None
 datasets_app = typer.Typer(help="Upload and list datasets.", no_args_is_help=True)
 
 
-def _features_text(ds: Any, most: int = 8) -> str:
-    """Image datasets by their shape; tables by their feature names (the first few)."""
-    if ds.is_image:
-        return "x".join(map(str, ds.input_shape))
-    names = ds.feature_columns
-    return ",".join(names[:most]) + (f",... ({len(names)})" if len(names) > most else "")
-
-
 @datasets_app.command("upload")
 @handles_errors
 def datasets_upload(
@@ -461,7 +326,7 @@ def datasets_upload(
         print_json(ds.model_dump(mode="json"))
         return
     what = "images" if ds.is_image else "features"
-    err.print(f"dataset {ds.id} ({ds.format}): {ds.n_rows} rows, {what} {_features_text(ds)}, "
+    err.print(f"dataset {ds.id} ({ds.format}): {ds.n_rows} rows, {what} {features_text(ds)}, "
               f"label {ds.label_column} {ds.class_counts}", highlight=False)
     sys.stdout.write(ds.id + "\n")
 
@@ -475,11 +340,7 @@ def datasets_ls(as_json: JsonOpt = False, url: UrlOpt = None) -> None:
     if as_json:
         print_json([d.model_dump(mode="json") for d in items])
         return
-    table = Table(Column("id", no_wrap=True), "name", "rows", "features", "label", "classes")
-    for d in items:
-        table.add_row(d.id, d.name or d.filename or "", str(d.n_rows), _features_text(d),
-                      d.label_column, json.dumps(d.class_counts))
-    out.print(table)
+    show_datasets(items)
 
 
 # -- bnlab experiment ...
@@ -522,11 +383,7 @@ def experiment_ls(limit: Annotated[int, typer.Option(help="At most this many.")]
     if as_json:
         print_json([dump(e) for e in items])
         return
-    table = Table(Column("id", no_wrap=True), "name", "status", "variants", "seeds", "counts")
-    for e in items:
-        table.add_row(e.id, e.name or "", e.status, ",".join(e.variants), str(len(e.seeds)),
-                      " ".join(f"{k}={v}" for k, v in e.counts.items() if v))
-    out.print(table)
+    show_experiments(items)
 
 
 @experiment_app.command("summary")
@@ -546,30 +403,6 @@ def experiment_summary(
         print_json(s)
         return
     show_summary(s)
-
-
-def show_summary(s: dict[str, Any]) -> None:
-    conf = round(100 * float(s.get("confidence", 0.95)))
-    table = Table("variant", "metric", "n", "final mean", f"{conf}% CI", "best mean",
-                  "reached threshold")
-    for v, per in (s.get("per_variant") or {}).items():
-        for m, ms in (per.get("metrics") or {}).items():
-            final, best, thr = ms.get("final") or {}, ms.get("best") or {}, ms.get("threshold")
-            ci = f"[{fmt(final.get('ci_low'))}, {fmt(final.get('ci_high'))}]"
-            reached = f"{thr['reached']}/{thr['of']} (≥ {thr['value']})" \
-                if isinstance(thr, dict) and "reached" in thr else ""
-            table.add_row(v, m, fmt(final.get("n")), fmt(final.get("mean")), ci,
-                          fmt(best.get("mean")), reached)
-    out.print(table)
-    comp = Table("b - a", "metric", "pairs", "final diff", f"{conf}% CI", "p (t)",
-                 "p (wilcoxon)", "note")
-    for c in s.get("comparisons") or []:
-        f = c.get("final") or {}
-        comp.add_row(f"{c['b']} - {c['a']}", c["metric"], fmt(c.get("n_pairs")),
-                     fmt(f.get("mean_diff")), f"[{fmt(f.get('ci_low'))}, "
-                     f"{fmt(f.get('ci_high'))}]", fmt(f.get("p_value")),
-                     fmt(f.get("wilcoxon_p")), f.get("note") or "")
-    out.print(comp)
 
 
 @experiment_app.command("status")
@@ -612,7 +445,6 @@ study_app = typer.Typer(help="Studies: the claims about BatchNorm tested on your
 BUILTIN_DATASETS = ("concertriccir2", "concentric_circles", "moons", "xor", "spirals", "blobs",
                     "digits", "iris", "wine", "breast_cancer", "mnist", "fashion_mnist",
                     "cifar10")
-VERDICT_STYLE = {"supported": "green", "contradicted": "red", "inconclusive": "yellow"}
 StudyIdArg = Annotated[str, typer.Argument(help="A study id.")]
 
 
@@ -639,88 +471,6 @@ def claim_list(value: str | None) -> list[str] | None:
     if unknown or not claims:
         raise typer.BadParameter(f"--claims {value!r}: use some of {', '.join(STUDY_CLAIMS)}")
     return claims
-
-
-class StudyProgress:
-    """A rich progress bar per claim: succeeded / all children of its experiment."""
-
-    def __init__(self, console: Console) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console)
-        self.tasks: dict[str, TaskID] = {}
-
-    def __enter__(self) -> StudyProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def __call__(self, study: StudyData) -> None:
-        for c in study.claims:
-            bad = {k: v for k, v in c.counts.items() if k in ("failed", "cancelled") and v}
-            status = c.status + "".join(f", {v} {k}" for k, v in bad.items())
-            if c.claim not in self.tasks:
-                self.tasks[c.claim] = self.progress.add_task(c.claim, total=c.total or None,
-                                                             completed=c.succeeded,
-                                                             status=status)
-            else:
-                self.progress.update(self.tasks[c.claim], total=c.total or None,
-                                     completed=c.succeeded, status=status)
-
-
-def _title(study: StudyData) -> str:
-    return f"study [bold]{study.id}[/bold]" + (f" {study.name}" if study.name else "")
-
-
-def _done_text(counts: dict[str, int]) -> str:
-    return f"{counts.get('succeeded', 0)}/{sum(counts.values())}"
-
-
-def show_study(study: Study) -> None:
-    counts = "  ".join(f"{k} {v}" for k, v in study.counts.items() if v)
-    out.print(f"{_title(study)}: {study.status}  {counts}", highlight=False)
-    table = Table(Column("claim", no_wrap=True), Column("status", no_wrap=True), "done",
-                  Column("experiment", no_wrap=True))
-    for c in study.claims:
-        bad = "".join(f", {v} {k}" for k, v in c.counts.items()
-                      if k in ("failed", "cancelled") and v and k != c.status)
-        table.add_row(c.claim, c.status + bad, f"{c.succeeded}/{c.total}",
-                      c.experiment_id or "")
-    out.print(table)
-    if study.cost is not None:
-        eta = study.cost.estimated_seconds
-        out.print(f"{study.cost.children} jobs"
-                  + (f", about {eta:.0f} s" if eta is not None else "")
-                  + (f" ({study.cost.note})" if study.cost.note else ""), highlight=False)
-    for w in study.warnings:
-        out.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
-
-
-def show_report(report: dict[str, Any]) -> None:
-    r = StudyReport.model_validate(report)
-    partial = " (partial: not every run has finished)" if r.partial else ""
-    out.print(f"study [bold]{r.id}[/bold]" + (f" {r.name}" if r.name else "")
-              + f": {r.status or ''}, seeds {r.seeds}, alpha {r.alpha}{partial}",
-              highlight=False)
-    def g(v: float | int | None) -> str:
-        return "-" if v is None else f"{v:.3g}"
-
-    conf = round(100 * (r.confidence or 0.95))
-    table = Table(Column("claim", no_wrap=True), Column("verdict", no_wrap=True), "n", "effect",
-                  Column(f"{conf}% CI", no_wrap=True), "p (Holm)")
-    for c in r.claims:
-        style = VERDICT_STYLE.get(c.verdict, "")
-        t = c.test
-        effect = t.estimate if t.estimate is not None else t.mean
-        table.add_row(c.claim, f"[{style}]{c.verdict}[/{style}]" if style else c.verdict,
-                      g(t.n), g(effect), f"[{g(t.ci_low)}, {g(t.ci_high)}]", g(c.adjusted_p))
-    out.print(table)
-    for c in r.claims:  # the words, below the numbers: a table cell would wrap them to bits
-        out.print(f"[bold]{c.claim}[/bold] ({c.verdict}): {c.reason or ''}", highlight=False)
-        if c.firm_up and c.firm_up.get("text"):
-            out.print(f"  to firm it up: {c.firm_up['text']}", highlight=False)
 
 
 def finish_study(study: Study, as_json: bool) -> None:
@@ -837,11 +587,7 @@ def study_ls(limit: Annotated[int, typer.Option(help="At most this many.")] = 20
     if as_json:
         print_json([s.model_dump(mode="json") for s in items])
         return
-    table = Table(Column("id", no_wrap=True), "name", "status", "claims", "done", "created")
-    for s in items:
-        table.add_row(s.id, s.name or "", s.status, str(len(s.claims)), _done_text(s.counts),
-                      s.created_at.strftime("%Y-%m-%d %H:%M") if s.created_at else "")
-    out.print(table)
+    show_studies(items)
 
 
 @study_app.command("report")

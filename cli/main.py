@@ -20,6 +20,7 @@ import typer
 from cli.client_commands import register as register_client_commands
 from config.logging import configure_logging
 from config.settings import BaseBnlabSettings
+from models.queueing import QUEUES
 
 app = typer.Typer(help="bnlab: train small PyTorch networks described as JSON.",
                   no_args_is_help=True, add_completion=False)
@@ -44,27 +45,15 @@ def celery_worker_argv(*, queues: str, concurrency: int, pool: str, name: str,
 
 
 def release_dead_worker_jobs(settings: BaseBnlabSettings, node: str, pid: int) -> list[str]:
-    """The embedded worker process `pid` died: its running jobs go back to the queue now
-    (counting the attempt) instead of after the lease timeout; the restarted worker's reaper
-    enqueues them at its start."""
+    """The embedded worker process `pid` died: worker.reaper releases its jobs at once."""
     from models.db import make_engine, session_factory
-    from models.db import repository as repo
-    from worker.reaper import lost_reason
+    from worker.reaper import release_dead_process
 
     engine = make_engine(settings.sqlalchemy_url)
-    released = []
     try:
-        with session_factory(engine).begin() as session:
-            for job in repo.held_by(session, lease_prefix=f"{node}/{pid}/"):
-                error = lost_reason(job.attempts, job.worker, job.heartbeat_at)
-                status = repo.release_job(session, job_id=job.id, worker=job.lease_owner,
-                                          error=error)
-                repo.make_due(session, job_id=job.id)
-                log.warning("job %s: its worker process %d died; %s", job.id, pid, status)
-                released.append(job.id)
+        return release_dead_process(session_factory(engine), node=node, pid=pid)
     finally:
         engine.dispose()
-    return released
 
 
 def _migrate(settings: BaseBnlabSettings) -> None:
@@ -187,7 +176,7 @@ def serve(
         env = {**os.environ, "BNLAB_HOME": str(Path(settings.home).resolve())}
         node = EMBEDDED_NODE.replace("%h", socket.gethostname())
         worker = EmbeddedWorker(celery_worker_argv(
-            queues="cpu,gpu", concurrency=1, pool="solo", name=node,
+            queues=",".join(QUEUES), concurrency=1, pool="solo", name=node,
             loglevel=log_level.upper()), env,
             on_death=lambda pid: release_dead_worker_jobs(settings, node, pid))
         log.info("embedded mode: SQLite and filesystem broker under %s", settings.home)

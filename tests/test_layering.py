@@ -20,6 +20,16 @@ FORBIDDEN = {
     # the SDK (client/bnlab, its own distribution): httpx and pydantic, nothing of the server
     "client": {"api", "worker", "models", "config", "cli", "torch", "fastapi", "celery",
                "sqlalchemy"},
+    # the benchmarks share devtools/ with the tests, never the tests themselves
+    "bench": {"tests"},
+    "devtools": {"tests"},
+}
+# Within models/: the database layer and the torch core (the rest) never import each other's
+# stack, so the API's database code loads no torch and the trainer needs no database.
+DB = "models/db"
+WITHIN_MODELS = {
+    DB: {"torch"},
+    "models (outside models/db)": {"sqlalchemy"},
 }
 
 
@@ -33,14 +43,46 @@ def imported_roots(path: Path) -> set[str]:
     return roots
 
 
+def files_of(root: Path, folder: str) -> list[Path]:
+    """The Python files a rule covers: "models (outside models/db)" is models/ less models/db."""
+    if folder == "models (outside models/db)":
+        return [p for p in files_of(root, "models") if not p.is_relative_to(root / DB)]
+    return sorted((root / folder).rglob("*.py"))
+
+
+def violations(root: Path, folder: str, forbidden: set[str]) -> list[str]:
+    return [f"{path.relative_to(root)} imports {sorted(bad)}"
+            for path in files_of(root, folder)
+            if (bad := imported_roots(path) & forbidden)]
+
+
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_package_respects_dependency_direction(package: str) -> None:
-    violations = [
-        f"{path.relative_to(REPO)} imports {sorted(bad)}"
-        for path in sorted((REPO / package).rglob("*.py"))
-        if (bad := imported_roots(path) & FORBIDDEN[package])
-    ]
-    assert not violations, violations
+    found = violations(REPO, package, FORBIDDEN[package])
+    assert not found, found
+
+
+@pytest.mark.parametrize("folder", sorted(WITHIN_MODELS))
+def test_models_db_and_the_torch_core_stay_apart(folder: str) -> None:
+    found = violations(REPO, folder, WITHIN_MODELS[folder])
+    assert not found, found
+
+
+def test_each_new_rule_sees_its_violation(tmp_path: Path) -> None:
+    for name, text in {"models/db/bad.py": "import torch.nn\n",
+                       "models/db/ok.py": "from sqlalchemy import select\n",
+                       "models/bad.py": "from sqlalchemy.orm import Session\n",
+                       "models/ok.py": "import torch\n",
+                       "bench/bad.py": "def f():\n    from tests.integration.flow import x\n"
+                       }.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert violations(tmp_path, DB, WITHIN_MODELS[DB]) == ["models/db/bad.py imports ['torch']"]
+    assert violations(tmp_path, "models (outside models/db)",
+                      WITHIN_MODELS["models (outside models/db)"]) == [
+        "models/bad.py imports ['sqlalchemy']"]
+    assert violations(tmp_path, "bench", FORBIDDEN["bench"]) == [
+        "bench/bad.py imports ['tests']"]
 
 
 def test_layering_check_sees_a_violation(tmp_path: Path) -> None:
@@ -52,4 +94,11 @@ def test_layering_check_sees_a_violation(tmp_path: Path) -> None:
 def test_spec_schema_importable_without_torch() -> None:
     code = ("import sys, models.spec, config.settings; "
             "assert not {'torch', 'fastapi', 'celery'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_the_queue_names_and_the_database_layer_load_no_torch() -> None:
+    # models.queueing is what api/ and worker/ share; models.db is what api/ reads through
+    code = ("import sys, models, models.queueing, models.db.repository; "
+            "assert not {'torch', 'celery', 'fastapi'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -207,7 +207,7 @@ def test_bnlab_serve_writes_json_lines_from_api_and_worker(tmp_path: Path) -> No
     a request and a job trained by the worker process, then every line of its output parsed."""
     import httpx
 
-    from tests.integration.procs import embedded_serve
+    from devtools.procs import embedded_serve
 
     with embedded_serve(tmp_path, BNLAB_LOG_FORMAT="json") as (base_url, procs), \
             httpx.Client(base_url=base_url, timeout=30) as http:

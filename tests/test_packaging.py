@@ -3,7 +3,8 @@
 - `bnlab-client` (client/) is the SDK, imported as `bnlab`: httpx and pydantic, never torch,
   FastAPI, Celery or SQLAlchemy.
 - `bnlab-server` (the root) is the service: the design's top-level packages and nothing else
-  (no `client`, `bench` or `tests`), with its data files (migrations, dashboard, the notebook CSV).
+  (no `client`, `bench`, `devtools` or `tests`), with its data files (migrations, dashboard,
+  the notebook CSV).
 
 Fresh venvs reach the package index for their dependencies; torch comes from the pinned wheel.
 """
@@ -113,7 +114,7 @@ def test_the_server_installs_into_a_fresh_venv_and_migrates(
     assert "bnlab-server==0.1.0" in installed and "bnlab-client==0.1.0" in installed
     site = Path(run(bin_ / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))",
                     cwd=tmp_path).strip())
-    assert not {"client", "bench", "tests"} & {p.name for p in site.iterdir()}
+    assert not {"client", "bench", "devtools", "tests"} & {p.name for p in site.iterdir()}
     code = ("import api.main, worker.celery_app, cli.main, bnlab; "
             "from models.datasets import notebook_csv; print(len(notebook_csv()))")
     assert run(bin_ / "python", "-c", code, cwd=tmp_path).strip() == str(

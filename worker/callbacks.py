@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,11 +24,21 @@ from worker.db import is_transient, retrying
 
 log = logging.getLogger(__name__)
 
-Flags = tuple[bool, bool, bool]  # (cancel, release, lost)
 # Hook: (job_id, epoch) for each epoch row once its transaction committed (see RunContext).
 EpochWritten = Callable[[str, int], None]
 # Rows per INSERT: a big stack's batch stays under every driver's bound-parameter limit.
 _ROWS_PER_INSERT = 500
+
+
+class Flags(NamedTuple):
+    """A job's stop flags, as the database has them."""
+
+    cancel: bool  # cancel requested (or the job is cancelled)
+    release: bool  # give it back to the queue: its worker is shutting down
+    lost: bool  # not running under this lease any more
+
+
+NO_FLAGS = Flags(cancel=False, release=False, lost=False)
 
 
 class LeaseLost(RuntimeError):
@@ -151,8 +162,9 @@ class StackWriter:
                 self.flush()
             try:
                 with self.sessions() as session:
-                    self.flags = repo.stop_flags_many(session, job_ids=self.members,
-                                                      lease_owner=self.lease_owner)
+                    self.flags = {job_id: Flags(*flags) for job_id, flags in
+                                  repo.stop_flags_many(session, job_ids=self.members,
+                                                       lease_owner=self.lease_owner).items()}
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -162,7 +174,7 @@ class StackWriter:
                 self.flags = {}
             self.generation += 1
             self.last_read = time.monotonic()
-        return self.flags.get(job_id, (False, False, False)), self.generation
+        return self.flags.get(job_id, NO_FLAGS), self.generation
 
 
 class DbCallbacks(TrainingCallbacks):
@@ -200,12 +212,12 @@ class DbCallbacks(TrainingCallbacks):
         if self.lost.is_set():
             self.stop_reason = "lost"
             return True
-        (cancel, release, lost), self._seen = self.stack.flags_of(self.job_id, self._seen)
-        if cancel:
+        flags, self._seen = self.stack.flags_of(self.job_id, self._seen)
+        if flags.cancel:
             self.stop_reason = "cancel"
-        elif lost:
+        elif flags.lost:
             self.stop_reason = "lost"
-        elif release or (self.stopping is not None and self.stopping.is_set()):
+        elif flags.release or (self.stopping is not None and self.stopping.is_set()):
             self.stop_reason = "release"
         return self.stop_reason is not None
 

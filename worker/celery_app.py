@@ -12,9 +12,8 @@ from celery.signals import celeryd_init, setup_logging
 from kombu import Exchange, Queue
 
 from config.logging import configure_logging
+from models.queueing import QUEUES, TRAIN_TASK
 from worker.settings import WorkerSettings
-
-QUEUES = ("cpu", "gpu")
 
 
 def create_app(settings: WorkerSettings) -> Celery:
@@ -35,7 +34,7 @@ def create_app(settings: WorkerSettings) -> Celery:
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name)
                      for name in QUEUES],
         task_default_queue="cpu",
-        task_routes={"worker.train_job": {"queue": "cpu"}},  # the API overrides it per job
+        task_routes={TRAIN_TASK: {"queue": "cpu"}},  # the API overrides it per job
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         # Training is one long task; its bounds are the spec limits, not a time limit.

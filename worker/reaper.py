@@ -23,7 +23,8 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import repository as repo
-from models.db.tables import QUEUES, JobStatus, utcnow
+from models.db.tables import JobStatus, utcnow
+from models.queueing import QUEUES
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,22 @@ def lost_reason(attempts: int, worker: str | None, seen: datetime | None) -> str
     """The failure reason of a job whose worker vanished: how often, where, when last seen."""
     when = f"{seen:%Y-%m-%d %H:%M:%S} UTC" if seen is not None else "an unknown time"
     return f"worker lost {attempts} times (last seen on {worker} at {when})"
+
+
+def release_dead_process(sessions: sessionmaker[Session], *, node: str, pid: int) -> list[str]:
+    """Worker process `pid` of `node` died (its supervisor saw it exit): its running jobs go
+    back to the queue now, counting the attempt, instead of after the lease timeout, and are
+    due for the next reaper sweep (the restarted worker's, at its start). Returns their ids."""
+    released = []
+    with sessions.begin() as session:
+        for job in repo.held_by(session, lease_prefix=f"{node}/{pid}/"):
+            error = lost_reason(job.attempts, job.worker, job.heartbeat_at)
+            status = repo.release_job(session, job_id=job.id, worker=job.lease_owner,
+                                      error=error)
+            repo.make_due(session, job_id=job.id)
+            log.warning("job %s: its worker process %d died; %s", job.id, pid, status)
+            released.append(job.id)
+    return released
 
 
 @dataclass

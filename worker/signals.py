@@ -14,6 +14,7 @@ from typing import Any
 from billiard.process import current_process
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
+from models.queueing import TRAIN_TASK
 from worker.heartbeat import Periodic, clean_processed, worker_device
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,7 @@ def start_background(sender: Any = None, **_: Any) -> None:
             beat_worker(session, name=name, queues=queues, device=device)
 
     def enqueue(job_id: str, queue: str) -> None:
-        sender.app.send_task("worker.train_job", args=[job_id], queue=queue,
-                             ignore_result=True)
+        sender.app.send_task(TRAIN_TASK, args=[job_id], queue=queue, ignore_result=True)
 
     reaper = Reaper(sessions(url), enqueue, broker_messages(settings),
                     lease_timeout=settings.lease_timeout, requeue_grace=settings.requeue_grace)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch
 from celery import Task
 
+from models.queueing import TRAIN_TASK
 from worker.celery_app import app, settings
 from worker.db import sessions
 from worker.hold import epoch_hold
 from worker.signals import STOPPING, sigterm_stops_training
 from worker.training_run import RunContext, run_job
-
-TRAIN_TASK = "worker.train_job"
 
 
 @app.task(name=TRAIN_TASK, bind=True, acks_late=True, ignore_result=True)

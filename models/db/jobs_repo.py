@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from models.db._sql import forget
 from models.db.paging import newest_first
-from models.db.tables import ANONYMOUS, QUEUES, TERMINAL, Job, JobStatus, new_id, utcnow
+from models.db.tables import ANONYMOUS, TERMINAL, Job, JobStatus, new_id, utcnow
+from models.queueing import QUEUES
 
 
 def create_job(

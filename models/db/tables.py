@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
 from models.db.types import MetricFloat, MetricsJSON, UTCDateTime
+from models.queueing import QUEUES
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_N_label)s",
@@ -62,7 +63,6 @@ class JobStatus(StrEnum):
 
 
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
-QUEUES = ("cpu", "gpu")
 CHECKPOINT_KINDS = ("best", "last")
 
 

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.settings import ApiSettings
 from models.db import repository as repo
+from models.queueing import TRAIN_TASK
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS
 from tests.api.conftest import generated_body, notebook_body, queued_messages
 
@@ -34,7 +35,7 @@ def test_notebook_bodies_accepted_as_written_and_enqueued(
     assert any("directly before the output layer" in w for w in bn["warnings"])
     messages = queued_messages(settings, "cpu")
     assert [(m["task"], m["args"]) for m in messages] == [
-        ("worker.train_job", [ids["plain"]]), ("worker.train_job", [ids["bn"]])]
+        (TRAIN_TASK, [ids["plain"]]), (TRAIN_TASK, [ids["bn"]])]
 
 
 def test_generated_dataset_and_device_routing(client: TestClient, settings: ApiSettings) -> None:

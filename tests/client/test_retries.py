@@ -22,7 +22,7 @@ from bnlab import (
     ServerError,
     ValidationError,
 )
-from tests.integration.procs import free_port
+from devtools.procs import free_port
 
 JOB: dict[str, Any] = {"id": "j1", "name": None, "status": "queued", "epoch": 0, "epochs": 3,
        "created_at": "2026-01-01T00:00:00Z", "spec": {}}

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from devtools.procs import Hold, embedded_serve
 from tests.conftest import IN_CI
-from tests.integration.procs import Hold, embedded_serve
 
 CHROMIUM = os.environ.get("BNLAB_CHROMIUM", "/usr/bin/chromium")
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.procs import Hold
+from devtools.procs import Hold
 
 pytestmark = pytest.mark.integration
 

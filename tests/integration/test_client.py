@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from bnlab import AsyncClient, Client, DoneEvent, EpochEvent, Event, StatusEvent
-from tests.integration.flow import notebook_job, notebook_rows
-from tests.integration.procs import (
+from devtools.procs import (
     BNLAB,
     PYTHON,
     Procs,
@@ -25,6 +24,7 @@ from tests.integration.procs import (
     wait_for_log,
     wait_ready,
 )
+from tests.integration.flow import notebook_job, notebook_rows
 
 pytestmark = pytest.mark.integration
 

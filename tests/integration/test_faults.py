@@ -31,8 +31,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.integration.flow import TERMINAL
-from tests.integration.procs import (
+from devtools.procs import (
     BNLAB,
     HANG_S,
     PYTHON,
@@ -45,6 +44,8 @@ from tests.integration.procs import (
     wait_for_log,
     wait_ready,
 )
+from models.queueing import TRAIN_TASK
+from tests.integration.flow import TERMINAL
 
 pytestmark = pytest.mark.integration
 
@@ -407,7 +408,7 @@ def test_duplicate_delivery_while_running_trains_once(stack: Stack) -> None:
 
     producer = Celery("faults-test", broker=stack.redis_url, set_as_current=False)
     try:
-        producer.send_task("worker.train_job", args=[job_id], queue="cpu", ignore_result=True)
+        producer.send_task(TRAIN_TASK, args=[job_id], queue="cpu", ignore_result=True)
     finally:
         producer.close()
     wait_for_log(idle, f"job {job_id} is running under")

@@ -17,8 +17,7 @@ import onnxruntime as ort
 import pytest
 from sklearn.datasets import load_digits
 
-from tests.integration.flow import check_history, submit, wait_done, wait_experiment
-from tests.integration.procs import (
+from devtools.procs import (
     PYTHON,
     Proc,
     Procs,
@@ -28,6 +27,7 @@ from tests.integration.procs import (
     wait_for_log,
     wait_ready,
 )
+from tests.integration.flow import check_history, submit, wait_done, wait_experiment
 
 pytestmark = pytest.mark.integration
 

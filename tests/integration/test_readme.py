@@ -13,7 +13,7 @@ import httpx
 import onnx
 import pytest
 
-from tests.integration.procs import PYTHON, REPO, embedded_serve
+from devtools.procs import PYTHON, REPO, embedded_serve
 
 pytestmark = pytest.mark.integration
 

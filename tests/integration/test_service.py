@@ -15,14 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.flow import (
-    check_history,
-    experiment_flow,
-    notebook_flow,
-    submit,
-    wait_done,
-)
-from tests.integration.procs import (
+from devtools.procs import (
     HANG_S,
     PYTHON,
     Proc,
@@ -33,6 +26,13 @@ from tests.integration.procs import (
     free_port,
     wait_for_log,
     wait_ready,
+)
+from tests.integration.flow import (
+    check_history,
+    experiment_flow,
+    notebook_flow,
+    submit,
+    wait_done,
 )
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,8 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.exceptions import ContentDisallowed
 
 from api.settings import ApiSettings
-from tests.integration.procs import PYTHON, Procs, clean_env, free_port, wait_ready
+from devtools.procs import PYTHON, Procs, clean_env, free_port, wait_ready
+from models.queueing import TRAIN_TASK
 from tests.security.conftest import API_KEY, MAX_PREDICT_ROWS, TINY_JOB, make_settings
 from worker.celery_app import create_app as create_celery
 from worker.settings import WorkerSettings
@@ -338,7 +339,7 @@ def test_worker_refuses_a_pickled_message(tmp_path: Path) -> None:
         producer.publish(pickle.dumps(((_Canary(canary),), {}, {})), declare=[queue],
                          content_type="application/x-python-serialize",
                          content_encoding="binary",
-                         headers={"task": "worker.train_job", "id": "hostile"})
+                         headers={"task": TRAIN_TASK, "id": "hostile"})
         seen: list[BaseException] = []
 
         def on_decode_error(message: Any, exc: BaseException) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import repository as repo
 from models.trainer import EpochRecord
-from worker.callbacks import DbCallbacks, LeaseLost, stack_callbacks
+from worker.callbacks import NO_FLAGS, DbCallbacks, Flags, LeaseLost, StackWriter, stack_callbacks
 
 
 def test_a_zombie_writes_nothing_into_a_job_someone_else_runs(
@@ -47,6 +47,20 @@ def test_should_stop_says_why(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
         repo.request_cancel(session, job_id=job_id)
     assert callbacks.should_stop() and callbacks.stop_reason == "cancel"  # cancel wins
+
+
+def test_stop_flags_come_by_name(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        job_id = repo.create_job(session, spec={}, name=None, epochs_total=3).id
+        repo.claim_job(session, job_id=job_id, worker="n", device="cpu", lease_owner="n/1/a")
+        repo.request_cancel(session, job_id=job_id)
+    writer = StackWriter(sessions, lease_owner="n/1/a")
+    writer.join(job_id, threading.Event())
+    writer.join("0" * 32, threading.Event())  # no such job: lost
+    flags, generation = writer.flags_of(job_id, 0)
+    assert flags == Flags(cancel=True, release=False, lost=False) and flags.cancel
+    assert writer.flags_of("0" * 32, generation)[0].lost
+    assert writer.flags_of("f" * 32, generation)[0] == NO_FLAGS  # not a member: never read
 
 
 def _stack(sessions: sessionmaker[Session], n: int, owner: str = "n/1/a"

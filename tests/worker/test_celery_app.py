@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from models.queueing import QUEUES, TRAIN_TASK
 from worker.celery_app import create_app
 from worker.settings import WorkerSettings
 
@@ -23,8 +24,16 @@ def test_long_task_settings(embedded: WorkerSettings) -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
     assert conf.task_ignore_result and not conf.task_always_eager
-    assert {q.name for q in conf.task_queues} == {"cpu", "gpu"}
+    assert {q.name for q in conf.task_queues} == set(QUEUES) == {"cpu", "gpu"}
     assert conf.worker_hijack_root_logger is False
+
+
+def test_the_worker_registers_the_task_the_api_sends(embedded: WorkerSettings) -> None:
+    from worker.tasks import train_job
+
+    # the wire name: messages already in a broker carry it, so it is pinned here too
+    assert train_job.name == TRAIN_TASK == "worker.train_job"
+    assert create_app(embedded).conf.task_routes == {TRAIN_TASK: {"queue": "cpu"}}
 
 
 def test_embedded_broker_lives_under_home(embedded: WorkerSettings, tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.db import make_engine, session_factory, upgrade
 from models.db import repository as repo
 from models.db.tables import Job, utcnow
+from models.queueing import TRAIN_TASK
 from worker.celery_app import create_app
-from worker.reaper import Reaper, broker_messages, redis_messages
+from worker.reaper import Reaper, broker_messages, redis_messages, release_dead_process
 from worker.settings import WorkerSettings
 
 SPEC: dict[str, Any] = {"dataset": {"name": "moons", "n_samples": 64},
@@ -48,7 +49,7 @@ def app(settings: WorkerSettings) -> Iterator[Celery]:
 
 
 def send(app: Celery) -> Any:
-    return lambda job_id, queue: app.send_task("worker.train_job", args=[job_id], queue=queue)
+    return lambda job_id, queue: app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
 
 
 @pytest.fixture
@@ -105,6 +106,24 @@ def test_stale_running_job_is_released_and_enqueued_but_a_live_one_is_not(
     assert reaper.sweep().requeued_lost == []  # nothing more to do
 
 
+def test_a_dead_process_jobs_are_released_at_once_and_due_for_the_next_sweep(
+        reaper: Reaper, sessions: sessionmaker[Session], settings: WorkerSettings) -> None:
+    dead, sibling = new_job(sessions), new_job(sessions)
+    with sessions.begin() as session:
+        repo.claim_job(session, job_id=dead, worker="gone@host", device="cpu",
+                       lease_owner="gone@host/1/aa")
+        repo.claim_job(session, job_id=sibling, worker="gone@host", device="cpu",
+                       lease_owner="gone@host/12/bb")  # another process (pid 12) of the node
+
+    assert release_dead_process(sessions, node="gone@host", pid=1) == [dead]
+
+    job = get(sessions, dead)
+    assert str(job.status) == "queued" and job.attempts == 1 and job.lease_owner is None
+    assert job.error.startswith("worker lost 1 times (last seen on gone@host at ")
+    assert str(get(sessions, sibling).status) == "running"
+    assert reaper.sweep().requeued_orphans == [dead]  # due at once, not after the grace
+
+
 def test_a_job_lost_max_attempts_times_fails_with_that_reason(
         reaper: Reaper, sessions: sessionmaker[Session], settings: WorkerSettings) -> None:
     job_id = new_job(sessions, max_attempts=2)
@@ -157,7 +176,7 @@ def test_redis_messages_sees_waiting_messages(redis_url: str, tmp_path: Path) ->
     settings = WorkerSettings(home=tmp_path, broker_url=redis_url)
     app = create_app(settings)
     try:
-        app.send_task("worker.train_job", args=["f" * 32], queue="gpu")
+        app.send_task(TRAIN_TASK, args=["f" * 32], queue="gpu")
         assert "f" * 32 in redis_messages(redis_url)
         assert "e" * 32 not in broker_messages(settings)()
     finally:

@@ -1,4 +1,5 @@
-"""Real server and worker processes for the integration tests, with logs kept for failures."""
+"""Real server and worker processes for the integration tests and the service benchmark, with
+logs kept for failures."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 BNLAB = str(Path(PYTHON).with_name("bnlab"))
 
