@@ -45,7 +45,7 @@ def _allocate(counts: np.ndarray, n_val: int) -> np.ndarray:
     low = np.where(counts >= 2, 1, 0)
     if low.sum() > n_val:
         low[:] = 0  # too few validation rows for every class: fall back to proportional
-    alloc = np.clip(np.floor(ideal).astype(np.int64), low, cap)
+    alloc: np.ndarray = np.clip(np.floor(ideal).astype(np.int64), low, cap)
     # Largest-remainder adjustment; argmax breaks ties towards the lower class id.
     while alloc.sum() < n_val:
         room = np.where(alloc < counts, ideal - alloc + (alloc < cap) * 1e9, -np.inf)

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -359,7 +359,7 @@ def _sweep_measure(claim: Claim, runs: list[Run], values: list[float], n_classes
         return math.log10(max(ok)) if ok else math.log10(values[0]) - 1.0
     finals = [_final(r, "val_accuracy") for r in runs]
     if claim == Claim.init_insensitivity:  # the spread across scales; diverged: 0 accuracy
-        return cs.spread([v if v is not None else 0.0 for v in finals])["std"]
+        return cast(float | None, cs.spread([v if v is not None else 0.0 for v in finals])["std"])
     # batch_size: the largest batch's accuracy minus the smallest's
     return (finals[-1] or 0.0) - (finals[0] or 0.0)
 

@@ -198,7 +198,8 @@ class _Loop:
             return X
         mean, std = self.standard
         if self.k == 1 or bool((mean == mean[:1]).all() and (std == std[:1]).all()):
-            return ((X - mean[0]) / std[0]).astype(np.float32)  # one transform, not per step
+            one: np.ndarray = ((X - mean[0]) / std[0]).astype(np.float32)  # once, not per step
+            return one
         # models with their own training rows: their own statistics, per step
         self.scale_per_step = True
         self.shift = torch.as_tensor(mean, dtype=torch.float32).to(self.device)[:, None, :]
@@ -244,7 +245,7 @@ class _Loop:
         for i, s in enumerate(starts):
             end = starts[i + 1] if i + 1 < len(starts) else self.n_val
             xb, yb = self._batch(self.val_idx[:, s:end])
-            loss, c = self._loss_and_correct(self.model(xb, mode), yb)  # type: ignore[arg-type]
+            loss, c = self._loss_and_correct(self.model(xb, mode), yb)
             loss_sum.add_(loss, alpha=end - s)
             correct.add_(c)
         return loss_sum / self.n_val, correct.double() / self.n_val

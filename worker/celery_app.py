@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import celeryd_init, setup_logging
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from config.logging import configure_logging
 from models.queueing import QUEUES, TRAIN_TASK

@@ -217,7 +217,7 @@ class AsyncJobs:
         return await self._c.run(calls.curves(job_id, metrics))
 
     async def model(self, job_id: str) -> dict[str, Any]:
-        return await self._c.run(calls.model(job_id))  # type: ignore[no-any-return]
+        return await self._c.run(calls.model(job_id))
 
     async def predict(self, job_id: str, rows: Any, *, checkpoint: str = "last") -> Prediction:
         return await self._c.run(calls.predict(job_id, rows, checkpoint))
@@ -286,7 +286,7 @@ class AsyncExperiments:
         return self._experiment(await self._c.run(calls.retry_experiment(experiment_id)))
 
     async def summary(self, experiment_id: str) -> dict[str, Any]:
-        return await self._c.run(calls.summary(experiment_id))  # type: ignore[no-any-return]
+        return await self._c.run(calls.summary(experiment_id))
 
     async def summary_csv(self, experiment_id: str) -> str:
         return await self._c.run(calls.summary_csv(experiment_id))
@@ -356,7 +356,7 @@ class AsyncStudies:
         return self._study(await self._c.run(calls.retry_study(study_id)))
 
     async def report(self, study_id: str) -> dict[str, Any]:
-        return await self._c.run(calls.study_report(study_id))  # type: ignore[no-any-return]
+        return await self._c.run(calls.study_report(study_id))
 
     async def report_markdown(self, study_id: str) -> str:
         return await self._c.run(calls.study_report_markdown(study_id))

@@ -86,7 +86,7 @@ def retry_after_s(response: httpx.Response) -> float | None:
 
 def backoff_s(attempt: int) -> float:
     """Exponential with jitter: ~0.5, 1, 2, ... s, at most BACKOFF_MAX_S."""
-    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** attempt) * (0.5 + random.random() / 2)
+    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0 ** attempt) * (0.5 + random.random() / 2)
 
 
 def response_delay(call: Call[Any], response: httpx.Response, attempt: int,
@@ -145,7 +145,8 @@ def spec_body(spec: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     """A JobSpec / ExperimentSpec (validated, normalised) or a plain dict, as JSON."""
     if isinstance(spec, BaseModel):
         return spec.model_dump(mode="json", exclude_unset=False)
-    return json.loads(json.dumps(dict(spec)))  # a copy, and a clear error if not JSON-able
+    copy: dict[str, Any] = json.loads(json.dumps(dict(spec)))  # and a clear error if not JSON
+    return copy
 
 
 def _default_name(content: bytes) -> str:

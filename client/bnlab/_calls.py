@@ -193,7 +193,8 @@ def study_body(preset: str | BaseModel | Mapping[str, Any], *, base: Any, claims
     for k, v in given.items():
         if v is not None and not (whole and k in body):
             body[k] = v
-    return json.loads(json.dumps(body))
+    copy: dict[str, Any] = json.loads(json.dumps(body))
+    return copy
 
 
 def create_study(body: Mapping[str, Any], idempotency_key: str | None) -> Call[Any]:

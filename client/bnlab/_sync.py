@@ -214,7 +214,7 @@ class Jobs:
         return self._c.run(calls.curves(job_id, metrics))
 
     def model(self, job_id: str) -> dict[str, Any]:
-        return self._c.run(calls.model(job_id))  # type: ignore[no-any-return]
+        return self._c.run(calls.model(job_id))
 
     def predict(self, job_id: str, rows: Any, *, checkpoint: str = "last") -> Prediction:
         """Eval-mode predictions for rows of features (lists, a numpy array or a DataFrame)."""
@@ -285,7 +285,7 @@ class Experiments:
     def summary(self, experiment_id: str) -> dict[str, Any]:
         """Per variant and metric: per-epoch mean/std/CI, final and best values, epochs to
         the threshold; and paired comparisons between variants."""
-        return self._c.run(calls.summary(experiment_id))  # type: ignore[no-any-return]
+        return self._c.run(calls.summary(experiment_id))
 
     def summary_csv(self, experiment_id: str) -> str:
         return self._c.run(calls.summary_csv(experiment_id))
@@ -362,7 +362,7 @@ class Studies:
     def report(self, study_id: str) -> dict[str, Any]:
         """Per claim: verdict, reason, measure, the paired test and its Holm-adjusted p
         (`bnlab.StudyReport.model_validate(...)` for typed access)."""
-        return self._c.run(calls.study_report(study_id))  # type: ignore[no-any-return]
+        return self._c.run(calls.study_report(study_id))
 
     def report_markdown(self, study_id: str) -> str:
         return self._c.run(calls.study_report_markdown(study_id))

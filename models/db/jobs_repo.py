@@ -91,7 +91,7 @@ def _update(session: Session, job_id: str, where: list[Any], **values: Any) -> b
     stmt = (update(Job).where(Job.id == job_id, *where)
             .values(updated_at=utcnow(), **values)
             .execution_options(synchronize_session=False))
-    matched = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+    matched: bool = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
     forget(session, Job, job_id)
     return matched
 
@@ -249,7 +249,7 @@ def make_due(session: Session, *, job_id: str) -> bool:
     stmt = (update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
             .values(updated_at=utcnow() - timedelta(days=1))
             .execution_options(synchronize_session=False))
-    matched = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+    matched: bool = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
     forget(session, Job, job_id)
     return matched
 
