@@ -246,10 +246,10 @@ def _seed(url: str, size: Size) -> Seeded:
                 for start in range(0, len(view), 1 << 22):
                     copy.write(view[start:start + (1 << 22)])
         conn.execute("VACUUM ANALYZE")
-    return _describe(url, size)
+    return _describe(url)
 
 
-def _describe(url: str, size: Size) -> Seeded:
+def _describe(url: str) -> Seeded:
     import psycopg
 
     main = owner_of(KEYS[0])
@@ -259,7 +259,9 @@ def _describe(url: str, size: Size) -> Seeded:
         exp = conn.execute("SELECT id FROM experiment WHERE owner = %s ORDER BY created_at "
                            "DESC, id DESC LIMIT 1", (main,)).fetchone()
         n_main = conn.execute("SELECT count(*) FROM job WHERE owner = %s", (main,)).fetchone()
-        assert history and exp and n_main
+        assert history
+        assert exp
+        assert n_main
         at = conn.execute("SELECT created_at, id FROM job WHERE owner = %s ORDER BY created_at "
                           "DESC, id DESC OFFSET %s LIMIT 1", (main, n_main[0] // 2)).fetchone()
         assert at
@@ -289,7 +291,7 @@ def prepare(size: Size, *, keep: bool) -> tuple[str, Seeded, float | None]:
     if keep and exists:
         upgrade(url)  # a newer migration (an index) applies to the kept rows too
         if _counts(url) == (size.jobs, size.epochs):
-            return url, _describe(url, size), None
+            return url, _describe(url), None
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{size.database}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{size.database}"')

@@ -183,4 +183,4 @@ def embedded_serve(root: Path, *, show_logs: bool = True, **env: str
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(pid), signal.SIGKILL)
         if show_logs:
-            print(procs.dump_logs())
+            sys.stderr.write(procs.dump_logs() + "\n")

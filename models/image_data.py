@@ -375,7 +375,7 @@ def _idx_data(f: io.BufferedIOBase, dtype: np.dtype[Any], dims: tuple[int, ...],
     return arr.astype(dtype.newbyteorder("="), copy=False)
 
 
-def _check_idx_images(dtype: np.dtype[Any], dims: tuple[int, ...], what: str, *, rows: int,
+def _check_idx_images(dims: tuple[int, ...], what: str, *, rows: int,
                       max_rows: int, max_values: int) -> None:
     if rows > max_rows:
         raise DatasetError(f"{what} has {rows:,} images; {_limit('max_rows', max_rows)}")
@@ -411,7 +411,7 @@ def idx_arrays(images: bytes, labels: bytes, *, max_rows: int = DEFAULT_MAX_ROWS
         y = _idx_data(f, l_dtype, l_dims, "the labels file")
     with _open_bytes(images) as f:
         x_dtype, x_dims = _idx_header(f, "the images file", (3, 2, 4))
-        _check_idx_images(x_dtype, x_dims, "the images file", rows=x_dims[0], max_rows=max_rows,
+        _check_idx_images(x_dims, "the images file", rows=x_dims[0], max_rows=max_rows,
                           max_values=max_values)
         if x_dims[0] != l_dims[0]:
             raise DatasetError(f"the images file has {x_dims[0]:,} images but the labels file "

@@ -32,13 +32,13 @@ from models.spec import (
 )
 
 _ACTIVATIONS: dict[Activation, Callable[[ActivationLayer], nn.Module]] = {
-    Activation.relu: lambda a: nn.ReLU(),
+    Activation.relu: lambda _: nn.ReLU(),
     Activation.leaky_relu: lambda a: nn.LeakyReLU(a.negative_slope),
-    Activation.gelu: lambda a: nn.GELU(),
-    Activation.tanh: lambda a: nn.Tanh(),
-    Activation.sigmoid: lambda a: nn.Sigmoid(),
-    Activation.softmax: lambda a: nn.Softmax(dim=-1),
-    Activation.linear: lambda a: nn.Identity(),
+    Activation.gelu: lambda _: nn.GELU(),
+    Activation.tanh: lambda _: nn.Tanh(),
+    Activation.sigmoid: lambda _: nn.Sigmoid(),
+    Activation.softmax: lambda _: nn.Softmax(dim=-1),
+    Activation.linear: lambda _: nn.Identity(),
 }
 
 
@@ -165,7 +165,8 @@ def weight_init(shape: tuple[int, ...], bias: bool, init: str, seed: int, ordina
 
 def _bn_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode BatchNorm as y = a*x + b per channel (float64)."""
-    assert bn.running_mean is not None and bn.running_var is not None
+    assert bn.running_mean is not None
+    assert bn.running_var is not None
     mean, var = bn.running_mean.double(), bn.running_var.double()
     gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(mean)
     beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(mean)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from models.network import weight_init
 from models.resolution import ResolvedNetwork, conv_padding, pool_stride
@@ -118,6 +119,7 @@ class _Dense(_Padded):
             return block.view(self.k, units, width).transpose(1, 2)
         return block.view(self.k, 1, units)  # bias, broadcast over the batch
 
+    @override
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         w_t = self.blocks["weight"]
@@ -163,9 +165,11 @@ class _BatchNorm(_Padded):
             self.running_var = self.stats[1][:k * width].view(k, width)
             self.num_batches_tracked = torch.zeros(k, dtype=torch.long, device=device)
 
+    @override
     def block_size(self, name: str) -> int:
         return self.channels
 
+    @override
     def leaf(self, name: str, block: torch.Tensor) -> torch.Tensor:
         return block  # the whole padded block, passed to F.batch_norm as it is
 
@@ -176,6 +180,7 @@ class _BatchNorm(_Padded):
         return {"running_mean": self.running_mean, "running_var": self.running_var,
                 "num_batches_tracked": self.num_batches_tracked}
 
+    @override
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         stats = self.stats if mode != "batch_stats" else None
@@ -226,6 +231,7 @@ class _Affine(_Padded):
             self.add_param("weight", (width,), 1.0)
             self.add_param("bias", (width,), 0.0)
 
+    @override
     def leaf(self, name: str, block: torch.Tensor) -> torch.Tensor:
         return block.view(self.k * self.width)  # (K*C): the K models' channels side by side
 
@@ -243,6 +249,7 @@ class _LayerNorm(_Affine):
             return super().leaf(name, block)
         return block.view(self.k, 1, self.width)  # broadcast over the batch
 
+    @override
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         weight, bias = self.blocks.get("weight"), self.blocks.get("bias")
@@ -262,6 +269,7 @@ class _GroupNorm(_Affine):
         super().__init__(k, width, spec.affine)
         self.spec, self.image = spec, image
 
+    @override
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         h = x if self.image else _to_channels(x)
@@ -291,6 +299,7 @@ class _InstanceNorm(_Affine):
                 "running_var": self.stats[1].view(self.k, self.width),
                 "num_batches_tracked": self.num_batches_tracked}
 
+    @override
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         stats = self.stats if mode == "train" or mode == "eval" else None
@@ -319,6 +328,7 @@ class _Conv(_Padded):
         shape = self.shapes[name]
         return block.view(self.k * shape[0], *shape[1:])
 
+    @override
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         return F.conv2d(x, self.blocks["weight"], self.blocks.get("bias"), self.stride,
@@ -331,6 +341,7 @@ class _Pool(nn.Module):
         self.max = isinstance(spec, MaxPool2dLayer)
         self.size, self.stride = spec.pool_size, pool_stride(spec)
 
+    @override
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         pool = F.max_pool2d if self.max else F.avg_pool2d
@@ -344,6 +355,7 @@ class _ToFeatures(nn.Module):
         super().__init__()
         self.k, self.mean = k, mean
 
+    @override
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         if self.mean:
@@ -357,6 +369,7 @@ class _Activation(nn.Module):
         super().__init__()
         self.kind, self.slope = spec.activation, spec.negative_slope
 
+    @override
     def forward(self, x: torch.Tensor, mode: Mode, noise: torch.Tensor | None
                 ) -> torch.Tensor:
         match self.kind:

@@ -58,7 +58,7 @@ def redis_messages(url: str) -> str:
 
     client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
     try:
-        keys = [q for q in QUEUES] + [f"{q}{_REDIS_PRIORITY_SEP}{step}"
+        keys = list(QUEUES) + [f"{q}{_REDIS_PRIORITY_SEP}{step}"
                                       for q in QUEUES for step in range(1, 10)]
         pipe = client.pipeline(transaction=False)
         for key in keys:

@@ -79,7 +79,7 @@ def start_background(sender: Any = None, **_: Any) -> None:
 
 
 @worker_shutting_down.connect
-def release_running_jobs(sender: Any = None, how: str | None = None, **_: Any) -> None:
+def release_running_jobs(sender: Any = None, **_: Any) -> None:
     """SIGTERM (warm shutdown): every job this node runs checkpoints at its epoch end and goes
     back to the queue for another worker, its attempt not counted.
 

@@ -207,7 +207,7 @@ def check_deadline(deadline: float | None, timeout: float | None) -> None:
         raise WaitTimeout(f"not finished after {timeout} s")
 
 
-STREAM_CALL: Call[None] = Call("GET", "", lambda r: None)  # the retry policy of a stream
+STREAM_CALL: Call[None] = Call("GET", "", lambda _: None)  # the retry policy of a stream
 
 
 def replace_model(model: M, fresh: M) -> M:

@@ -227,7 +227,7 @@ def stop_flags_many(session: Session, *, job_ids: Sequence[str], lease_owner: st
     """stop_flags of several jobs (a stack trained together) with one query."""
     rows = session.execute(select(Job.id, Job.cancel_requested, Job.release_requested,
                                   Job.status, Job.lease_owner).where(Job.id.in_(job_ids)))
-    out = {job_id: (False, False, True) for job_id in job_ids}  # gone: lost
+    out = dict.fromkeys(job_ids, (False, False, True))  # gone: lost
     for job_id, cancel, release, status, owner in rows:
         cancelled = status == JobStatus.cancelled
         lost = status != JobStatus.running or (lease_owner is not None and owner != lease_owner)

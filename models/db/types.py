@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import JSON, TIMESTAMP, Double
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
+from typing_extensions import override
 
 _NONFINITE_TEXT = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -43,6 +44,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    @override
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
@@ -54,6 +56,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 class _PlainDouble(Double[float]):
     # SQLAlchemy's SQLite Double coerces every bound value with float(), which would turn the
     # 'NaN' text back into a float that SQLite then stores as NULL.
+    @override
     def bind_processor(self, dialect: Dialect) -> None:
         return None
 
@@ -72,6 +75,7 @@ class MetricFloat(TypeDecorator[float]):
             return _nonfinite_text(value)
         return value
 
+    @override
     def process_result_value(self, value: Any, dialect: Dialect) -> float | None:
         if value is None:
             return None
@@ -108,8 +112,10 @@ class MetricsJSON(TypeDecorator[Any]):
     impl = JSON()
     cache_ok = True
 
+    @override
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         return encode_nonfinite(value)
 
+    @override
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         return decode_nonfinite(value)
