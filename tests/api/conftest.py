@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ from api.main import create_app
 from api.settings import ApiSettings
 from models.datasets import parse_csv
 from models.db import make_engine, session_factory, upgrade
-from models.db import repository as repo
 from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, Limits, resolve_job
 from models.trainer import EpochRecord, TrainingCallbacks, train_job
+from worker.callbacks import StackWriter
 from worker.training_run import RunContext
 
 
@@ -79,21 +80,16 @@ def generated_body(**training: Any) -> dict[str, Any]:
 
 
 class StoreEpochs(TrainingCallbacks):
-    """The worker's callbacks in miniature: every epoch's row and checkpoints go to the DB."""
+    """The worker's epoch writer (StackWriter, writing every epoch) without its lease: every
+    epoch's row and checkpoints go to the DB as the worker writes them."""
 
     def __init__(self, client: TestClient, job_id: str) -> None:
-        self.sessions = client.app.state.sessions  # type: ignore[attr-defined]
         self.job_id = job_id
+        self.writer = StackWriter(client.app.state.sessions)  # type: ignore[attr-defined]
+        self.writer.join(job_id, threading.Event())
 
     def on_epoch_end(self, record: EpochRecord) -> None:
-        with self.sessions() as session:
-            repo.record_epoch(session, job_id=self.job_id, epoch=record.epoch,
-                              metrics=record.metrics, wall_time=record.wall_time,
-                              extras=record.extras)
-            for kind, blob in record.checkpoints.items():
-                repo.put_checkpoint(session, job_id=self.job_id, kind=kind, epoch=record.epoch,
-                                    content=blob, metrics=record.metrics)
-            session.commit()
+        self.writer.add(self.job_id, record)
 
 
 @pytest.fixture
