@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,18 +14,18 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.settings import ApiSettings
 from models.datasets import parse_csv
-from models.db import make_engine, session_factory, upgrade
+from models.db import make_engine, session_factory
 from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, Limits, resolve_job
 from models.trainer import EpochRecord, TrainingCallbacks, train_job
+from tests.support.app import migrated_settings
+from tests.support.bodies import notebook_body
 from worker.callbacks import StackWriter
 from worker.training_run import RunContext
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> ApiSettings:
-    s = ApiSettings(home=tmp_path, database_url=None, broker_url=None, max_predict_rows=100)
-    upgrade(s.sqlalchemy_url)
-    return s
+    return migrated_settings(tmp_path)
 
 
 @pytest.fixture
@@ -50,33 +48,6 @@ def dataset_id(client: TestClient, notebook_csv: bytes) -> str:
                                                     "text/csv")})
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
-
-
-def queued_messages(settings: ApiSettings, queue: str = "cpu") -> list[dict[str, Any]]:
-    """Messages the API left in the filesystem broker for `queue`: headers plus decoded body."""
-    out = []
-    for path in sorted((settings.broker_folder / "queue").glob(f"*.{queue}.msg")):
-        raw = json.loads(path.read_text())
-        body = json.loads(base64.b64decode(raw["body"]))
-        out.append({"task": raw["headers"]["task"], "args": body[0], "kwargs": body[1]})
-    return out
-
-
-def notebook_body(name: str, layers: list[dict[str, Any]], dataset_id: str) -> dict[str, Any]:
-    """The issue's body, verbatim apart from the id."""
-    return {"name": name, "dataset": {"id": dataset_id}, "network": {"layers": layers},
-            "training": {"epochs": 200, "batch_size": 32,
-                         "optimizer": {"name": "adam", "lr": 0.001},
-                         "validation_split": 0.2, "split": "tail", "seed": 1}}
-
-
-CIRCLES = {"name": "concentric_circles", "n_samples": 200, "noise": 0.05}
-
-
-def generated_body(**training: Any) -> dict[str, Any]:
-    return {"name": "gen", "dataset": CIRCLES,
-            "network": {"hidden": [4], "batchnorm": "after_activation"},
-            "training": {"epochs": 3, "batch_size": 32, **training}}
 
 
 class StoreEpochs(TrainingCallbacks):

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.routes import events
 from models.db import repository as repo
-from tests.api.conftest import generated_body
+from tests.support.bodies import generated_body
 from tests.support.epochs import store_epoch
 
 

@@ -10,7 +10,8 @@ from api.main import create_app
 from api.settings import ApiSettings
 from models.db import repository as repo
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS
-from tests.api.conftest import generated_body, notebook_body, queued_messages
+from tests.support.bodies import generated_body, notebook_body
+from tests.support.broker import queued_messages
 
 
 def test_notebook_bodies_accepted_as_written_and_enqueued(

@@ -10,7 +10,7 @@ import math
 from fastapi.testclient import TestClient
 
 from models.spec import NOTEBOOK_BN_LAYERS
-from tests.api.conftest import generated_body, notebook_body
+from tests.support.bodies import generated_body, notebook_body
 from tests.support.epochs import store_epoch
 
 

@@ -14,7 +14,7 @@ from bnlab import Client, DoneEvent, EpochEvent, Event, NotFound, StatusEvent, V
 from bnlab import _calls as calls
 from bnlab.types import job_done
 from models.db import repository as repo
-from tests.api.conftest import generated_body
+from tests.support.bodies import generated_body
 from tests.support.epochs import store_epoch
 
 
