@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 CHROMIUM ?= $(or $(BNLAB_CHROMIUM),/usr/bin/chromium)
 
-.PHONY: run test lint bench venv chromium clean
+.PHONY: run test check lint bench venv chromium clean
 
 $(BIN)/.installed: pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,10 +35,17 @@ chromium:
 		exit 1; \
 	fi
 
-test: venv chromium
+lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+test: lint chromium
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The fast tier: no PostgreSQL, Redis, worker process or chromium (tests marked integration,
+# which include the PostgreSQL runs of tests/models/db and the browser tests, are left out).
+check: lint
+	$(BIN)/pytest -q -p no:cacheprovider -m "not integration"
 
 bench: venv
 	$(BIN)/python -m bench

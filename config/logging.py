@@ -47,10 +47,6 @@ def add_log_context(**ids: str | None) -> None:
     _ids.set({**_bound(), **{k: v for k, v in ids.items() if v is not None}})
 
 
-def current_log_context() -> dict[str, str]:
-    return dict(_bound())
-
-
 class ContextFilter(logging.Filter):
     """Copies the bound ids onto each record (an id passed in `extra=` wins)."""
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from models.db._sql import dialect_insert, forget
@@ -26,33 +26,10 @@ class EpochRow:
     extras: Mapping[str, Any] | None = None
 
 
-def record_epoch(
-    session: Session, *, job_id: str, epoch: int, metrics: Mapping[str, float | None],
-    wall_time: float | None = None, extras: Mapping[str, Any] | None = None,
-) -> bool:
-    """Store epoch `epoch` (1-based) of a job; False when that epoch was already stored.
-
-    Known metrics go to their columns; any other metric key (e.g. train_mode_val_loss) is kept
-    in `extras` under its own name. Also advances job.epochs_done (never backwards).
-    """
-    values: dict[str, Any] = {k: metrics.get(k) for k in METRIC_COLUMNS}
-    rest = {k: v for k, v in metrics.items() if k not in METRIC_COLUMNS}
-    merged = {**rest, **(extras or {})}
-    stmt = dialect_insert(session, EpochMetric).values(
-        job_id=job_id, epoch=epoch, wall_time=wall_time, extras=merged or None,
-        created_at=utcnow(), **values,
-    ).on_conflict_do_nothing(index_elements=["job_id", "epoch"]).returning(EpochMetric.epoch)
-    # RETURNING yields nothing when the row existed (rowcount is unreliable across drivers).
-    inserted = session.execute(stmt).first() is not None
-    session.execute(update(Job).where(Job.id == job_id, Job.epochs_done < epoch)
-                    .values(epochs_done=epoch, updated_at=utcnow())
-                    .execution_options(synchronize_session=False))
-    forget(session, Job, job_id)
-    return inserted
-
-
 def record_epochs(session: Session, *, rows: Sequence[EpochRow]) -> int:
-    """record_epoch for many (job, epoch) rows at once (a stack's epochs): one INSERT, and one
+    """Store many (job, epoch) rows at once (a stack's epochs; epochs are 1-based). Known
+    metrics go to their columns; any other metric key (e.g. train_mode_val_loss) is kept in
+    `extras` under its own name. One INSERT, and one
     epochs_done UPDATE per distinct newest epoch (one for a stack in lockstep, however many
     epochs it holds). Rows already stored are left alone; returns how many were new."""
     if not rows:
@@ -141,13 +118,6 @@ def histories(session: Session, *, job_ids: Sequence[str], since: int = 0
     for row in session.execute(stmt):
         out[row.job_id].append(EpochRecord._make(row))
     return out
-
-
-def latest_epoch(session: Session, *, job_id: str) -> int:
-    """The highest stored epoch of the job, 0 when none."""
-    value = session.scalar(select(func.max(EpochMetric.epoch))
-                           .where(EpochMetric.job_id == job_id))
-    return int(value or 0)
 
 
 def truncate_after(session: Session, *, job_id: str, epoch: int) -> int:

@@ -112,14 +112,6 @@ def claim_job(
                    error=None, release_requested=False)
 
 
-def heartbeat(session: Session, *, job_id: str, worker: str | None = None) -> bool:
-    """Renew a running job's lease; False if it is no longer running (or not held by `worker`)."""
-    where = [Job.status == JobStatus.running]
-    if worker is not None:
-        where.append(Job.lease_owner == worker)
-    return _update(session, job_id, where, heartbeat_at=utcnow())
-
-
 def heartbeat_many(session: Session, *, job_ids: Sequence[str], worker: str) -> set[str]:
     """Renew the leases `worker` holds among `job_ids` with one UPDATE; returns those renewed
     (a job missing from it is no longer running under `worker`: its lease is lost)."""
@@ -132,12 +124,6 @@ def heartbeat_many(session: Session, *, job_ids: Sequence[str], worker: str) -> 
     for job_id in job_ids:
         forget(session, Job, job_id)
     return held
-
-
-def update_progress(session: Session, *, job_id: str, epochs_done: int) -> bool:
-    """Record that `epochs_done` epochs are complete (never moves backwards); also a heartbeat."""
-    return _update(session, job_id, [Job.epochs_done <= epochs_done],
-                   epochs_done=epochs_done, heartbeat_at=utcnow())
 
 
 def finish_job(
@@ -213,18 +199,11 @@ def request_release(session: Session, *, worker: str) -> list[str]:
     return ids
 
 
-def stop_flags(session: Session, *, job_id: str, lease_owner: str | None = None
-               ) -> tuple[bool, bool, bool]:
-    """(cancel, release, lost) for a running job, read once per epoch by its worker.
-
-    `lost`: the job is gone, no longer running, or (with `lease_owner`) held by someone else.
-    """
-    return stop_flags_many(session, job_ids=[job_id], lease_owner=lease_owner)[job_id]
-
-
 def stop_flags_many(session: Session, *, job_ids: Sequence[str], lease_owner: str | None = None
                     ) -> dict[str, tuple[bool, bool, bool]]:
-    """stop_flags of several jobs (a stack trained together) with one query."""
+    """(cancel, release, lost) of each of several running jobs (a stack trained together),
+    with one query; read once per epoch (or write interval) by their worker. `lost`: the job
+    is gone, no longer running, or (with `lease_owner`) held by someone else."""
     rows = session.execute(select(Job.id, Job.cancel_requested, Job.release_requested,
                                   Job.status, Job.lease_owner).where(Job.id.in_(job_ids)))
     out = dict.fromkeys(job_ids, (False, False, True))  # gone: lost
@@ -288,13 +267,6 @@ def request_cancel(session: Session, *, job_id: str) -> JobStatus | None:
     _update(session, job_id, [Job.status == JobStatus.running], cancel_requested=True)
     status = session.scalar(select(Job.status).where(Job.id == job_id))
     return JobStatus(status) if status is not None else None
-
-
-def is_cancel_requested(session: Session, *, job_id: str) -> bool:
-    """True when the job should stop: cancel requested, cancelled, or the job is gone."""
-    row = session.execute(select(Job.cancel_requested, Job.status)
-                          .where(Job.id == job_id)).one_or_none()
-    return row is None or bool(row[0]) or row[1] == JobStatus.cancelled
 
 
 def delete_job(session: Session, *, job_id: str) -> bool:

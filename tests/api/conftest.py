@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,19 +14,19 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.settings import ApiSettings
 from models.datasets import parse_csv
-from models.db import make_engine, session_factory, upgrade
-from models.db import repository as repo
+from models.db import make_engine, session_factory
 from models.resolution import resolve_job
 from models.spec import NOTEBOOK_BN_LAYERS, JobSpec, Limits
 from models.trainer import EpochRecord, TrainingCallbacks, train_job
+from tests.support.app import migrated_settings
+from tests.support.bodies import notebook_body
+from worker.callbacks import StackWriter
 from worker.training_run import RunContext
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> ApiSettings:
-    s = ApiSettings(home=tmp_path, database_url=None, broker_url=None, max_predict_rows=100)
-    upgrade(s.sqlalchemy_url)
-    return s
+    return migrated_settings(tmp_path)
 
 
 @pytest.fixture
@@ -52,49 +51,17 @@ def dataset_id(client: TestClient, notebook_csv: bytes) -> str:
     return str(r.json()["id"])
 
 
-def queued_messages(settings: ApiSettings, queue: str = "cpu") -> list[dict[str, Any]]:
-    """Messages the API left in the filesystem broker for `queue`: headers plus decoded body."""
-    out = []
-    for path in sorted((settings.broker_folder / "queue").glob(f"*.{queue}.msg")):
-        raw = json.loads(path.read_text())
-        body = json.loads(base64.b64decode(raw["body"]))
-        out.append({"task": raw["headers"]["task"], "args": body[0], "kwargs": body[1]})
-    return out
-
-
-def notebook_body(name: str, layers: list[dict[str, Any]], dataset_id: str) -> dict[str, Any]:
-    """The issue's body, verbatim apart from the id."""
-    return {"name": name, "dataset": {"id": dataset_id}, "network": {"layers": layers},
-            "training": {"epochs": 200, "batch_size": 32,
-                         "optimizer": {"name": "adam", "lr": 0.001},
-                         "validation_split": 0.2, "split": "tail", "seed": 1}}
-
-
-CIRCLES = {"name": "concentric_circles", "n_samples": 200, "noise": 0.05}
-
-
-def generated_body(**training: Any) -> dict[str, Any]:
-    return {"name": "gen", "dataset": CIRCLES,
-            "network": {"hidden": [4], "batchnorm": "after_activation"},
-            "training": {"epochs": 3, "batch_size": 32, **training}}
-
-
 class StoreEpochs(TrainingCallbacks):
-    """The worker's callbacks in miniature: every epoch's row and checkpoints go to the DB."""
+    """The worker's epoch writer (StackWriter, writing every epoch) without its lease: every
+    epoch's row and checkpoints go to the DB as the worker writes them."""
 
     def __init__(self, client: TestClient, job_id: str) -> None:
-        self.sessions = client.app.state.sessions  # type: ignore[attr-defined]
         self.job_id = job_id
+        self.writer = StackWriter(client.app.state.sessions)  # type: ignore[attr-defined]
+        self.writer.join(job_id, threading.Event())
 
     def on_epoch_end(self, record: EpochRecord) -> None:
-        with self.sessions() as session:
-            repo.record_epoch(session, job_id=self.job_id, epoch=record.epoch,
-                              metrics=record.metrics, wall_time=record.wall_time,
-                              extras=record.extras)
-            for kind, blob in record.checkpoints.items():
-                repo.put_checkpoint(session, job_id=self.job_id, kind=kind, epoch=record.epoch,
-                                    content=blob, metrics=record.metrics)
-            session.commit()
+        self.writer.add(self.job_id, record)
 
 
 @pytest.fixture

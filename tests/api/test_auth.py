@@ -18,7 +18,7 @@ from api.settings import ApiSettings
 from models.db import make_engine, session_factory, upgrade
 from models.db import repository as repo
 from models.spec import Limits
-from tests.api.conftest import generated_body
+from tests.support.bodies import generated_body
 from worker.training_run import RunContext, run_job
 
 KEY_A = "bnlab_test-key-a-0123456789abcdef0123456789"

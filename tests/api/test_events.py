@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from api.routes import events
 from models.db import repository as repo
-from tests.api.conftest import generated_body
+from tests.support.bodies import generated_body
+from tests.support.epochs import store_epoch
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +47,7 @@ def _run(client: TestClient, job_id: str, epochs: int, *, status: str = "succeed
             metrics = {"loss": 1.0 / epoch, "accuracy": 0.5,
                        "val_loss": math.nan if epoch == 2 else 0.9, "val_accuracy": 0.6,
                        "lr": 1e-3}
-            repo.record_epoch(session, job_id=job_id, epoch=epoch, metrics=metrics,
+            store_epoch(session, job_id=job_id, epoch=epoch, metrics=metrics,
                               wall_time=0.1 * epoch)
         repo.finish_job(session, job_id=job_id, status=status,
                         error="boom" if status == "failed" else None)

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from api.settings import ApiSettings
 from models.db import repository as repo
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS
-from tests.api.conftest import queued_messages
+from tests.support.broker import queued_messages
 from worker.training_run import RunContext, run_job
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

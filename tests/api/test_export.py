@@ -20,7 +20,7 @@ from api.main import create_app
 from api.settings import ApiSettings
 from models.db import upgrade
 from models.export import read_safetensors_zip, rebuild
-from tests.api.conftest import generated_body
+from tests.support.bodies import generated_body
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 

@@ -11,7 +11,8 @@ from api.settings import ApiSettings
 from models.db import repository as repo
 from models.queueing import TRAIN_TASK
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS
-from tests.api.conftest import generated_body, notebook_body, queued_messages
+from tests.support.bodies import generated_body, notebook_body
+from tests.support.broker import queued_messages
 
 
 def test_notebook_bodies_accepted_as_written_and_enqueued(

@@ -14,7 +14,7 @@ import api.metrics
 from api.main import create_app
 from api.settings import ApiSettings
 from models.db import upgrade
-from tests.api.conftest import generated_body
+from tests.support.bodies import generated_body
 from worker.training_run import RunContext, run_job
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

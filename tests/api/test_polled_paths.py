@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 
 from api.routes import events
 from models.db import repository as repo
-from tests.api.conftest import generated_body
+from tests.support.bodies import generated_body
+from tests.support.epochs import store_epoch
 
 
 def _submit(client: TestClient) -> str:
@@ -23,7 +24,7 @@ def _epochs(client: TestClient, job_id: str, epochs: range, *,
     with client.app.state.sessions() as session:  # type: ignore[attr-defined]
         repo.claim_job(session, job_id=job_id, worker="w", device="cpu")
         for epoch in epochs:
-            repo.record_epoch(session, job_id=job_id, epoch=epoch,
+            store_epoch(session, job_id=job_id, epoch=epoch,
                               metrics={"loss": 1.0 / epoch, "accuracy": 0.5},
                               wall_time=0.01, extras=extras)
         session.commit()
@@ -110,7 +111,7 @@ def test_a_feed_sees_epochs_rewritten_after_a_resume(client: TestClient,
         _, first = feed.read(session, 0)
         repo.truncate_after(session, job_id=job_id, epoch=2)  # a lost attempt's epochs go
         session.commit()
-        repo.record_epoch(session, job_id=job_id, epoch=3, metrics={"loss": 9.0})
+        store_epoch(session, job_id=job_id, epoch=3, metrics={"loss": 9.0})
         session.commit()
         _, after = feed.read(session, 0)
     assert [e.id for e in first] == ["1", "2", "3", "4"]

@@ -18,7 +18,7 @@ from api.ratelimit import Rate, RateLimiter, limited_kind, parse_rate
 from api.settings import ApiSettings
 from cli.main import is_loopback
 from models.db import upgrade
-from tests.api.conftest import generated_body
+from tests.support.bodies import generated_body
 
 A = {"Authorization": "Bearer key-a-for-rate-limit-tests"}
 B = {"Authorization": "Bearer key-b-for-rate-limit-tests"}

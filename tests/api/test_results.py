@@ -9,9 +9,9 @@ import math
 
 from fastapi.testclient import TestClient
 
-from models.db import repository as repo
 from models.spec import NOTEBOOK_BN_LAYERS
-from tests.api.conftest import generated_body, notebook_body
+from tests.support.bodies import generated_body, notebook_body
+from tests.support.epochs import store_epoch
 
 
 def _record(client: TestClient, job_id: str, n: int) -> None:
@@ -20,7 +20,7 @@ def _record(client: TestClient, job_id: str, n: int) -> None:
             metrics = {"loss": 1.0 / epoch, "accuracy": 0.5 + epoch / 100,
                        "val_loss": math.nan if epoch == 2 else 1.1 / epoch,
                        "val_accuracy": 0.4 + epoch / 100, "lr": 1e-3}
-            repo.record_epoch(session, job_id=job_id, epoch=epoch, metrics=metrics,
+            store_epoch(session, job_id=job_id, epoch=epoch, metrics=metrics,
                               wall_time=0.01 * epoch, extras={"notes": []})
         session.commit()
 

@@ -17,7 +17,8 @@ from api.settings import ApiSettings
 from models.db import repository as repo
 from models.db import upgrade
 from models.spec import NOTEBOOK_BN_LAYERS
-from tests.api.conftest import CIRCLES, queued_messages
+from tests.support.bodies import CIRCLES
+from tests.support.broker import queued_messages
 from worker.training_run import RunContext, run_job
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

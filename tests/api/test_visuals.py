@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.spec import NOTEBOOK_BN_LAYERS
-from tests.api.conftest import notebook_body
+from tests.support.bodies import notebook_body
 from worker.training_run import RunContext, run_job
 
 CIRCLES = {"name": "concentric_circles", "n_samples": 300, "noise": 0.05, "factor": 0.4}

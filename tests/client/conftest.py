@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import ApiSettings
-from tests.api.conftest import settings  # noqa: F401 - a fixture, used by app_client
+from tests.support.app import migrated_settings
 
 
 @pytest.fixture
-def app_client(settings: ApiSettings) -> Iterator[TestClient]:  # noqa: F811
+def settings(tmp_path: Path) -> ApiSettings:
+    return migrated_settings(tmp_path)
+
+
+@pytest.fixture
+def app_client(settings: ApiSettings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as c:
         yield c

@@ -14,7 +14,8 @@ from bnlab import Client, DoneEvent, EpochEvent, Event, NotFound, StatusEvent, V
 from bnlab import _calls as calls
 from bnlab.types import job_done
 from models.db import repository as repo
-from tests.api.conftest import generated_body
+from tests.support.bodies import generated_body
+from tests.support.epochs import store_epoch
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def _train(app_client: TestClient, job_id: str, epochs: int) -> None:
     with app_client.app.state.sessions() as session:  # type: ignore[attr-defined]
         assert repo.claim_job(session, job_id=job_id, worker="w", device="cpu")
         for epoch in range(1, epochs + 1):
-            repo.record_epoch(session, job_id=job_id, epoch=epoch, metrics={
+            store_epoch(session, job_id=job_id, epoch=epoch, metrics={
                 "loss": 1.0 / epoch, "accuracy": 0.5, "val_loss": math.nan,
                 "val_accuracy": 0.25 * epoch, "lr": 1e-3})
         repo.finish_job(session, job_id=job_id, status="succeeded")

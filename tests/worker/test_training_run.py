@@ -20,6 +20,7 @@ from models.db import repository as repo
 from models.db.tables import Job
 from models.resolution import activation_bytes, resolve_network
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec, Limits
+from tests.support.epochs import store_epoch
 from worker.training_run import RunContext, failure_reason, run_job
 
 WORKER = "test@host"
@@ -248,7 +249,7 @@ def test_shutdown_releases_the_job_and_the_next_run_resumes_it_exactly(
     # a lost attempt that checkpointed less often left rows past the checkpoint
     with sessions.begin() as session:
         for extra in (k + 1, k + 2):
-            repo.record_epoch(session, job_id=job_id, epoch=extra, metrics={"loss": 99.0})
+            store_epoch(session, job_id=job_id, epoch=extra, metrics={"loss": 99.0})
 
     assert run_job(job_id, ctx) == "succeeded"
 
@@ -386,7 +387,7 @@ def test_a_stack_claims_only_siblings_that_resume_from_the_same_epoch(
         for job_id, epochs in ((ids[0], 2), (ids[1], 1)):
             assert repo.claim_job(session, job_id=job_id, worker="dead", device="cpu")
             for e in range(1, epochs + 1):
-                repo.record_epoch(session, job_id=job_id, epoch=e, metrics={"loss": 1.0})
+                store_epoch(session, job_id=job_id, epoch=e, metrics={"loss": 1.0})
                 repo.put_checkpoint(session, job_id=job_id, kind="last", epoch=e,
                                     content=b"x")
             assert repo.release_job(session, job_id=job_id) == "queued"

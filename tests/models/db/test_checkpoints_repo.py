@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.db import repository as repo
 from models.db.tables import Checkpoint, EpochMetric, Job
 from tests.models.db.helpers import make_job
+from tests.support.epochs import store_epoch
 
 
 def test_put_checkpoint_upserts_by_kind(session: Session) -> None:
@@ -68,7 +69,7 @@ def test_deleting_a_job_deletes_its_epochs_and_checkpoints(
     with sessions.begin() as s:
         orm_id, sql_id, keep_id = make_job(s).id, make_job(s).id, make_job(s).id
         for jid in (orm_id, sql_id, keep_id):
-            repo.record_epoch(s, job_id=jid, epoch=1, metrics={"loss": 1.0})
+            store_epoch(s, job_id=jid, epoch=1, metrics={"loss": 1.0})
             repo.put_checkpoint(s, job_id=jid, kind="last", epoch=1, content=b"w")
     try:
         with sessions.begin() as s:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.db import repository as repo
 from models.db.tables import Job, JobStatus, utcnow
 from tests.models.db.helpers import SPEC, make_job
+from tests.support.epochs import store_epoch
 
 
 def test_create_job_starts_queued_with_defaults(session: Session) -> None:
@@ -87,13 +88,15 @@ def test_concurrent_claims_exactly_one_wins(sessions: sessionmaker[Session]) -> 
 
 def test_heartbeat_and_progress(session: Session) -> None:
     job = make_job(session)
-    assert not repo.heartbeat(session, job_id=job.id)  # not running yet
+    # not running yet
+    assert repo.heartbeat_many(session, job_ids=[job.id], worker="w1") == set()
     repo.claim_job(session, job_id=job.id, worker="w1", device="cpu")
-    assert repo.heartbeat(session, job_id=job.id, worker="w1")
-    assert not repo.heartbeat(session, job_id=job.id, worker="intruder")
-    assert repo.update_progress(session, job_id=job.id, epochs_done=3)
-    assert not repo.update_progress(session, job_id=job.id, epochs_done=2)  # never backwards
-    assert job.epochs_done == 3
+    assert repo.heartbeat_many(session, job_ids=[job.id], worker="w1") == {job.id}
+    assert repo.heartbeat_many(session, job_ids=[job.id], worker="intruder") == set()
+    assert store_epoch(session, job_id=job.id, epoch=3, metrics={"loss": 1.0})
+    assert store_epoch(session, job_id=job.id, epoch=2, metrics={"loss": 1.0})
+    session.refresh(job)
+    assert job.epochs_done == 3  # never backwards
 
 
 def test_finish_only_from_running(session: Session) -> None:
@@ -121,14 +124,25 @@ def test_request_cancel_transitions(session: Session) -> None:
     assert queued.status == JobStatus.cancelled and queued.finished_at is not None
     assert not repo.claim_job(session, job_id=queued.id, worker="w", device="cpu")
 
-    assert not repo.is_cancel_requested(session, job_id=running.id)
+    assert not cancel_flag(session, running.id)
     assert repo.request_cancel(session, job_id=running.id) == JobStatus.running
-    assert running.cancel_requested and repo.is_cancel_requested(session, job_id=running.id)
+    assert running.cancel_requested and cancel_flag(session, running.id)
 
     assert repo.request_cancel(session, job_id=done.id) == JobStatus.succeeded
     assert not done.cancel_requested
     assert repo.request_cancel(session, job_id="0" * 32) is None
-    assert repo.is_cancel_requested(session, job_id="0" * 32)  # a deleted job stops too
+    assert flags(session, "0" * 32)[2]  # a deleted job stops too (lost)
+
+
+def flags(session: Session, job_id: str, lease_owner: str | None = None
+          ) -> tuple[bool, bool, bool]:
+    """(cancel, release, lost) of one job, as the worker reads them (stop_flags_many)."""
+    return repo.stop_flags_many(session, job_ids=[job_id], lease_owner=lease_owner)[job_id]
+
+
+def cancel_flag(session: Session, job_id: str) -> bool:
+    """Cancel requested or cancelled: the worker stops the job."""
+    return flags(session, job_id)[0]
 
 
 def test_release_requeues_then_fails_after_max_attempts(session: Session) -> None:
@@ -221,8 +235,9 @@ def test_claim_separates_node_and_lease_owner_and_clears_release(session: Sessio
     job = make_job(session)
     repo.claim_job(session, job_id=job.id, worker="node", device="cpu", lease_owner="node/1/a")
     assert (job.worker, job.lease_owner, job.release_requested) == ("node", "node/1/a", False)
-    assert repo.heartbeat(session, job_id=job.id, worker="node/1/a")
-    assert not repo.heartbeat(session, job_id=job.id, worker="node/2/b")  # same node, other pid
+    assert repo.heartbeat_many(session, job_ids=[job.id], worker="node/1/a") == {job.id}
+    # same node, other pid
+    assert repo.heartbeat_many(session, job_ids=[job.id], worker="node/2/b") == set()
 
 
 def test_graceful_release_refunds_the_attempt(session: Session) -> None:
@@ -230,7 +245,7 @@ def test_graceful_release_refunds_the_attempt(session: Session) -> None:
     repo.claim_job(session, job_id=job.id, worker="n", device="cpu", lease_owner="n/1/a")
     assert repo.request_release(session, worker="other") == []
     assert repo.request_release(session, worker="n") == [job.id]
-    assert repo.stop_flags(session, job_id=job.id, lease_owner="n/1/a") == (False, True, False)
+    assert flags(session, job.id, "n/1/a") == (False, True, False)
     # attempts (1) == max_attempts, yet a refunded release goes back to queued
     assert repo.release_job(session, job_id=job.id, worker="n/1/a", refund=True) \
         == JobStatus.queued
@@ -242,11 +257,11 @@ def test_graceful_release_refunds_the_attempt(session: Session) -> None:
 def test_stop_flags_report_cancel_and_a_lost_lease(session: Session) -> None:
     job = make_job(session)
     repo.claim_job(session, job_id=job.id, worker="n", device="cpu", lease_owner="n/1/a")
-    assert repo.stop_flags(session, job_id=job.id, lease_owner="n/1/a") == (False, False, False)
-    assert repo.stop_flags(session, job_id=job.id, lease_owner="n/2/b") == (False, False, True)
+    assert flags(session, job.id, "n/1/a") == (False, False, False)
+    assert flags(session, job.id, "n/2/b") == (False, False, True)
     repo.request_cancel(session, job_id=job.id)
-    assert repo.stop_flags(session, job_id=job.id, lease_owner="n/1/a")[0]
-    assert repo.stop_flags(session, job_id="0" * 32) == (False, False, True)
+    assert flags(session, job.id, "n/1/a")[0]
+    assert flags(session, "0" * 32) == (False, False, True)
 
 
 def test_release_of_a_stale_job_is_conditional_on_the_heartbeat(session: Session) -> None:

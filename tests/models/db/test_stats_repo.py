@@ -11,6 +11,7 @@ from models.db import repository as repo
 from models.db import stats_repo
 from models.db.tables import EpochMetric, Job, utcnow
 from tests.models.db.helpers import make_job
+from tests.support.epochs import store_epoch
 
 LEASE = timedelta(seconds=60)
 METRICS = {"loss": 0.5, "accuracy": 0.5, "val_loss": 0.5, "val_accuracy": 0.5}
@@ -21,7 +22,7 @@ def with_epochs(session: Session, n: int, *, old: int = 0) -> str:
     job = make_job(session)
     assert repo.claim_job(session, job_id=job.id, worker="w", device="cpu")
     for epoch in range(1, n + 1):
-        assert repo.record_epoch(session, job_id=job.id, epoch=epoch, metrics=METRICS)
+        assert store_epoch(session, job_id=job.id, epoch=epoch, metrics=METRICS)
     session.execute(update(EpochMetric)
                     .where(EpochMetric.job_id == job.id, EpochMetric.epoch <= old)
                     .values(created_at=utcnow() - timedelta(minutes=10)))

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from models.db import repository as repo
 from models.db.tables import EpochMetric, Job
 from tests.models.db.helpers import make_job
+from tests.support.epochs import store_epoch
 
 VALUES = [math.nan, math.inf, -math.inf, 0.0, -1.5e-300, 1 / 3, None]
 
@@ -18,7 +19,7 @@ VALUES = [math.nan, math.inf, -math.inf, 0.0, -1.5e-300, 1 / 3, None]
 def test_nan_and_inf_round_trip_in_metric_columns(session: Session) -> None:
     job = make_job(session)
     for epoch, value in enumerate(VALUES, start=1):
-        repo.record_epoch(session, job_id=job.id, epoch=epoch,
+        store_epoch(session, job_id=job.id, epoch=epoch,
                           metrics={"loss": value, "val_accuracy": value}, wall_time=value)
     session.flush()
     session.expire_all()
@@ -37,7 +38,7 @@ def test_nan_and_inf_round_trip_in_metric_columns(session: Session) -> None:
 def test_metric_columns_stay_queryable_as_numbers(session: Session) -> None:
     job = make_job(session)
     for epoch, loss in enumerate([0.5, math.nan, 0.25], start=1):
-        repo.record_epoch(session, job_id=job.id, epoch=epoch, metrics={"loss": loss})
+        store_epoch(session, job_id=job.id, epoch=epoch, metrics={"loss": loss})
     session.flush()
     finite = session.scalars(select(EpochMetric.epoch).where(
         EpochMetric.job_id == job.id, EpochMetric.loss < 0.4)).all()

@@ -1,0 +1,2 @@
+"""Helpers shared by several test folders (plain functions and constants; fixtures stay in
+conftest files)."""
