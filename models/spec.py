@@ -8,7 +8,6 @@ messages that say what to change.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -443,12 +442,6 @@ class Limits:
     max_features: int = 1_024  # table columns
     max_input_values: int = 262_144  # one image's C*H*W (3x256x256 fits)
     max_activation_bytes: int = 2 * 1024**3  # one batch's layer outputs, float32
-
-
-def validate_id(value: str) -> str:
-    if not re.fullmatch(ID_PATTERN, value):
-        raise ValueError("ids are 1-64 letters, digits, '-' or '_'")
-    return value
 
 
 # The notebook's two networks, exactly as it writes them (used in docs and tests).

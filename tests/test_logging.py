@@ -83,7 +83,9 @@ def test_api_lines_carry_the_request_id(client: TestClient, json_logs: Captured)
         ("GET", "/v1/jobs", 200), ("GET", "/chatty", 200), ("GET", "/boom", 500)}
     first = next(r for r in access if r["path"] == "/v1/jobs")
     assert first["request_id"] == "trace-42" == jobs.headers["x-request-id"]
-    assert first["level"] == "INFO" and first["duration_ms"] >= 0 and first["time"]
+    assert first["level"] == "INFO"
+    assert first["duration_ms"] >= 0
+    assert first["time"]
 
     inside = next(r for r in records if r["message"] == "inside the route")
     assert inside["request_id"] == chatty.headers["x-request-id"]
@@ -146,7 +148,9 @@ def test_configure_logging_replaces_only_its_own_handler() -> None:
     try:
         first = configure_logging("json", "INFO", stream=io.StringIO())
         second = configure_logging("json", "INFO", stream=io.StringIO())
-        assert first not in root.handlers and second in root.handlers and other in root.handlers
+        assert first not in root.handlers
+        assert second in root.handlers
+        assert other in root.handlers
     finally:
         root.removeHandler(other)
         root.removeHandler(second)

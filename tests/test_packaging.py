@@ -111,7 +111,8 @@ def test_the_server_installs_into_a_fresh_venv_and_migrates(
     run(bin_ / "pip", "install", "-q", "--no-compile", TORCH_SPEC, wheels["bnlab_server"],
         wheels["bnlab_client"])
     installed = run(bin_ / "pip", "list", "--format=freeze").lower()
-    assert "bnlab-server==0.1.0" in installed and "bnlab-client==0.1.0" in installed
+    assert "bnlab-server==0.1.0" in installed
+    assert "bnlab-client==0.1.0" in installed
     site = Path(run(bin_ / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))",
                     cwd=tmp_path).strip())
     assert not {"client", "bench", "devtools", "tests"} & {p.name for p in site.iterdir()}

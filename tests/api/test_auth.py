@@ -165,14 +165,17 @@ def test_key_b_cannot_reach_key_a_objects(authed: TestClient, a_objects: dict[st
     # B cannot train on A's upload: the same answer as an id that does not exist.
     body = {"dataset": {"id": a_objects["dataset_id"]}, "network": {"hidden": [2]}}
     r = authed.post("/v1/jobs", json=body, headers=B)
-    assert r.status_code == 422 and "not found" in str(r.json()["detail"]), r.text
+    assert r.status_code == 422, r.text
+    assert "not found" in str(r.json()["detail"]), r.text
     exp = {"base": body, "variants": [{"name": "x"}], "seeds": 1}
     r = authed.post("/v1/experiments", json=exp, headers=B)
-    assert r.status_code == 422 and "not found" in str(r.json()["detail"]), r.text
+    assert r.status_code == 422, r.text
+    assert "not found" in str(r.json()["detail"]), r.text
     # Nothing B tried changed A's objects.
     assert authed.get(f"/v1/jobs/{job_id}", headers=A).json()["status"] == "succeeded"
     exp_a = authed.get(f"/v1/experiments/{a_objects['experiment_id']}", headers=A).json()
-    assert exp_a["status"] == "queued" and not exp_a["cancel_requested"]
+    assert exp_a["status"] == "queued"
+    assert not exp_a["cancel_requested"]
 
 
 def test_rows_are_owned_by_the_key_id_and_idempotency_keys_are_per_key(
@@ -183,7 +186,8 @@ def test_rows_are_owned_by_the_key_id_and_idempotency_keys_are_per_key(
     assert ra.status_code == rb.status_code == 202, (ra.text, rb.text)
     assert ra.json()["id"] != rb.json()["id"]
     again = authed.post("/v1/jobs", json=generated_body(), headers={**A, **key})
-    assert again.status_code == 200 and again.json()["id"] == ra.json()["id"]
+    assert again.status_code == 200
+    assert again.json()["id"] == ra.json()["id"]
     engine = make_engine(auth_settings.sqlalchemy_url)
     try:
         with session_factory(engine)() as session:
@@ -217,7 +221,8 @@ def test_a_database_key_turns_auth_on_and_revoking_it_locks_it_out(
             assert repo.get_job(session, job_id=r.json()["id"]).owner == key_id  # type: ignore[union-attr]
             assert repo.revoke_api_key(session, key_id=key_id)
         r = client.get("/v1/jobs", headers=headers)
-        assert r.status_code == 401 and "revoked" in r.json()["detail"]
+        assert r.status_code == 401
+        assert "revoked" in r.json()["detail"]
         assert client.get("/v1/jobs").status_code == 401  # still on with no active key
     finally:
         engine.dispose()
@@ -238,11 +243,14 @@ def test_keys_cli_creates_lists_and_revokes(tmp_path: Path, monkeypatch: pytest.
     made = runner.invoke(app, ["keys", "create", "--name", "alice"])
     assert made.exit_code == 0, made.output
     key = made.stdout.strip().splitlines()[0]
-    assert key.startswith("bnlab_") and len(key) >= 40
+    assert key.startswith("bnlab_")
+    assert len(key) >= 40
     assert auth_enabled(BaseBnlabSettings())
     listed = runner.invoke(app, ["keys", "list"])
     key_id = listed.stdout.split()[0]
-    assert "alice" in listed.stdout and key[:10] in listed.stdout and key not in listed.stdout
+    assert "alice" in listed.stdout
+    assert key[:10] in listed.stdout
+    assert key not in listed.stdout
     engine = make_engine(BaseBnlabSettings().sqlalchemy_url)
     try:
         with session_factory(engine)() as session:

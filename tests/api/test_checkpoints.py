@@ -17,7 +17,8 @@ def test_list_and_download(client: TestClient, trained: dict[str, Any]) -> None:
     listed = client.get(f"/v1/jobs/{job_id}/checkpoints").json()
     assert {c["kind"] for c in listed} == {"best", "last"}
     last = next(c for c in listed if c["kind"] == "last")
-    assert last["epoch"] == 3 and last["url"] == f"/v1/jobs/{job_id}/checkpoints/last"
+    assert last["epoch"] == 3
+    assert last["url"] == f"/v1/jobs/{job_id}/checkpoints/last"
     r = client.get(last["url"])
     assert r.headers["content-type"] == "application/octet-stream"
     assert ".safetensors" in r.headers["content-disposition"]
@@ -26,7 +27,8 @@ def test_list_and_download(client: TestClient, trained: dict[str, Any]) -> None:
     assert sum(k.startswith("model.") and k.endswith("running_mean") for k in tensors) == 2
     by_epoch = client.get(f"/v1/jobs/{job_id}/checkpoints/3")
     # best may hold epoch 3 too (same weights): either blob of that epoch is right
-    assert by_epoch.status_code == 200 and by_epoch.headers["x-checkpoint-epoch"] == "3"
+    assert by_epoch.status_code == 200
+    assert by_epoch.headers["x-checkpoint-epoch"] == "3"
     assert by_epoch.content in {client.get(c["url"]).content for c in listed if c["epoch"] == 3}
     assert client.get(f"/v1/jobs/{job_id}/checkpoints/99").status_code == 404
     assert client.get(f"/v1/jobs/{job_id}/checkpoints/newest").status_code == 422
@@ -45,13 +47,16 @@ def test_predict_eval_mode_and_cache(client: TestClient, trained: dict[str, Any]
     job_id, rows = trained["id"], trained["rows"]
     url = f"/v1/jobs/{job_id}/predict"
     batch = client.post(url, json={"inputs": rows}).json()
-    assert batch["class_names"] == ["0", "1"] and len(batch["probabilities"]) == 5
+    assert batch["class_names"] == ["0", "1"]
+    assert len(batch["probabilities"]) == 5
     assert all(abs(sum(p) - 1.0) < 1e-6 for p in batch["probabilities"])
-    assert batch["checkpoint"]["kind"] == "last" and batch["checkpoint"]["epoch"] == 3
+    assert batch["checkpoint"]["kind"] == "last"
+    assert batch["checkpoint"]["epoch"] == 3
     alone = client.post(url, json={"inputs": rows[:1], "checkpoint": "last"}).json()
     assert alone["probabilities"][0] == batch["probabilities"][0]  # eval mode: no batch stats
     best = client.post(url, json={"inputs": rows[:1], "checkpoint": "best"})
-    assert best.status_code == 200 and best.json()["checkpoint"]["kind"] == "best"
+    assert best.status_code == 200
+    assert best.json()["checkpoint"]["kind"] == "best"
 
     # a newer checkpoint (different bytes) is picked up, not served from the cache
     with client.app.state.sessions() as session:  # type: ignore[attr-defined]
@@ -59,7 +64,8 @@ def test_predict_eval_mode_and_cache(client: TestClient, trained: dict[str, Any]
         assert older is not None
         blob, epoch = bytes(older.content), older.epoch
         current = repo.get_checkpoint(session, job_id=job_id, which="last")
-        assert current is not None and current.sha256 != older.sha256  # best has no optim
+        assert current is not None
+        assert current.sha256 != older.sha256
         repo.put_checkpoint(session, job_id=job_id, kind="last", epoch=epoch, content=blob)
         session.commit()
     again = client.post(url, json={"inputs": rows[:1]}).json()
@@ -70,11 +76,14 @@ def test_predict_eval_mode_and_cache(client: TestClient, trained: dict[str, Any]
 def test_predict_refuses_bad_inputs(client: TestClient, trained: dict[str, Any]) -> None:
     url = f"/v1/jobs/{trained['id']}/predict"
     r = client.post(url, json={"inputs": [[1.0, 2.0, 3.0]]})
-    assert r.status_code == 422 and "2 features" in r.json()["detail"][0]
+    assert r.status_code == 422
+    assert "2 features" in r.json()["detail"][0]
     r = client.post(url, json={"inputs": [[0.0, 0.0]] * 101})  # max_predict_rows=100 in tests
-    assert r.status_code == 413 and "max_predict_rows" in r.json()["detail"]
+    assert r.status_code == 413
+    assert "max_predict_rows" in r.json()["detail"]
     r = client.post(url, json={"inputs": []})
     assert r.status_code == 422
     r = client.post(url, content=io.BytesIO(b'{"inputs": [[NaN, 1.0]]}').read(),
                     headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "Traceback" not in r.text
+    assert r.status_code == 422
+    assert "Traceback" not in r.text

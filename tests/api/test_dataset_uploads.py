@@ -48,18 +48,23 @@ def test_npz_images_upload_get_list(client: TestClient) -> None:
     ds = r.json()
     assert (ds["format"], ds["input_shape"], ds["n_features"], ds["n_rows"]) == (
         "npz", [3, 4, 4], 48, 20)
-    assert ds["classes"] == ["cat", "dog"] and ds["class_counts"] == {"cat": 10, "dog": 10}
-    assert ds["label_column"] == "y" and ds["columns"][0] == "c0_y0_x0" and ds["name"] == "pets"
+    assert ds["classes"] == ["cat", "dog"]
+    assert ds["class_counts"] == {"cat": 10, "dog": 10}
+    assert ds["label_column"] == "y"
+    assert ds["columns"][0] == "c0_y0_x0"
+    assert ds["name"] == "pets"
     assert client.get(f"/v1/datasets/{ds['id']}").json() == ds
     assert [d["id"] for d in client.get("/v1/datasets").json()["items"]] == [ds["id"]]
     scatter = client.get(f"/v1/datasets/{ds['id']}/scatter.png")
-    assert scatter.status_code == 422 and "holds images (3 x 4 x 4)" in scatter.json()["detail"]
+    assert scatter.status_code == 422
+    assert "holds images (3 x 4 x 4)" in scatter.json()["detail"]
     body = {"dataset": {"id": ds["id"]}, "network": {"conv": [2], "hidden": [4]},
             "training": {"epochs": 1}}
     job = client.post("/v1/jobs", json=body)
     assert job.status_code == 202, job.text
     model = client.get(f"/v1/jobs/{job.json()['id']}/model").json()
-    assert model["classes"] == ["cat", "dog"] and model["layers"][0]["output_shape"][1] == 2
+    assert model["classes"] == ["cat", "dog"]
+    assert model["layers"][0]["output_shape"][1] == 2
 
 
 def test_npz_table_by_content_trains_and_plots(client: TestClient) -> None:
@@ -71,7 +76,8 @@ def test_npz_table_by_content_trains_and_plots(client: TestClient) -> None:
     assert (ds["format"], ds["input_shape"], ds["columns"]) == ("npz", [3], ["x0", "x1", "x2",
                                                                             "y"])
     png = client.get(f"/v1/datasets/{ds['id']}/scatter.png")
-    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    assert png.status_code == 200
+    assert png.content.startswith(b"\x89PNG")
     body = {"dataset": {"id": ds["id"]}, "network": {"hidden": [4]}, "training": {"epochs": 1}}
     job = client.post("/v1/jobs", json=body)
     assert job.status_code == 202, job.text
@@ -84,12 +90,16 @@ def test_idx_pair_is_stored_as_npz(client: TestClient) -> None:
     ds = r.json()
     assert (ds["format"], ds["input_shape"], ds["n_rows"], ds["classes"]) == (
         "npz", [1, 28, 28], 30, ["0", "1", "2"])
-    assert ds["filename"] == "train-images-idx3-ubyte.gz" and ds["label_column"] == "y"
+    assert ds["filename"] == "train-images-idx3-ubyte.gz"
+    assert ds["label_column"] == "y"
     with client.app.state.sessions() as session:  # type: ignore[attr-defined]
         stored = repo.get_dataset_content(session, dataset_id=ds["id"])
-    assert stored is not None and stored[:4] == b"PK\x03\x04" and ds["size"] == len(stored)
+    assert stored is not None
+    assert stored[:4] == b"PK\x03\x04"
+    assert ds["size"] == len(stored)
     with np.load(io.BytesIO(stored), allow_pickle=False) as arrays:
-        assert np.array_equal(arrays["x"][:, 0], x) and arrays["y"].tolist() == y.tolist()
+        assert np.array_equal(arrays["x"][:, 0], x)
+        assert arrays["y"].tolist() == y.tolist()
 
 
 def test_refusals_are_422_with_the_parsers_message(client: TestClient) -> None:
@@ -111,7 +121,8 @@ def test_refusals_are_422_with_the_parsers_message(client: TestClient) -> None:
     ]
     for r, message in cases:
         assert r.status_code == 422, r.text
-        assert r.json()["error"] == "DatasetError" and message in r.json()["detail"], r.text
+        assert r.json()["error"] == "DatasetError", r.text
+        assert message in r.json()["detail"], r.text
     assert client.get("/v1/datasets").json()["items"] == []
 
 
@@ -119,7 +130,8 @@ def test_size_and_value_limits(settings: ApiSettings) -> None:
     small = settings.model_copy(update={"max_upload_bytes": 4_000, "max_upload_values": 1_000})
     with TestClient(create_app(small)) as client:
         over = upload(client, bytes(4_001), "big.npz")
-        assert over.status_code == 413 and "max_upload_bytes" in over.json()["detail"]
+        assert over.status_code == 413
+        assert "max_upload_bytes" in over.json()["detail"]
         one, other = idx(images(110, 6, 6)), idx(np.arange(110) % 2)
         assert len(one) < 4_000 < len(one) + len(other)
         pair = upload(client, one, labels=other)
@@ -144,18 +156,24 @@ def test_builtin_lists_the_real_datasets(client: TestClient) -> None:
     assert (digits["input_shape"], digits["n_features"], digits["n_classes"],
             digits["n_rows"]) == ([1, 8, 8], 64, 10, 1797)
     layout = {p["name"]: p for p in digits["parameters"]}["layout"]
-    assert layout["choices"] == ["image", "flat"] and layout["default"] == "image"
+    assert layout["choices"] == ["image", "flat"]
+    assert layout["default"] == "image"
     assert (listed["iris"]["input_shape"], listed["iris"]["n_rows"]) == ([4], 150)
     cancer = listed["breast_cancer"]
-    assert cancer["n_classes"] == 2 and "4,000" in cancer["description"]
-    assert listed["moons"]["input_shape"] == [2] and listed["blobs"]["input_shape"] is None
+    assert cancer["n_classes"] == 2
+    assert "4,000" in cancer["description"]
+    assert listed["moons"]["input_shape"] == [2]
+    assert listed["blobs"]["input_shape"] is None
     mnist = listed["mnist"]
-    assert mnist["available"] is False and mnist["n_rows"] is None
-    assert mnist["input_shape"] == [1, 28, 28] and "BNLAB_DATA_DIR" in mnist["note"]
+    assert mnist["available"] is False
+    assert mnist["n_rows"] is None
+    assert mnist["input_shape"] == [1, 28, 28]
+    assert "BNLAB_DATA_DIR" in mnist["note"]
     assert listed["cifar10"]["input_shape"] == [3, 32, 32]
     body = {"dataset": {"name": "mnist"}, "network": {"hidden": [4]}, "training": {"epochs": 1}}
     refused = client.post("/v1/jobs", json=body)
-    assert refused.status_code == 422 and "BNLAB_DATA_DIR" in refused.json()["detail"]
+    assert refused.status_code == 422
+    assert "BNLAB_DATA_DIR" in refused.json()["detail"]
     flat = {"dataset": {"name": "digits", "layout": "flat"}, "network": {"hidden": [8]},
             "training": {"epochs": 1}}
     assert client.post("/v1/jobs", json=flat).status_code == 202
@@ -187,4 +205,5 @@ def test_builtin_with_a_data_dir(settings: ApiSettings, tmp_path: Path) -> None:
         missing = {"dataset": {"name": "cifar10"}, "network": {"hidden": [4]},
                    "training": {"epochs": 1}}
         r = client.post("/v1/jobs", json=missing)
-        assert r.status_code == 422 and "data_batch_1.bin" in r.json()["detail"]
+        assert r.status_code == 422
+        assert "data_batch_1.bin" in r.json()["detail"]

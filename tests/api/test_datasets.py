@@ -16,12 +16,15 @@ def test_upload_get_list_scatter(client: TestClient, notebook_csv: bytes) -> Non
     assert r.headers["location"] == f"/v1/datasets/{ds['id']}"
     assert ds["name"] == "notebook"
     assert (ds["n_rows"], ds["n_features"]) == (499, 2)
-    assert ds["columns"] == ["X", "Y", "class"] and ds["label_column"] == "class"
-    assert sum(ds["class_counts"].values()) == 499 and set(ds["class_counts"]) == {"0", "1"}
+    assert ds["columns"] == ["X", "Y", "class"]
+    assert ds["label_column"] == "class"
+    assert sum(ds["class_counts"].values()) == 499
+    assert set(ds["class_counts"]) == {"0", "1"}
     assert client.get(f"/v1/datasets/{ds['id']}").json() == ds
     assert [d["id"] for d in client.get("/v1/datasets").json()["items"]] == [ds["id"]]
     png = client.get(f"/v1/datasets/{ds['id']}/scatter.png")
-    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.status_code == 200
+    assert png.headers["content-type"] == "image/png"
     assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
 
 
@@ -30,7 +33,8 @@ def test_csv_with_text_names_line_and_column(client: TestClient) -> None:
     r = client.post("/v1/datasets", files={"file": ("bad.csv", bad)})
     assert r.status_code == 422
     assert r.json()["error"] == "DatasetError"
-    assert "line 3" in r.json()["detail"] and "'Y'" in r.json()["detail"]
+    assert "line 3" in r.json()["detail"]
+    assert "'Y'" in r.json()["detail"]
 
 
 def test_label_column_and_size_cap(settings: ApiSettings) -> None:
@@ -40,10 +44,12 @@ def test_label_column_and_size_cap(settings: ApiSettings) -> None:
         r = client.post("/v1/datasets", files={"file": ("t.csv", content)},
                         data={"label_column": "extra"})
         assert r.status_code == 201, r.text
-        assert r.json()["label_column"] == "extra" and r.json()["classes"] == ["x", "y"]
+        assert r.json()["label_column"] == "extra"
+        assert r.json()["classes"] == ["x", "y"]
         assert r.json()["n_features"] == 3
         r = client.post("/v1/datasets", files={"file": ("big.csv", content * 10)})
-        assert r.status_code == 413 and "max_upload_bytes" in r.json()["detail"]
+        assert r.status_code == 413
+        assert "max_upload_bytes" in r.json()["detail"]
 
 
 def test_builtin_generators(client: TestClient) -> None:
@@ -53,11 +59,15 @@ def test_builtin_generators(client: TestClient) -> None:
                          "fashion_mnist", "cifar10"}
     notebook = gens["concertriccir2"]
     assert (notebook["n_rows"], notebook["n_features"], notebook["n_classes"]) == (499, 2, 2)
-    assert notebook["parameters"] == [] and notebook["example"] == {"name": "concertriccir2"}
-    assert "notebook" in notebook["description"] and gens["moons"]["n_rows"] == "n_samples"
+    assert notebook["parameters"] == []
+    assert notebook["example"] == {"name": "concertriccir2"}
+    assert "notebook" in notebook["description"]
+    assert gens["moons"]["n_rows"] == "n_samples"
     circles = {p["name"]: p for p in gens["concentric_circles"]["parameters"]}
-    assert circles["n_samples"]["default"] == 500 and circles["factor"]["exclusive_maximum"] == 1
-    assert gens["blobs"]["n_features"] == "n_features" and gens["moons"]["n_classes"] == 2
+    assert circles["n_samples"]["default"] == 500
+    assert circles["factor"]["exclusive_maximum"] == 1
+    assert gens["blobs"]["n_features"] == "n_features"
+    assert gens["moons"]["n_classes"] == 2
     # the example is a dataset a job accepts as written
     body = {"dataset": gens["spirals"]["example"], "network": {"hidden": [4]},
             "training": {"epochs": 1}}

@@ -58,18 +58,23 @@ def test_finished_job_streams_every_epoch_then_done(client: TestClient) -> None:
     job_id = _submit(client)
     _run(client, job_id, 3)
     r = client.get(f"/v1/jobs/{job_id}/events")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
     evs = parse_sse(r.text)
     assert [e["event"] for e in evs] == ["epoch", "epoch", "epoch", "status", "done"]
     assert [e.get("id") for e in evs[:3]] == ["1", "2", "3"]
     assert evs[0]["retry"] == str(events.RETRY_MS)
     first = evs[0]["data"]
-    assert first["job_id"] == job_id and first["epoch"] == 1 and first["loss"] == 1.0
+    assert first["job_id"] == job_id
+    assert first["epoch"] == 1
+    assert first["loss"] == 1.0
     assert evs[1]["data"]["val_loss"] is None  # NaN is null on the wire too
     assert "NaN" not in r.text
     assert evs[3]["data"]["status"] == "succeeded"
     done = evs[4]["data"]
-    assert done["id"] == job_id and done["status"] == "succeeded" and done["epoch"] == 3
+    assert done["id"] == job_id
+    assert done["status"] == "succeeded"
+    assert done["epoch"] == 3
 
 
 def test_resume_after_last_event_id_header_or_query(client: TestClient) -> None:
@@ -78,7 +83,8 @@ def test_resume_after_last_event_id_header_or_query(client: TestClient) -> None:
     by_header = parse_sse(client.get(f"/v1/jobs/{job_id}/events",
                                      headers={"Last-Event-ID": "3"}).text)
     assert [e["data"]["epoch"] for e in by_header if e["event"] == "epoch"] == [4, 5]
-    assert by_header[-1]["event"] == "done" and by_header[-1]["data"]["error"] == "boom"
+    assert by_header[-1]["event"] == "done"
+    assert by_header[-1]["data"]["error"] == "boom"
     by_query = parse_sse(client.get(f"/v1/jobs/{job_id}/events",
                                     params={"last_event_id": "4"},
                                     headers={"Last-Event-ID": "1"}).text)
@@ -94,7 +100,8 @@ def test_queued_job_reports_its_status_first(client: TestClient) -> None:
     with client.app.state.sessions() as session:  # type: ignore[attr-defined]
         first = poller.poll(session)
         again = poller.poll(session)
-    assert [e.event for e in first.events] == ["status"] and not first.finished
+    assert [e.event for e in first.events] == ["status"]
+    assert not first.finished
     assert first.events[0].data["status"] == "queued"
     assert again.events == []  # nothing new: nothing sent twice
 
@@ -103,7 +110,8 @@ def test_stream_errors_before_it_starts(client: TestClient) -> None:
     assert client.get("/v1/jobs/nope/events").status_code == 404
     job_id = _submit(client)
     r = client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "x"})
-    assert r.status_code == 422 and "Last-Event-ID" in r.json()["detail"][0]
+    assert r.status_code == 422
+    assert "Last-Event-ID" in r.json()["detail"][0]
 
 
 def test_deleted_job_ends_the_stream_with_an_error_event(client: TestClient) -> None:
@@ -112,7 +120,8 @@ def test_deleted_job_ends_the_stream_with_an_error_event(client: TestClient) -> 
         repo.delete_job(session, job_id=job_id)
         session.commit()
         result = events.JobEvents(job_id).poll(session)
-    assert result.finished and [e.event for e in result.events] == ["error"]
+    assert result.finished
+    assert [e.event for e in result.events] == ["error"]
 
 
 def test_job_and_history_answer_304_until_they_change(client: TestClient) -> None:
@@ -122,7 +131,9 @@ def test_job_and_history_answer_304_until_they_change(client: TestClient) -> Non
         etag = first.headers["etag"]
         assert etag.startswith('W/"')
         same = client.get(path, headers={"If-None-Match": etag})
-        assert same.status_code == 304 and same.content == b"" and same.headers["etag"] == etag
+        assert same.status_code == 304
+        assert same.content == b""
+        assert same.headers["etag"] == etag
         assert client.get(path, headers={"If-None-Match": '"other", *'}).status_code == 304
         assert client.get(path, headers={"If-None-Match": '"other"'}).status_code == 200
     history_tag = client.get(f"/v1/jobs/{job_id}/history").headers["etag"]
@@ -131,6 +142,8 @@ def test_job_and_history_answer_304_until_they_change(client: TestClient) -> Non
     job_tag = client.get(f"/v1/jobs/{job_id}").headers["etag"]
     _run(client, job_id, 2)
     changed = client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": job_tag})
-    assert changed.status_code == 200 and changed.json()["epoch"] == 2
+    assert changed.status_code == 200
+    assert changed.json()["epoch"] == 2
     changed = client.get(f"/v1/jobs/{job_id}/history", headers={"If-None-Match": history_tag})
-    assert changed.status_code == 200 and changed.json()["epoch"] == [1, 2]
+    assert changed.status_code == 200
+    assert changed.json()["epoch"] == [1, 2]

@@ -52,8 +52,10 @@ def test_notebook_experiment_end_to_end(client: TestClient, settings: ApiSetting
     r = client.post("/v1/experiments", json=notebook_experiment(dataset_id))
     assert r.status_code == 202, r.text
     exp = r.json()
-    assert exp["status"] == "queued" and exp["variants"] == ["plain", "bn"]
-    assert exp["seeds"] == [0, 1, 2, 3, 4] and exp["stacks"] == 2
+    assert exp["status"] == "queued"
+    assert exp["variants"] == ["plain", "bn"]
+    assert exp["seeds"] == [0, 1, 2, 3, 4]
+    assert exp["stacks"] == 2
     kids = exp["children"]
     assert [(c["variant"], c["seed"]) for c in kids] == [
         (v, s) for v in ("plain", "bn") for s in range(5)]
@@ -71,12 +73,14 @@ def test_notebook_experiment_end_to_end(client: TestClient, settings: ApiSetting
     assert run_job(kids[5]["job_id"], ctx) == "succeeded"
 
     body = client.get(f"/v1/experiments/{exp['id']}").json()
-    assert body["status"] == "succeeded" and body["counts"]["succeeded"] == 10
+    assert body["status"] == "succeeded"
+    assert body["counts"]["succeeded"] == 10
     for c in kids:  # each child has its own complete history and checkpoints
         h = client.get(f"/v1/jobs/{c['job_id']}/history").json()
         assert h["epoch"] == [1, 2, 3]
         job = client.get(f"/v1/jobs/{c['job_id']}").json()
-        assert job["experiment_id"] == exp["id"] and job["seed"] == c["seed"]
+        assert job["experiment_id"] == exp["id"]
+        assert job["seed"] == c["seed"]
         assert job["spec"]["training"]["seed"] == c["seed"]
 
     summary = client.get(f"/v1/experiments/{exp['id']}/summary").json()
@@ -87,8 +91,11 @@ def test_notebook_experiment_end_to_end(client: TestClient, settings: ApiSetting
     assert all(lo <= m <= hi for lo, m, hi in zip(band["ci_low"], band["mean"],
                                                    band["ci_high"], strict=True))
     pairs = [c for c in summary["comparisons"] if c["metric"] == "val_accuracy"]
-    assert pairs and pairs[0]["a"] == "plain" and pairs[0]["b"] == "bn"
-    assert pairs[0]["n_pairs"] == 5 and pairs[0]["final"]["n"] == 5
+    assert pairs
+    assert pairs[0]["a"] == "plain"
+    assert pairs[0]["b"] == "bn"
+    assert pairs[0]["n_pairs"] == 5
+    assert pairs[0]["final"]["n"] == 5
     finals = {v: [after_job["final_metrics"]["val_accuracy"]
                   for after_job in children_of(client, exp["id"]) if after_job["variant"] == v]
               for v in ("plain", "bn")}
@@ -96,10 +103,12 @@ def test_notebook_experiment_end_to_end(client: TestClient, settings: ApiSetting
     assert math.isclose(pairs[0]["final"]["mean_diff"], expected, abs_tol=1e-9)
 
     csv = client.get(f"/v1/experiments/{exp['id']}/summary?format=csv")
-    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    assert csv.status_code == 200
+    assert csv.headers["content-type"].startswith("text/csv")
     assert len(csv.text.strip().splitlines()) > 2 * 3  # variants x epochs rows at least
     png = client.get(f"/v1/experiments/{exp['id']}/curves.png?metric=val_accuracy")
-    assert png.status_code == 200 and png.content.startswith(PNG_SIGNATURE)
+    assert png.status_code == 200
+    assert png.content.startswith(PNG_SIGNATURE)
     assert client.get(f"/v1/experiments/{exp['id']}/curves.png?metric=nope").status_code == 422
 
 
@@ -124,7 +133,8 @@ def test_expansion_is_deterministic_and_idempotent(client: TestClient,
     second = client.post("/v1/experiments", json=copy.deepcopy(BN_PLACEMENT))
     assert first.status_code == second.status_code == 202
     a, b = first.json(), second.json()
-    assert a["id"] != b["id"] and len(a["children"]) == 15
+    assert a["id"] != b["id"]
+    assert len(a["children"]) == 15
     assert a["variants"] == ["none", "before_activation", "after_activation"]
     specs = []
     for exp in (a, b):
@@ -139,7 +149,8 @@ def test_expansion_is_deterministic_and_idempotent(client: TestClient,
     headers = {"Idempotency-Key": "exp-once"}
     one = client.post("/v1/experiments", json=BN_PLACEMENT, headers=headers)
     again = client.post("/v1/experiments", json=BN_PLACEMENT, headers=headers)
-    assert one.status_code == 202 and again.status_code == 200
+    assert one.status_code == 202
+    assert again.status_code == 200
     assert one.json()["id"] == again.json()["id"]
     assert len(queued_messages(settings)) == n_messages + 15
     other = dict(BN_PLACEMENT, seeds=2)
@@ -156,7 +167,8 @@ def test_bad_experiments_are_422_naming_the_variant(client: TestClient,
     bad_value = copy.deepcopy(BN_PLACEMENT)
     bad_value["variants"] = {"network.batchnorm": ["none", "sideways"]}
     r = client.post("/v1/experiments", json=bad_value)
-    assert r.status_code == 422 and "sideways" in str(r.json()["detail"])
+    assert r.status_code == 422
+    assert "sideways" in str(r.json()["detail"])
 
     missing = notebook_experiment("no-such-dataset")
     r = client.post("/v1/experiments", json=missing)
@@ -166,11 +178,13 @@ def test_bad_experiments_are_422_naming_the_variant(client: TestClient,
     too_big = copy.deepcopy(BN_PLACEMENT)
     too_big["base"]["network"]["hidden"] = [100_000, 100_000]
     r = client.post("/v1/experiments", json=too_big)
-    assert r.status_code == 422 and "variant 'none'" in str(r.json()["detail"])
+    assert r.status_code == 422
+    assert "variant 'none'" in str(r.json()["detail"])
 
     many = dict(BN_PLACEMENT, seeds=100_000)
     r = client.post("/v1/experiments", json=many)
-    assert r.status_code == 422 and "limit" in str(r.json()["detail"])
+    assert r.status_code == 422
+    assert "limit" in str(r.json()["detail"])
     assert client.get("/v1/experiments").json()["items"] == []  # nothing half-stored
 
 
@@ -211,7 +225,8 @@ def test_cancel_cancels_queued_children(client: TestClient, dataset_id: str) -> 
     r = client.post(f"/v1/experiments/{exp['id']}/cancel")
     assert r.status_code == 200
     body = r.json()
-    assert body["status"] == "cancelled" and body["counts"]["cancelled"] == 4
+    assert body["status"] == "cancelled"
+    assert body["counts"]["cancelled"] == 4
     assert client.get("/v1/experiments/nope").status_code == 404
 
 
@@ -244,7 +259,8 @@ def test_experiment_events_replay_and_resume(client: TestClient, dataset_id: str
     assert sorted((e["data"]["job_id"], e["data"]["epoch"]) for e in epochs) == sorted(
         (c["job_id"], n) for c in exp["children"] for n in (1, 2, 3))
     assert all(e["data"]["variant"] in ("plain", "bn") for e in epochs)
-    assert events[-1]["event"] == "done" and events[-1]["data"]["status"] == "succeeded"
+    assert events[-1]["event"] == "done"
+    assert events[-1]["data"]["status"] == "succeeded"
 
     cut = epochs[6]["id"]
     rest = sse(client.get(f"/v1/experiments/{exp['id']}/events",

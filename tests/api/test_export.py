@@ -53,7 +53,8 @@ def test_onnx_export_runs_in_onnxruntime_like_predict(client: TestClient,
         assert r.headers["content-type"] == "application/octet-stream"
         name = _disposition(r)
         assert name.endswith("-folded.onnx" if fold_bn else "-last-epoch3.onnx")
-        assert job_id in name and r.headers["x-checkpoint-epoch"] == "3"
+        assert job_id in name
+        assert r.headers["x-checkpoint-epoch"] == "3"
         model = onnx.load_from_string(r.content)
         ops = {n.op_type for n in model.graph.node}
         assert ("BatchNormalization" in ops) is not fold_bn
@@ -71,14 +72,17 @@ def test_onnx_export_runs_in_onnxruntime_like_predict(client: TestClient,
 def test_export_is_cached_and_revalidates(client: TestClient, trained: dict[str, Any]) -> None:
     url = f"/v1/jobs/{trained['id']}/export"
     first = client.get(url)  # defaults: onnx, last, unfolded
-    assert first.status_code == 200 and first.headers["etag"]
+    assert first.status_code == 200
+    assert first.headers["etag"]
     exports = client.app.state.exports  # type: ignore[attr-defined]
     assert exports.size_bytes >= len(first.content)
     again = client.get(url, params={"format": "onnx", "checkpoint": "last", "fold_bn": "false"})
-    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    assert again.content == first.content
+    assert again.headers["etag"] == first.headers["etag"]
     assert exports.size_bytes == len(first.content)  # served from the cache, not rebuilt
     r = client.get(url, headers={"If-None-Match": first.headers["etag"]})
-    assert r.status_code == 304 and not r.content
+    assert r.status_code == 304
+    assert not r.content
     other = client.get(url, params={"fold_bn": "true"})
     assert other.headers["etag"] != first.headers["etag"]
 
@@ -93,17 +97,21 @@ def test_safetensors_zip_and_torch_export(client: TestClient, trained: dict[str,
                                     "fold_bn": fold_bn})
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "application/zip"
-        assert _disposition(r).endswith(".zip") and "-best-" in _disposition(r)
+        assert _disposition(r).endswith(".zip")
+        assert "-best-" in _disposition(r)
         weights, side = read_safetensors_zip(r.content)
-        assert side["classes"] == ["0", "1"] and side["job_id"] == job_id
-        assert side["checkpoint"]["kind"] == "best" and side["fold_bn"] is fold_bn
+        assert side["classes"] == ["0", "1"]
+        assert side["job_id"] == job_id
+        assert side["checkpoint"]["kind"] == "best"
+        assert side["fold_bn"] is fold_bn
         assert side["spec"]["network"]["layers"][1]["type"] == "batchnorm"
         got = rebuild(weights, side)(torch.tensor(rows, dtype=torch.float32)).detach().numpy()
         assert np.abs(got - expected).max() < 1e-5
 
         r = client.get(url, params={"format": "torch_export", "checkpoint": "best",
                                     "fold_bn": fold_bn})
-        assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "application/octet-stream"
         assert _disposition(r).endswith(".pt2")
         module = torch.export.load(io.BytesIO(r.content)).module()
         got = module(torch.tensor(rows, dtype=torch.float32)).detach().numpy()
@@ -133,7 +141,8 @@ def test_no_checkpoint_is_409_and_another_keys_job_is_404(tmp_path: Path) -> Non
         job_id = client.post("/v1/jobs", json=generated_body(), headers=a).json()["id"]
         url = f"/v1/jobs/{job_id}/export"
         r = client.get(url, headers=a)  # queued: nothing trained yet
-        assert r.status_code == 409 and r.json()["error"] == "Conflict"
+        assert r.status_code == 409
+        assert r.json()["error"] == "Conflict"
         assert "no 'last' checkpoint" in r.json()["detail"]
         assert client.get(url, params={"checkpoint": "best"}, headers=a).status_code == 409
         theirs = client.get(url, headers=b)
@@ -203,13 +212,16 @@ def test_export_cache_budget_staleness_and_single_build() -> None:
 
     key = ("job", "last", "sha1", "onnx", False, None)
     assert cache.produce(key, build(b"aaaa"))[0] == b"aaaa"
-    assert cache.produce(key, build(b"zzzz"))[0] == b"aaaa" and builds == ["aaaa"]  # cached
+    assert cache.produce(key, build(b"zzzz"))[0] == b"aaaa"
+    assert builds == ["aaaa"]
     newer = ("job", "last", "sha2", "onnx", False, None)
     cache.produce(newer, build(b"bbbb"))
-    assert cache.get(key) is None and cache.size_bytes == 4  # the older checkpoint's file went
+    assert cache.get(key) is None
+    assert cache.size_bytes == 4
     cache.produce(("other", "last", "s", "onnx", False, None), build(b"cccc"))
     cache.produce(("third", "last", "s", "onnx", False, None), build(b"dddd"))
-    assert cache.get(newer) is None and cache.size_bytes == 8  # LRU within 10 bytes
+    assert cache.get(newer) is None
+    assert cache.size_bytes == 8
     cache.produce(("huge", "last", "s", "onnx", False, None), build(b"x" * 11))
     assert cache.size_bytes == 8  # larger than the budget: served, not kept
 
@@ -249,4 +261,5 @@ def test_export_cache_budget_staleness_and_single_build() -> None:
     gate.set()
     for t in threads:
         t.join(120)
-    assert got == [b"slow", b"slow"] and slow_builds == [1]
+    assert got == [b"slow", b"slow"]
+    assert slow_builds == [1]

@@ -18,7 +18,8 @@ def test_healthz_and_readyz_embedded(client: TestClient, settings: ApiSettings) 
     assert r.json()["checks"] == {"database": "ok", "broker": "ok"}
     shutil.rmtree(settings.broker_folder)
     r = client.get("/readyz")
-    assert r.status_code == 503 and r.json()["checks"]["broker"] != "ok"
+    assert r.status_code == 503
+    assert r.json()["checks"]["broker"] != "ok"
 
 
 def test_readyz_with_redis(redis_url: str, settings: ApiSettings) -> None:
@@ -29,7 +30,8 @@ def test_readyz_with_redis(redis_url: str, settings: ApiSettings) -> None:
     down = up.model_copy(update={"broker_url": "redis://127.0.0.1:1/0", "ready_timeout_s": 0.5})
     with TestClient(create_app(down)) as client:
         r = client.get("/readyz")
-        assert r.status_code == 503 and r.json()["checks"]["broker"] != "ok"
+        assert r.status_code == 503
+        assert r.json()["checks"]["broker"] != "ok"
 
 
 def test_readyz_database_down(tmp_path: Path) -> None:
@@ -37,4 +39,5 @@ def test_readyz_database_down(tmp_path: Path) -> None:
                     database_url="postgresql://nobody@127.0.0.1:1/none")
     with TestClient(create_app(s)) as client:
         r = client.get("/readyz")
-        assert r.status_code == 503 and r.json()["checks"]["database"] != "ok"
+        assert r.status_code == 503
+        assert r.json()["checks"]["database"] != "ok"

@@ -23,8 +23,10 @@ def test_notebook_bodies_accepted_as_written_and_enqueued(
         assert r.status_code == 202, r.text
         job = r.json()
         assert r.headers["location"] == f"/v1/jobs/{job['id']}"
-        assert job["status"] == "queued" and job["queue"] == "cpu"
-        assert job["epoch"] == 0 and job["epochs"] == 200
+        assert job["status"] == "queued"
+        assert job["queue"] == "cpu"
+        assert job["epoch"] == 0
+        assert job["epochs"] == 200
         assert job["dataset_id"] == dataset_id
         # stored normalised: defaults filled in, the layers as given
         assert job["spec"]["training"]["optimizer"]["betas"] == [0.9, 0.999]
@@ -73,7 +75,8 @@ def test_bad_specs_are_422_with_actionable_messages(client: TestClient,
     body["network"] = {"layers": [{"type": "conv2d", "filters": 4}, {"type": "dense", "units": 1,
                                                                       "activation": "sigmoid"}]}
     r = client.post("/v1/jobs", json=body)
-    assert r.status_code == 422 and r.json()["error"] == "SpecError"
+    assert r.status_code == 422
+    assert r.json()["error"] == "SpecError"
     assert any("conv2d layer 0 needs an image input" in m for m in _detail(r))
 
     body["network"] = {"layers": [{"type": "dense", "units": 1, "activation": "softmax"}]}
@@ -96,7 +99,8 @@ def test_bad_specs_are_422_with_actionable_messages(client: TestClient,
     # structural errors (pydantic) are 422 too, one readable line each, naming the field
     body["network"] = {"layers": [{"type": "dense", "units": 0}]}
     r = client.post("/v1/jobs", json=body)
-    assert r.status_code == 422 and r.json()["error"] == "ValidationError"
+    assert r.status_code == 422
+    assert r.json()["error"] == "ValidationError"
     assert any("units" in m and "greater than or equal to 1" in m for m in _detail(r))
     assert queued_messages(settings, "cpu") == []  # nothing was enqueued
 
@@ -144,9 +148,11 @@ def test_running_job_cancel_requested_and_delete_refused(client: TestClient) -> 
         assert repo.claim_job(session, job_id=job_id, worker="w1", device="cpu")
         session.commit()
     r = client.delete(f"/v1/jobs/{job_id}")
-    assert r.status_code == 409 and "cancel it first" in r.json()["detail"]
+    assert r.status_code == 409
+    assert "cancel it first" in r.json()["detail"]
     r = client.post(f"/v1/jobs/{job_id}/cancel")
-    assert r.json()["status"] == "running" and r.json()["cancel_requested"] is True
+    assert r.json()["status"] == "running"
+    assert r.json()["cancel_requested"] is True
 
 
 def test_idempotency_key(client: TestClient, settings: ApiSettings) -> None:
@@ -157,13 +163,15 @@ def test_idempotency_key(client: TestClient, settings: ApiSettings) -> None:
     assert again.json()["id"] == first.json()["id"]
     assert len(queued_messages(settings, "cpu")) == 1  # enqueued once
     other = client.post("/v1/jobs", json=generated_body(epochs=5), headers=headers)
-    assert other.status_code == 409 and "different body" in other.json()["detail"]
+    assert other.status_code == 409
+    assert "different body" in other.json()["detail"]
 
 
 def test_cancel_then_delete(client: TestClient) -> None:
     job_id = client.post("/v1/jobs", json=generated_body()).json()["id"]
     r = client.post(f"/v1/jobs/{job_id}/cancel")
-    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert r.status_code == 200
+    assert r.json()["status"] == "cancelled"
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
     assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
     assert client.get(f"/v1/jobs/{job_id}").status_code == 404
@@ -183,7 +191,8 @@ def test_broker_down_stores_nothing(settings: ApiSettings) -> None:
                                        "database_url": settings.sqlalchemy_url})
     with TestClient(create_app(down)) as client:
         r = client.post("/v1/jobs", json=generated_body())
-        assert r.status_code == 503 and r.json()["error"] == "NotReady"
+        assert r.status_code == 503
+        assert r.json()["error"] == "NotReady"
         assert client.get("/v1/jobs").json()["items"] == []
 
 

@@ -16,7 +16,8 @@ def test_curves_png_with_gaps_and_several_jobs() -> None:
                "accuracy": [0.5, 0.6, 0.7], "lr": [1e-3, 1e-3, 1e-4]}
     series = {"plain": ([1, 2, 3], history), "bn": ([1, 2], {"loss": [0.9, 0.4]})}
     png = plots.curves_png(series, ["loss", "val_loss", "accuracy", "lr"])
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 1000
 
 
 def test_scatter_png_concurrently() -> None:
@@ -31,7 +32,7 @@ def test_scatter_png_concurrently() -> None:
     with ThreadPoolExecutor(4) as pool:
         pngs = list(pool.map(draw, range(8)))
     assert all(p.startswith(b"\x89PNG") for p in pngs)
-    assert len({p for p in pngs}) == 8  # different titles, no shared pyplot state mixing them
+    assert len(set(pngs)) == 8  # different titles, no shared pyplot state mixing them
 
 
 def test_experiment_png_draws_bands_for_a_small_summary() -> None:
@@ -43,7 +44,8 @@ def test_experiment_png_draws_bands_for_a_small_summary() -> None:
                         thresholds={"val_accuracy": 0.7})
     fig = plots.experiment_figure(summary, "val_accuracy", None)
     ax = fig.axes[0]
-    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "val_accuracy"
+    assert ax.get_xlabel() == "epoch"
+    assert ax.get_ylabel() == "val_accuracy"
     legend = ax.get_legend()
     assert legend is not None
     labels = [t.get_text() for t in legend.get_texts()]
@@ -51,4 +53,5 @@ def test_experiment_png_draws_bands_for_a_small_summary() -> None:
     assert len(ax.collections) == 2  # one CI band per variant
     assert legend.get_title().get_text() == "mean, 95% CI band"
     png = plots.experiment_png(summary, "val_accuracy", "bn vs plain")
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 5000

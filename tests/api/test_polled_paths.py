@@ -36,7 +36,8 @@ def test_history_is_served_again_from_cache_until_an_epoch_lands(client: TestCli
     first = client.get(f"/v1/jobs/{job_id}/history")
     again = client.get(f"/v1/jobs/{job_id}/history")
     assert first.status_code == again.status_code == 200
-    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    assert again.content == first.content
+    assert again.headers["etag"] == first.headers["etag"]
     assert first.json()["epoch"] == [1, 2, 3]
     assert len(client.app.state.history_cache._items) == 1  # type: ignore[attr-defined]
 
@@ -65,10 +66,14 @@ def test_history_reads_train_mode_series_out_of_extras(client: TestClient) -> No
 def test_status_body_is_the_job_schema(client: TestClient) -> None:
     job_id = _submit(client)
     r = client.get(f"/v1/jobs/{job_id}")
-    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
     body = r.json()
-    assert body["id"] == job_id and body["status"] == "queued" and body["epochs"] == 3
-    assert body["spec"]["training"]["epochs"] == 3 and isinstance(body["warnings"], list)
+    assert body["id"] == job_id
+    assert body["status"] == "queued"
+    assert body["epochs"] == 3
+    assert body["spec"]["training"]["epochs"] == 3
+    assert isinstance(body["warnings"], list)
     assert client.get("/v1/jobs/nope").status_code == 404
 
 
@@ -115,4 +120,5 @@ def test_a_feed_sees_epochs_rewritten_after_a_resume(client: TestClient,
         session.commit()
         _, after = feed.read(session, 0)
     assert [e.id for e in first] == ["1", "2", "3", "4"]
-    assert [e.id for e in after] == ["1", "2", "3"] and '"loss":9.0' in (after[2].raw_data or "")
+    assert [e.id for e in after] == ["1", "2", "3"]
+    assert '"loss":9.0' in (after[2].raw_data or "")

@@ -79,8 +79,10 @@ def test_submissions_over_the_rate_get_429_with_retry_after_per_key(limited: Tes
     assert r.status_code == 429
     assert 1 <= int(r.headers["Retry-After"]) <= 30  # a token every 30 s
     body = r.json()
-    assert body["error"] == "RateLimited" and "2 per minute" in body["detail"]
-    assert "rate_limit_submissions" in body["detail"] and r.headers["X-Request-ID"]
+    assert body["error"] == "RateLimited"
+    assert "2 per minute" in body["detail"]
+    assert "rate_limit_submissions" in body["detail"]
+    assert r.headers["X-Request-ID"]
     # The same bucket covers experiments and uploads; another key has its own.
     assert limited.post("/v1/datasets", headers=A,
                         files={"file": ("x.csv", b"a,b\n1,0\n", "text/csv")}).status_code == 429
@@ -93,7 +95,8 @@ def test_predictions_over_the_rate_get_429(limited: TestClient) -> None:
     first = limited.post("/v1/jobs/nope/predict", json={"inputs": [[0, 0]]}, headers=A)
     assert first.status_code == 404
     r = limited.get("/v1/jobs/nope/boundary", headers=A)
-    assert r.status_code == 429 and "rate_limit_predictions" in r.json()["detail"]
+    assert r.status_code == 429
+    assert "rate_limit_predictions" in r.json()["detail"]
     assert int(r.headers["Retry-After"]) > 60  # 1/hour
 
 
@@ -109,11 +112,13 @@ def test_active_jobs_per_key_are_capped(tmp_path: Path) -> None:
                "seeds": 2}
         r = c.post("/v1/experiments", json=exp, headers=A)  # 2 + 2 > 3
         assert r.status_code == 429, r.text
-        assert "max_active_jobs_per_key" in r.json()["detail"] and "3" in r.json()["detail"]
+        assert "max_active_jobs_per_key" in r.json()["detail"]
+        assert "3" in r.json()["detail"]
         assert "Retry-After" in r.headers
         assert c.post("/v1/jobs", json=generated_body(), headers=A).status_code == 202
         r = c.post("/v1/jobs", json=generated_body(), headers=A)
-        assert r.status_code == 429 and r.json()["error"] == "TooManyActiveJobs"
+        assert r.status_code == 429
+        assert r.json()["error"] == "TooManyActiveJobs"
         assert c.post(f"/v1/jobs/{ids[0]}/cancel", headers=A).status_code == 200
         assert c.post("/v1/jobs", json=generated_body(), headers=A).status_code == 202
 
@@ -139,5 +144,6 @@ def test_serve_refuses_a_public_address_with_auth_off(tmp_path: Path) -> None:
         cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "refusing to listen on 0.0.0.0" in proc.stderr
-    assert "BNLAB_API_KEYS" in proc.stderr and "bnlab keys create" in proc.stderr
+    assert "BNLAB_API_KEYS" in proc.stderr
+    assert "bnlab keys create" in proc.stderr
     assert "--insecure" in proc.stderr

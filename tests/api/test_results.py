@@ -41,7 +41,8 @@ def test_history_json_csv_since(client: TestClient) -> None:
     assert r.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
-    assert rows[1]["val_loss"] == "" and float(rows[0]["loss"]) == 1.0
+    assert rows[1]["val_loss"] == ""
+    assert float(rows[0]["loss"]) == 1.0
     assert client.get(f"/v1/jobs/{job_id}/history", params={"since": -1}).status_code == 422
 
 
@@ -50,13 +51,16 @@ def test_curves_png_and_metric_validation(client: TestClient) -> None:
     for job_id in ids:
         _record(client, job_id, 4)
     r = client.get(f"/v1/jobs/{ids[0]}/curves.png", params={"metrics": "val_accuracy,accuracy"})
-    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/png"
     assert r.content.startswith(b"\x89PNG\r\n\x1a\n")
     r = client.get(f"/v1/jobs/{ids[0]}/curves.png", params={"metrics": "val_acc"})
-    assert r.status_code == 422 and "val_accuracy" in r.json()["detail"][0]
+    assert r.status_code == 422
+    assert "val_accuracy" in r.json()["detail"][0]
     both = client.get("/v1/curves.png", params={"jobs": ",".join(ids),
                                                 "metrics": "val_accuracy"})
-    assert both.status_code == 200 and both.content.startswith(b"\x89PNG")
+    assert both.status_code == 200
+    assert both.content.startswith(b"\x89PNG")
     assert client.get("/v1/curves.png", params={"jobs": "nope"}).status_code == 404
 
 
@@ -64,12 +68,15 @@ def test_model_summary_before_any_checkpoint(client: TestClient, dataset_id: str
     job_id = client.post("/v1/jobs", json=notebook_body("bn", NOTEBOOK_BN_LAYERS,
                                                         dataset_id)).json()["id"]
     m = client.get(f"/v1/jobs/{job_id}/model").json()
-    assert m["checkpoint"] is None and m["batchnorm"] == []
+    assert m["checkpoint"] is None
+    assert m["batchnorm"] == []
     # the notebook's Keras summary: 40 total, 30 trainable, 10 non-trainable
     assert m["totals"] == {"total": 40, "trainable": 30, "non_trainable": 10}
     assert [la["type"] for la in m["layers"]] == [la["type"] for la in NOTEBOOK_BN_LAYERS]
-    assert m["head"] == "sigmoid" and m["classes"] == ["0", "1"]
+    assert m["head"] == "sigmoid"
+    assert m["classes"] == ["0", "1"]
     r = client.get(f"/v1/jobs/{job_id}/checkpoints/last")
-    assert r.status_code == 404 and "no 'last' checkpoint yet" in r.json()["detail"]
+    assert r.status_code == 404
+    assert "no 'last' checkpoint yet" in r.json()["detail"]
     r = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": [[0.0, 0.0]]})
     assert r.status_code == 404

@@ -52,21 +52,25 @@ def test_study_end_to_end(client: TestClient, settings: ApiSettings, ctx: RunCon
     assert r.status_code == 202, r.text
     study = r.json()
     assert r.headers["Location"] == f"/v1/studies/{study['id']}"
-    assert study["status"] == "queued" and study["name"] == "small"
+    assert study["status"] == "queued"
+    assert study["name"] == "small"
     assert [c["claim"] for c in study["claims"]] == CLAIMS
     assert study["claims"][0]["text"] == "BatchNorm acts as a regulariser"
     # regularization: bn/none x 3, placement: before/after x 3, train_vs_inference: bn x 3
-    assert study["cost"]["children"] == 18 and study["cost"]["epochs"] == 36
+    assert study["cost"]["children"] == 18
+    assert study["cost"]["epochs"] == 36
     assert study["cost"]["estimated_seconds"] is None  # nothing has finished on this server
     assert "no job has finished" in study["cost"]["note"]
     assert study["counts"]["queued"] == 18
-    assert study["spec"]["seeds"] == 3 and study["spec"]["claims"] == CLAIMS
+    assert study["spec"]["seeds"] == 3
+    assert study["spec"]["claims"] == CLAIMS
     kids = children(client, study)
     assert len(kids) == 18
     assert sorted(m["args"][0] for m in queued_messages(settings)) == sorted(
         c["job_id"] for c in kids)
     exp = client.get(f"/v1/experiments/{study['claims'][2]['experiment_id']}").json()
-    assert exp["variants"] == ["bn"] and exp["seeds"] == [0, 1, 2]
+    assert exp["variants"] == ["bn"]
+    assert exp["seeds"] == [0, 1, 2]
 
     # The first claim's experiment trains: progress shows, the report is partial.
     train(client, ctx, kids[:9])  # regularization: bn, none and none + dropout, 3 seeds each
@@ -74,7 +78,8 @@ def test_study_end_to_end(client: TestClient, settings: ApiSettings, ctx: RunCon
     assert now["status"] == "running"
     assert [c["status"] for c in now["claims"]] == ["succeeded", "queued", "queued"]
     assert now["claims"][0]["counts"]["succeeded"] == 9
-    assert now["claims"][0]["epochs_done"] == 18 and now["claims"][0]["epochs_total"] == 18
+    assert now["claims"][0]["epochs_done"] == 18
+    assert now["claims"][0]["epochs_total"] == 18
     assert now["cost"]["estimated_seconds"] is not None
     assert "upper bound" in now["cost"]["note"]
     partial = client.get(f"/v1/studies/{study['id']}/report").json()
@@ -85,36 +90,47 @@ def test_study_end_to_end(client: TestClient, settings: ApiSettings, ctx: RunCon
 
     train(client, ctx, kids[9:])
     done = client.get(f"/v1/studies/{study['id']}").json()
-    assert done["status"] == "succeeded" and done["counts"]["succeeded"] == 18
+    assert done["status"] == "succeeded"
+    assert done["counts"]["succeeded"] == 18
     report = client.get(f"/v1/studies/{study['id']}/report")
     assert report.status_code == 200, report.text
     body = report.json()
-    assert body["id"] == study["id"] and body["partial"] is False
-    assert body["alpha"] == 0.05 and body["seeds"] == 3 and body["status"] == "succeeded"
+    assert body["id"] == study["id"]
+    assert body["partial"] is False
+    assert body["alpha"] == 0.05
+    assert body["seeds"] == 3
+    assert body["status"] == "succeeded"
     assert [c["claim"] for c in body["claims"]] == CLAIMS
     for c, out in zip(body["claims"], study["claims"], strict=True):
         assert c["verdict"] in ("supported", "contradicted", "inconclusive")
         assert c["experiment_id"] == out["experiment_id"]
         assert c["test"]["n"] == 3, c
-        assert c["test"]["mean"] is not None and c["reason"]
-        assert c["measure"] and c["comparison"] and c["rule"]
+        assert c["test"]["mean"] is not None
+        assert c["reason"]
+        assert c["measure"]
+        assert c["comparison"]
+        assert c["rule"]
         if c["verdict"] == "inconclusive":
             assert c["firm_up"]["text"]
     gap = body["claims"][2]["details"]["mean_gap_per_epoch"]
-    assert len(gap) == 2 and all(g >= 0 for g in gap)
+    assert len(gap) == 2
+    assert all(g >= 0 for g in gap)
 
     md = client.get(f"/v1/studies/{study['id']}/report.md")
-    assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
+    assert md.status_code == 200
+    assert md.headers["content-type"].startswith("text/markdown")
     assert "| claim | verdict | effect [95% CI] | adjusted p | n |" in md.text
     assert "Partial:" not in md.text
     for c in body["claims"]:
         assert f"(`{c['claim']}`) | {c['verdict']} |" in md.text
         assert f"## {c['text']}" in md.text
     page = client.get(f"/v1/studies/{study['id']}/report.html")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
     assert page.text.count('<img alt="') == 3
     assert page.text.count('src="data:image/png;base64,') == 3
-    assert "http://" not in page.text and "https://" not in page.text  # self-contained
+    assert "http://" not in page.text
+    assert "https://" not in page.text
     first = page.text.split('src="data:image/png;base64,')[1].split('"')[0]
     assert base64.b64decode(first).startswith(PNG_SIGNATURE)
     # The same runs give the same bytes.
@@ -149,7 +165,8 @@ def test_idempotency_key(client: TestClient, settings: ApiSettings) -> None:
     headers = {"Idempotency-Key": "study-once"}
     one = client.post("/v1/studies", json=small_study(), headers=headers)
     again = client.post("/v1/studies", json=small_study(), headers=headers)
-    assert one.status_code == 202 and again.status_code == 200
+    assert one.status_code == 202
+    assert again.status_code == 200
     assert one.json()["id"] == again.json()["id"]
     assert len(queued_messages(settings)) == 18
     other = client.post("/v1/studies", json=small_study(seeds=2), headers=headers)
@@ -161,29 +178,36 @@ def test_bad_studies_are_422_saying_what_to_change(client: TestClient) -> None:
     r = client.post("/v1/studies", json={"base": copy.deepcopy(BASE), "seeds": 100})
     assert r.status_code == 422, r.text
     detail = str(r.json()["detail"])
-    assert "3400 children" in detail and "max_study_children" in detail
-    assert "higher_learning_rates: 800" in detail and "fewer seeds" in detail
+    assert "3400 children" in detail
+    assert "max_study_children" in detail
+    assert "higher_learning_rates: 800" in detail
+    assert "fewer seeds" in detail
 
     no_bn = small_study()
     no_bn["base"]["network"] = {"hidden": [4]}
     r = client.post("/v1/studies", json=no_bn)
-    assert r.status_code == 422 and "has no BatchNorm" in str(r.json()["detail"])
+    assert r.status_code == 422
+    assert "has no BatchNorm" in str(r.json()["detail"])
 
     layers = small_study(claims=["placement"])
     layers["base"]["network"] = {"layers": NOTEBOOK_BN_LAYERS}
     r = client.post("/v1/studies", json=layers)
-    assert r.status_code == 422 and "placement needs" in str(r.json()["detail"])
+    assert r.status_code == 422
+    assert "placement needs" in str(r.json()["detail"])
 
     r = client.post("/v1/studies", json=small_study(seeds=1))
-    assert r.status_code == 422 and "seeds" in str(r.json()["detail"])
+    assert r.status_code == 422
+    assert "seeds" in str(r.json()["detail"])
     r = client.post("/v1/studies", json=small_study(claims=["bn_is_magic"]))
-    assert r.status_code == 422 and "claims" in str(r.json()["detail"])
+    assert r.status_code == 422
+    assert "claims" in str(r.json()["detail"])
 
     for base, where in (({"network": "x"}, "base.network"),
                         ({"network": {"layers": [1]}}, "base.network.layers"),
                         ({"training": [1]}, "base.training")):
         r = client.post("/v1/studies", json=small_study(base=base))
-        assert r.status_code == 422 and where in str(r.json()["detail"]), r.text
+        assert r.status_code == 422, r.text
+        assert where in str(r.json()["detail"]), r.text
 
     missing = small_study()
     missing["base"]["dataset"] = {"id": "no-such-dataset"}
@@ -216,8 +240,10 @@ def test_cancel_and_retry(client: TestClient, ctx: RunContext) -> None:
     r = client.post(f"/v1/studies/{study['id']}/cancel")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["cancel_requested"] is True and body["status"] == "failed"
-    assert body["counts"]["cancelled"] == 11 and body["counts"]["failed"] == 1
+    assert body["cancel_requested"] is True
+    assert body["status"] == "failed"
+    assert body["counts"]["cancelled"] == 11
+    assert body["counts"]["failed"] == 1
     assert {c["status"] for c in body["claims"][1:]} == {"cancelled"}
     r = client.post(f"/v1/studies/{study['id']}/retry")
     assert r.status_code == 200, r.text
@@ -232,7 +258,8 @@ def test_broker_down_stores_nothing(settings: ApiSettings) -> None:
                                        "database_url": settings.sqlalchemy_url})
     with TestClient(create_app(down)) as client:
         r = client.post("/v1/studies", json=small_study())
-        assert r.status_code == 503 and r.json()["error"] == "NotReady"
+        assert r.status_code == 503
+        assert r.json()["error"] == "NotReady"
         assert client.get("/v1/studies").json()["items"] == []
         assert client.get("/v1/experiments").json()["items"] == []
         assert client.get("/v1/jobs").json()["items"] == []
@@ -277,7 +304,8 @@ def test_study_events_report_progress_then_the_verdicts(client: TestClient,
     events = sse(client.get(f"/v1/studies/{study['id']}/events").text)
     assert [e["event"] for e in events] == ["progress", "done"]
     (claim,) = events[0]["data"]["claims"]
-    assert claim["claim"] == "regularization" and claim["counts"]["succeeded"] == 6
+    assert claim["claim"] == "regularization"
+    assert claim["counts"]["succeeded"] == 6
     done = events[1]["data"]
     report = client.get(f"/v1/studies/{study['id']}/report").json()
     assert done["study"]["status"] == "succeeded"

@@ -48,13 +48,18 @@ def test_boundary_of_a_trained_circles_job(client: TestClient, circles_job: str)
     r = client.get(f"/v1/jobs/{circles_job}/boundary", params={"resolution": 21})
     assert r.status_code == 200, r.text
     b = r.json()
-    assert b["checkpoint"]["kind"] == "last" and b["checkpoint"]["epoch"] == 30
+    assert b["checkpoint"]["kind"] == "last"
+    assert b["checkpoint"]["epoch"] == 30
     assert b["features"] == ["x", "y"]
     assert b["classes"] == ["0", "1"]
     xs, ys = np.array(b["x"]), np.array(b["y"])
-    assert len(xs) == len(ys) == 21 and np.all(np.diff(xs) > 0) and np.all(np.diff(ys) > 0)
+    assert len(xs) == len(ys) == 21
+    assert np.all(np.diff(xs) > 0)
+    assert np.all(np.diff(ys) > 0)
     p = np.array(b["probabilities"], dtype=float)
-    assert p.shape == (21, 21) and p.min() >= 0.0 and p.max() <= 1.0
+    assert p.shape == (21, 21)
+    assert p.min() >= 0.0
+    assert p.max() <= 1.0
     assert np.array(b["predicted"]).shape == (21, 21)
     conf = np.array(b["confidence"], dtype=float)
     assert np.allclose(conf, np.maximum(p, 1 - p), atol=1e-4)
@@ -64,8 +69,10 @@ def test_boundary_of_a_trained_circles_job(client: TestClient, circles_job: str)
     pts = b["points"]
     px, py = np.array(pts["x"]), np.array(pts["y"])
     assert len(px) == len(py) == len(pts["label"]) == len(pts["split"]) == 300
-    assert pts["split"].count("val") == 60 and set(pts["split"]) == {"train", "val"}
-    assert xs[0] < px.min() < px.max() < xs[-1] and ys[0] < py.min() < py.max() < ys[-1]
+    assert pts["split"].count("val") == 60
+    assert set(pts["split"]) == {"train", "val"}
+    assert xs[0] < px.min() < px.max() < xs[-1]
+    assert ys[0] < py.min() < py.max() < ys[-1]
     assert np.isclose(px.min() - xs[0], 0.1 * (px.max() - px.min()))
 
     # It separates: inner circle (class 1) at the centre, outer class in the corners, and the
@@ -89,17 +96,20 @@ def test_boundary_of_a_trained_circles_job(client: TestClient, circles_job: str)
 def test_boundary_checkpoint_etag_and_parameters(client: TestClient, circles_job: str) -> None:
     url = f"/v1/jobs/{circles_job}/boundary"
     best = client.get(url, params={"checkpoint": "best", "resolution": 10})
-    assert best.status_code == 200 and best.json()["checkpoint"]["kind"] == "best"
+    assert best.status_code == 200
+    assert best.json()["checkpoint"]["kind"] == "best"
     assert len(best.json()["x"]) == 10
     listed = {c["kind"]: c for c in client.get(f"/v1/jobs/{circles_job}/checkpoints").json()}
     assert best.json()["checkpoint"]["sha256"] == listed["best"]["sha256"]
     etag = best.headers["ETag"]
     again = client.get(url, params={"checkpoint": "best", "resolution": 10},
                        headers={"If-None-Match": etag})
-    assert again.status_code == 304 and again.headers["ETag"] == etag
+    assert again.status_code == 304
+    assert again.headers["ETag"] == etag
     other = client.get(url, params={"checkpoint": "best", "resolution": 11},
                        headers={"If-None-Match": etag})
-    assert other.status_code == 200 and other.headers["ETag"] != etag
+    assert other.status_code == 200
+    assert other.headers["ETag"] != etag
     for bad in ({"resolution": 9}, {"resolution": 201}, {"checkpoint": "first"}):
         assert client.get(url, params=bad).status_code == 422, bad
 
@@ -109,11 +119,13 @@ def test_boundary_multiclass_and_subsampled_points(client: TestClient, ctx: RunC
     job_id = trained(client, ctx, job_body(blobs, epochs=2, batchnorm="none", hidden=[4]))
     url = f"/v1/jobs/{job_id}/boundary"
     b = client.get(url, params={"resolution": 12}).json()
-    assert "probabilities" not in b and b["classes"] == ["0", "1", "2"]
+    assert "probabilities" not in b
+    assert b["classes"] == ["0", "1", "2"]
     predicted, conf = np.array(b["predicted"]), np.array(b["confidence"], dtype=float)
     assert predicted.shape == conf.shape == (12, 12)
     assert set(np.unique(predicted)) <= {0, 1, 2}
-    assert conf.min() >= 1 / 3 - 1e-4 and conf.max() <= 1.0
+    assert conf.min() >= 1 / 3 - 1e-4
+    assert conf.max() <= 1.0
     pts = b["points"]
     assert len(pts["x"]) == len(pts["label"]) == 2000  # capped, and the same rows each time
     assert client.get(url, params={"resolution": 12}).json()["points"] == pts
@@ -129,7 +141,9 @@ def test_boundary_of_an_uploaded_dataset_uses_its_split(client: TestClient, ctx:
     assert b["features"] == ["X", "Y"]
     assert b["points"]["split"] == ["train"] * 399 + ["val"] * 100  # Keras's tail split
     p = np.array(b["probabilities"], dtype=float)
-    assert p.shape == (10, 10) and p.min() >= 0.0 and p.max() <= 1.0
+    assert p.shape == (10, 10)
+    assert p.min() >= 0.0
+    assert p.max() <= 1.0
 
 
 def test_boundary_refusals(client: TestClient) -> None:
@@ -140,7 +154,8 @@ def test_boundary_refusals(client: TestClient) -> None:
     assert r.json()["detail"] == ["the decision boundary needs 2 features; this dataset has 3"]
     queued = submit(client, job_body(CIRCLES, epochs=1))
     r = client.get(f"/v1/jobs/{queued}/boundary")
-    assert r.status_code == 404 and "no 'last' checkpoint yet" in r.json()["detail"]
+    assert r.status_code == 404
+    assert "no 'last' checkpoint yet" in r.json()["detail"]
     assert client.get("/v1/jobs/nope/boundary").status_code == 404
     assert client.get("/v1/jobs/nope/bn").status_code == 404
 
@@ -150,7 +165,8 @@ def test_bn_series_per_layer_and_epoch(client: TestClient, ctx: RunContext) -> N
     r = client.get(f"/v1/jobs/{job_id}/bn")
     assert r.status_code == 200
     layers = r.json()["layers"]
-    assert len(layers) == 2 and len({la["name"] for la in layers}) == 2
+    assert len(layers) == 2
+    assert len({la["name"] for la in layers}) == 2
     assert all(la["name"].startswith("batch") for la in layers)
     for layer in layers:
         assert layer["epochs"] == [1, 2, 3, 4]
@@ -177,5 +193,6 @@ def test_bn_without_affine_and_without_bn(client: TestClient, ctx: RunContext) -
     body["network"] = {"layers": layers}
     no_affine = trained(client, ctx, body)
     (layer,) = client.get(f"/v1/jobs/{no_affine}/bn").json()["layers"]
-    assert layer["gamma"] is None and layer["beta"] is None
+    assert layer["gamma"] is None
+    assert layer["beta"] is None
     assert len(layer["running_var"]["mean"]) == 2

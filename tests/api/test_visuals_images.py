@@ -60,7 +60,8 @@ def png_pixels(text: str) -> tuple[int, int, int, np.ndarray]:
         chunks[tag] = chunks.get(tag, b"") + data
         pos += 12 + n
     w, h, depth, kind = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert depth == 8 and kind in (0, 2)
+    assert depth == 8
+    assert kind in (0, 2)
     per = 3 if kind == 2 else 1
     rows = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(h, 1 + w * per)
     assert (rows[:, 0] == 0).all()  # filter type "none" on every row
@@ -78,9 +79,11 @@ def test_validation_of_a_digits_cnn(client: TestClient, digits_job: str) -> None
     r = client.get(f"/v1/jobs/{digits_job}/validation")
     assert r.status_code == 200, r.text
     v = r.json()
-    assert v["checkpoint"]["kind"] == "last" and v["checkpoint"]["epoch"] == 3
+    assert v["checkpoint"]["kind"] == "last"
+    assert v["checkpoint"]["epoch"] == 3
     assert v["classes"] == [str(d) for d in range(10)]
-    assert v["input_shape"] == [1, 8, 8] and v["is_image"] is True
+    assert v["input_shape"] == [1, 8, 8]
+    assert v["is_image"] is True
 
     # The trainer's split: stratified, seed 1, 20% of 1,797 rows.
     dataset = JobSpec.model_validate(job["spec"]).dataset
@@ -89,7 +92,8 @@ def test_validation_of_a_digits_cnn(client: TestClient, digits_job: str) -> None
     _, val_idx = split(table.y, validation_split=0.2, how="stratified", seed=1)
     assert v["n_val"] == len(val_idx) == 1797 - int(1797 * 0.8)
     confusion = np.array(v["confusion"])
-    assert confusion.shape == (10, 10) and confusion.sum() == v["n_val"]
+    assert confusion.shape == (10, 10)
+    assert confusion.sum() == v["n_val"]
     assert (confusion.sum(axis=1) == np.bincount(table.y[val_idx], minlength=10)).all()
     assert v["correct"] == np.trace(confusion)
     assert v["accuracy"] == pytest.approx(v["correct"] / v["n_val"], abs=1e-12)
@@ -97,13 +101,15 @@ def test_validation_of_a_digits_cnn(client: TestClient, digits_job: str) -> None
 
     # The first 64 validation images, in row order, as 8x8 grey tiles of the 0..16 pixels.
     images = v["images"]
-    assert images["shape"] == [1, 8, 8] and images["layout"] == "grey"
+    assert images["shape"] == [1, 8, 8]
+    assert images["layout"] == "grey"
     assert images["scale"] == [0.0, 16.0]
     items = images["items"]
     assert [it["row"] for it in items] == val_idx[:64].tolist()
     for it in items:
         assert it["label"] == int(table.y[it["row"]])
-        assert 0 <= it["predicted"] < 10 and 0.1 <= it["confidence"] <= 1.0
+        assert 0 <= it["predicted"] < 10
+        assert 0.1 <= it["confidence"] <= 1.0
         w, h, kind, pixels = png_pixels(it["png"])
         assert (w, h, kind) == (8, 8, 0)
         expected = np.rint(table.X[it["row"], 0].astype(np.float64) / 16 * 255)
@@ -131,29 +137,34 @@ def test_validation_parameters_best_and_etag(client: TestClient, digits_job: str
     best = client.get(url, params={"checkpoint": "best"})
     assert best.status_code == 200
     b = best.json()
-    assert b["checkpoint"]["kind"] == "best" and b["checkpoint"]["epoch"] == job["best_epoch"]
+    assert b["checkpoint"]["kind"] == "best"
+    assert b["checkpoint"]["epoch"] == job["best_epoch"]
     assert abs(b["accuracy"] - job["best_metrics"]["val_accuracy"]) < 1e-6
     listed = {c["kind"]: c for c in client.get(f"/v1/jobs/{digits_job}/checkpoints").json()}
     assert b["checkpoint"]["sha256"] == listed["best"]["sha256"]
 
     etag = best.headers["ETag"]
     again = client.get(url, params={"checkpoint": "best"}, headers={"If-None-Match": etag})
-    assert again.status_code == 304 and again.headers["ETag"] == etag
+    assert again.status_code == 304
+    assert again.headers["ETag"] == etag
     other = client.get(url, params={"checkpoint": "best", "limit": 5},
                        headers={"If-None-Match": etag})
-    assert other.status_code == 200 and other.headers["ETag"] != etag
+    assert other.status_code == 200
+    assert other.headers["ETag"] != etag
     for bad in ({"limit": -1}, {"limit": 257}, {"checkpoint": "first"}, {"only": "some"}):
         assert client.get(url, params=bad).status_code == 422, bad
 
     # An image job has no decision boundary.
     r = client.get(f"/v1/jobs/{digits_job}/boundary")
-    assert r.status_code == 422 and "holds images (1 x 8 x 8)" in r.json()["detail"][0]
+    assert r.status_code == 422
+    assert "holds images (1 x 8 x 8)" in r.json()["detail"][0]
 
 
 def test_bn_values_per_channel(client: TestClient, digits_job: str) -> None:
     url = f"/v1/jobs/{digits_job}/bn"
     plain = client.get(url).json()["layers"]
-    assert len(plain) == 3 and all(la["running_mean"]["values"] is None for la in plain)
+    assert len(plain) == 3
+    assert all(la["running_mean"]["values"] is None for la in plain)
     r = client.get(url, params={"values": "true"})
     assert r.status_code == 200
     layers = r.json()["layers"]
@@ -177,10 +188,14 @@ def test_validation_of_a_four_feature_table(client: TestClient, ctx: RunContext)
                                        epochs=4, split="random", seed=5))
     job = client.get(f"/v1/jobs/{job_id}").json()
     v = client.get(f"/v1/jobs/{job_id}/validation").json()
-    assert v["is_image"] is False and v["input_shape"] == [4] and v["images"] is None
-    assert v["classes"] == ["0", "1", "2"] and v["n_val"] == 60
+    assert v["is_image"] is False
+    assert v["input_shape"] == [4]
+    assert v["images"] is None
+    assert v["classes"] == ["0", "1", "2"]
+    assert v["n_val"] == 60
     confusion = np.array(v["confusion"])
-    assert confusion.shape == (3, 3) and confusion.sum() == 60
+    assert confusion.shape == (3, 3)
+    assert confusion.sum() == 60
     assert abs(v["accuracy"] - job["final_metrics"]["val_accuracy"]) < 1e-6
     (layer,) = client.get(f"/v1/jobs/{job_id}/bn", params={"values": True}).json()["layers"]
     assert [len(x) for x in layer["running_var"]["values"]] == [8] * 4
@@ -202,16 +217,19 @@ def test_validation_of_an_uploaded_rgb_image_dataset(client: TestClient,
     job_id = trained(client, ctx, body({"id": up.json()["id"]}, net, epochs=2, batch_size=16))
     job = client.get(f"/v1/jobs/{job_id}").json()
     v = client.get(f"/v1/jobs/{job_id}/validation", params={"limit": 3}).json()
-    assert v["input_shape"] == [3, 4, 4] and v["n_val"] == 16
+    assert v["input_shape"] == [3, 4, 4]
+    assert v["n_val"] == 16
     assert np.array(v["confusion"]).sum() == 16
     assert abs(v["accuracy"] - job["final_metrics"]["val_accuracy"]) < 1e-6
     images = v["images"]
-    assert images["layout"] == "rgb" and images["scale"] == [float(x.min()), float(x.max())]
+    assert images["layout"] == "rgb"
+    assert images["scale"] == [float(x.min()), float(x.max())]
     _, val_idx = split(y, validation_split=0.2, how="stratified", seed=1)
     assert [it["row"] for it in images["items"]] == val_idx[:3].tolist()
     for it in images["items"]:
         w, h, kind, pixels = png_pixels(it["png"])
-        assert (w, h, kind) == (4, 4, 2) and pixels.shape == (4, 4, 3)
+        assert (w, h, kind) == (4, 4, 2)
+        assert pixels.shape == (4, 4, 3)
         lo, hi = images["scale"]
         want = np.rint((x[it["row"]].astype(np.float64) - lo) / (hi - lo) * 255)
         assert np.array_equal(pixels, want.transpose(1, 2, 0).astype(np.uint8))
@@ -221,17 +239,22 @@ def test_tiles_of_other_channel_counts() -> None:
     image = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)  # 2 channels, 3 x 5
     w, h, kind, pixels = png_pixels(_tile(image, 0.0, 29.0))
     assert (w, h, kind) == (10, 3, 0)  # side by side
-    assert pixels[0, 0] == 0 and pixels[0, 5] == round(15 / 29 * 255) and pixels[2, 9] == 255
+    assert pixels[0, 0] == 0
+    assert pixels[0, 5] == round(15 / 29 * 255)
+    assert pixels[2, 9] == 255
     w, h, kind, pixels = png_pixels(_tile(np.full((1, 2, 2), 7.0), 7.0, 7.0))
-    assert (w, h, kind) == (2, 2, 0) and (pixels == 0).all()  # a constant dataset: black
+    assert (w, h, kind) == (2, 2, 0)
+    assert (pixels == 0).all()
 
 
 def test_validation_refusals(client: TestClient, ctx: RunContext) -> None:
     queued = submit(client, body(DIGITS, CNN))
     r = client.get(f"/v1/jobs/{queued}/validation")
-    assert r.status_code == 404 and "no 'last' checkpoint yet" in r.json()["detail"]
+    assert r.status_code == 404
+    assert "no 'last' checkpoint yet" in r.json()["detail"]
     r = client.get(f"/v1/jobs/{queued}/validation", params={"checkpoint": "best"})
-    assert r.status_code == 404 and "no 'best' checkpoint yet" in r.json()["detail"]
+    assert r.status_code == 404
+    assert "no 'best' checkpoint yet" in r.json()["detail"]
     assert client.get("/v1/jobs/nope/validation").status_code == 404
 
     no_val = trained(client, ctx, body(BLOBS4, {"hidden": [4]}, epochs=1, validation_split=0.0,

@@ -33,15 +33,19 @@ def _check(rows: list[Row]) -> None:
     assert all(r.unit == "s" and r.value > 0 and math.isfinite(r.value) for r in rows)
     ours = rows[0].value
     for r in rows[1:3]:  # the peer's seconds over bnlab's
-        assert r.ratio == pytest.approx(r.value / ours) and r.ratio_of == "bnlab speed-up"
+        assert r.ratio == pytest.approx(r.value / ours)
+        assert r.ratio_of == "bnlab speed-up"
         assert re.match(r"(NCHW|channels_last); ", r.note)
     plain, stacked = rows[1], rows[4]
-    assert plain.target == ">= 1.5x" and plain.ok is not None
-    assert stacked.target == ">= 4x" and stacked.ok is not None
+    assert plain.target == ">= 1.5x"
+    assert plain.ok is not None
+    assert stacked.target == ">= 4x"
+    assert stacked.ok is not None
     assert stacked.ratio == pytest.approx(rows[3].value / stacked.value)
     for r in rows:
         (acc,) = _accuracies(r)
-        assert math.isfinite(acc) and 0.0 <= acc <= 1.0, r
+        assert math.isfinite(acc), r
+        assert 0.0 <= acc <= 1.0, r
     diff = float(re.search(r"max abs diff (\S+)$", stacked.note).group(1))  # type: ignore[union-attr]
     assert 0.0 <= diff <= 1.0
 
@@ -56,8 +60,11 @@ def test_rows_compare_every_variant_with_bnlab() -> None:
 
 def test_the_user_network_starts_from_bnlabs_weights() -> None:
     table = load_table()
-    assert table.X.shape == (1797, 1, 8, 8) and table.X.dtype.name == "float32"
-    assert table.X.min() >= 0.0 and table.X.max() <= 1.0 and table.n_classes == 10
+    assert table.X.shape == (1797, 1, 8, 8)
+    assert table.X.dtype.name == "float32"
+    assert table.X.min() >= 0.0
+    assert table.X.max() <= 1.0
+    assert table.n_classes == 10
     job = cnn_job(table, 1, seed=3)
     x = torch.from_numpy(table.X[:32])
     ours = build_network(job.network, seed=3).eval()
@@ -66,7 +73,8 @@ def test_the_user_network_starts_from_bnlabs_weights() -> None:
 
 
 def test_cnn_is_a_bench_module() -> None:
-    assert "cnn" in MODULES and select("cnn") == ["cnn"]
+    assert "cnn" in MODULES
+    assert select("cnn") == ["cnn"]
 
 
 def test_the_command_prints_the_table() -> None:
@@ -77,7 +85,8 @@ def test_the_command_prints_the_table() -> None:
     assert proc.returncode == 0, proc.stderr
     for name in NAMES:
         assert name in proc.stdout
-    assert "bnlab speed-up" in proc.stdout and "vs one after another" in proc.stdout
+    assert "bnlab speed-up" in proc.stdout
+    assert "vs one after another" in proc.stdout
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")

@@ -20,7 +20,9 @@ FAKE = "tests.bench.fake"
 def test_rows_come_back_from_the_child() -> None:
     quick = run_module("ok", quick=True, timeout_s=300, package=FAKE)
     full = run_module("ok", quick=False, timeout_s=300, package=FAKE)
-    assert quick.error is None and quick.skipped is None and quick.seconds > 0
+    assert quick.error is None
+    assert quick.skipped is None
+    assert quick.seconds > 0
     assert [r.name for r in quick.rows] == ["quick", "unmeasured"]
     assert full.rows[0].name == "full"  # --quick reached run()
     row = quick.rows[0]
@@ -30,24 +32,29 @@ def test_rows_come_back_from_the_child() -> None:
 
 # Only the module that never ends gets a short timeout: the others' child processes may take
 # longer than that to start on a loaded machine, and must still report their own error.
-@pytest.mark.parametrize("module,error,timeout_s", [
+@pytest.mark.parametrize(("module", "error", "timeout_s"), [
     ("boom", "ValueError: no database to measure", 300),
     ("crash", "exited with status 3 and no rows", 300),
     ("slow", "timed out after 3 s", 3),
 ])
 def test_a_failing_module_is_an_error_row(module: str, error: str, timeout_s: float) -> None:
     outcome = run_module(module, quick=True, timeout_s=timeout_s, package=FAKE)
-    assert outcome.error == error and outcome.rows == []
+    assert outcome.error == error
+    assert outcome.rows == []
     (row,) = all_rows([outcome])
-    assert row.ok is False and row.name == f"bench.{module} failed" and row.note == error
+    assert row.ok is False
+    assert row.name == f"bench.{module} failed"
+    assert row.note == error
     assert "MISSED" in markdown([row])
 
 
 def test_a_missing_module_is_skipped_not_failed() -> None:
     outcome = run_module("nothing_here", quick=True, timeout_s=300, package=FAKE)
-    assert outcome.error is None and outcome.skipped
+    assert outcome.error is None
+    assert outcome.skipped
     (row,) = all_rows([outcome])
-    assert row.name == "skipped" and row.ok is None
+    assert row.name == "skipped"
+    assert row.ok is None
 
 
 def test_json_holds_rows_hardware_and_no_nan(tmp_path: Path) -> None:
@@ -55,7 +62,8 @@ def test_json_holds_rows_hardware_and_no_nan(tmp_path: Path) -> None:
     path = tmp_path / "bench.json"
     write_json(path, outcomes, quick=True, info={"cpu": "x", "cores": 2}, started="now")
     doc = json.loads(path.read_text())  # strict JSON: NaN would not parse as a number here
-    assert doc["hardware"] == {"cpu": "x", "cores": 2} and doc["quick"] is True
+    assert doc["hardware"] == {"cpu": "x", "cores": 2}
+    assert doc["quick"] is True
     assert doc["modules"]["boom"]["error"].startswith("ValueError")
     assert [r["name"] for r in doc["rows"]] == ["quick", "unmeasured", "bench.boom failed"]
     assert doc["rows"][1]["value"] is None
@@ -83,7 +91,8 @@ def test_the_command_reports_every_module_and_exits_non_zero_on_a_failure(
     assert any("bench.boom failed" in line and "MISSED" in line for line in lines)
     doc = json.loads(out.read_text())
     assert set(doc["modules"]) == {"boom", "ok", "nothing_here"}
-    assert doc["hardware"]["cores"] >= 1 and doc["hardware"]["torch"]
+    assert doc["hardware"]["cores"] >= 1
+    assert doc["hardware"]["torch"]
 
 
 def test_a_clean_run_exits_zero(tmp_path: Path) -> None:

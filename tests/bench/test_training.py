@@ -18,9 +18,12 @@ def test_rows_compare_every_peer_with_bnlab() -> None:
     assert [r.name for r in rows] == ["bnlab trainer", "plain DataLoader loop",
                                       "hand-tuned PyTorch loop"]
     ours = rows[0].value
-    assert ours > 0 and all(r.unit == "steps/s" for r in rows)
+    assert ours > 0
+    assert all(r.unit == "steps/s" for r in rows)
     for r in rows[1:]:
-        assert r.value > 0 and r.ok is not None and r.target
+        assert r.value > 0
+        assert r.ok is not None
+        assert r.target
         # the ratio is bnlab's speed over the peer's
         assert r.ratio == pytest.approx(ours / r.value)
 
@@ -33,6 +36,7 @@ def test_keras_fits_the_same_job_in_a_subprocess() -> None:
     table = load_table()
     job = notebook_job(table, 1)
     seconds, note = keras_fit(job, table, 1, 1, CPU)
-    assert len(seconds) == 1 and seconds[0] > 0
+    assert len(seconds) == 1
+    assert seconds[0] > 0
     assert "torch backend" in note
     assert "keras" not in sys.modules  # its global state stayed in the child

@@ -40,18 +40,23 @@ def _train(app_client: TestClient, job_id: str, epochs: int) -> None:
 def test_upload_create_list_history(bn: Client, app_client: TestClient,
                                     notebook_csv: bytes) -> None:
     ds = bn.datasets.upload(notebook_csv, filename="concertriccir2.csv")
-    assert ds.n_rows == 499 and ds.feature_columns == ["X", "Y"]
+    assert ds.n_rows == 499
+    assert ds.feature_columns == ["X", "Y"]
     assert bn.datasets.get(ds.id).sha256 == ds.sha256
     job = bn.jobs.create({"dataset": {"id": ds.id}, "network": {"hidden": [3]},
                           "training": {"epochs": 4}})
-    assert job.status == "queued" and job.epochs == 4 and job.dataset_id == ds.id
+    assert job.status == "queued"
+    assert job.epochs == 4
+    assert job.dataset_id == ds.id
     second = bn.jobs.create(generated_body())
     assert [j.id for j in bn.jobs.list(page_size=1)][:2] == [second.id, job.id]  # paged
     assert [j.id for j in bn.jobs.list(limit=1)] == [second.id]
     _train(app_client, job.id, 4)
     h = job.history()
-    assert h["epoch"] == [1, 2, 3, 4] and h["val_loss"] == [None] * 4
-    assert job.refresh().status == "succeeded" and job.epoch == 4
+    assert h["epoch"] == [1, 2, 3, 4]
+    assert h["val_loss"] == [None] * 4
+    assert job.refresh().status == "succeeded"
+    assert job.epoch == 4
     assert bn.jobs.history_csv(job.id).startswith("epoch,loss")
     with pytest.raises(NotFound):
         bn.jobs.get("nope")
@@ -68,13 +73,17 @@ def test_events_and_polling_report_the_same_epochs(bn: Client, app_client: TestC
     assert [type(e) for e in streamed] == [EpochEvent] * 3 + [StatusEvent, DoneEvent]
     assert [e.epoch for e in streamed if isinstance(e, EpochEvent)] == [1, 2, 3]
     resumed = [e for e in bn.jobs.events(job.id, last_event_id="2") if isinstance(e, EpochEvent)]
-    assert [e.epoch for e in resumed] == [3] and resumed[0].metrics["val_accuracy"] == 0.75
+    assert [e.epoch for e in resumed] == [3]
+    assert resumed[0].metrics["val_accuracy"] == 0.75
 
     seen: list[Event] = []
     finished = bn.jobs.wait(job.id, progress=seen.append)
-    assert finished.status == "succeeded" and seen[-1] == streamed[-1]
+    assert finished.status == "succeeded"
+    assert seen[-1] == streamed[-1]
     polled: list[Event] = []  # the fallback when a server has no event stream
     data = bn._poll(calls.get_job(job.id), polled.append, None, None, 0.0, job_done, job.id)
-    assert data["id"] == job.id and data["status"] == "succeeded"
+    assert data["id"] == job.id
+    assert data["status"] == "succeeded"
     assert [e.epoch for e in polled if isinstance(e, EpochEvent)] == [1, 2, 3]
-    assert isinstance(polled[0], StatusEvent) and isinstance(polled[-1], DoneEvent)
+    assert isinstance(polled[0], StatusEvent)
+    assert isinstance(polled[-1], DoneEvent)

@@ -76,10 +76,12 @@ def test_503_twice_then_202_creates_one_job_with_one_key() -> None:
     with server([UNAVAILABLE, UNAVAILABLE, (202, {}, JOB)]) as (url, seen), \
             Client(url, api_key="k") as bn:
         job = bn.jobs.create({"dataset": {"name": "xor"}})
-    assert job.id == "j1" and job.status == "queued"
+    assert job.id == "j1"
+    assert job.status == "queued"
     assert [r["method"] for r in seen] == ["POST"] * 3
     keys = {r["headers"]["Idempotency-Key"] for r in seen}
-    assert len(keys) == 1 and len(keys.pop()) == 36  # one uuid, sent every time
+    assert len(keys) == 1
+    assert len(keys.pop()) == 36
     assert {r["headers"]["Authorization"] for r in seen} == {"Bearer k"}
     assert json.loads(seen[0]["body"]) == {"dataset": {"name": "xor"}}
 
@@ -102,7 +104,8 @@ def test_429_honours_retry_after_then_gives_up_typed() -> None:
     with server([limited]) as (url, seen), Client(url, max_retries=1) as bn, \
             pytest.raises(RateLimited) as info:
         bn.jobs.get("j1")
-    assert len(seen) == 2 and info.value.retry_after == 0.0
+    assert len(seen) == 2
+    assert info.value.retry_after == 0.0
 
 
 def test_errors_are_typed_and_carry_the_servers_message() -> None:

@@ -31,13 +31,19 @@ def test_typed_events_from_job_and_experiment_streams() -> None:
                                                                      "val_loss": None})
     child = parse_event("epoch", '{"job_id": "c", "variant": "bn", "seed": 2, "epoch": 1, '
                                  '"metrics": {"val_accuracy": 0.75}}', "0:1")
-    assert isinstance(child, EpochEvent) and child.variant == "bn" and child.seed == 2
-    assert child.metrics == {"val_accuracy": 0.75} and child.id == "0:1"
+    assert isinstance(child, EpochEvent)
+    assert child.variant == "bn"
+    assert child.seed == 2
+    assert child.metrics == {"val_accuracy": 0.75}
+    assert child.id == "0:1"
     status = parse_event("status", '{"job_id": "j", "status": "running", "epoch": 0, '
                                    '"epochs": 5, "error": null}', None)
-    assert isinstance(status, StatusEvent) and status.status == "running" and status.epochs == 5
+    assert isinstance(status, StatusEvent)
+    assert status.status == "running"
+    assert status.epochs == 5
     done = parse_event("done", '{"id": "j", "status": "succeeded"}', "5")
-    assert isinstance(done, DoneEvent) and done.data["status"] == "succeeded"
+    assert isinstance(done, DoneEvent)
+    assert done.data["status"] == "succeeded"
     assert parse_event("something-new", "{}", None) is None
     with pytest.raises(NotFound, match="was deleted"):
         parse_event("error", '{"error": "NotFound", "detail": "job was deleted"}', None)

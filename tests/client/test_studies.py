@@ -135,7 +135,9 @@ def test_create_sends_the_spec_and_one_idempotency_key(fake: FakeServer, fake_bn
                                                        ) -> None:
     study = fake_bn.studies.create("bn-claims", base=TINY_BASE, claims="regularization,placement",
                                    seeds=2, name="tiny", alpha=0.1)
-    assert isinstance(study, Study) and study.id == "s1" and study.status == "queued"
+    assert isinstance(study, Study)
+    assert study.id == "s1"
+    assert study.status == "queued"
     assert fake.bodies[-1] == {"preset": "bn-claims", "base": TINY_BASE, "claims": CLAIMS,
                                "seeds": 2, "name": "tiny", "alpha": 0.1}
     assert fake.requests[-1].headers["idempotency-key"]
@@ -148,9 +150,12 @@ def test_create_sends_the_spec_and_one_idempotency_key(fake: FakeServer, fake_bn
     assert fake.bodies[-1] == {"preset": "bn-claims", "seeds": 3, "claims": ["placement"],
                                "name": "whole"}
     # the server's extra fields are kept; the typed ones parse
-    assert study.claims[0].experiment_id == "e-regularization" and study.claims[0].total == 4
+    assert study.claims[0].experiment_id == "e-regularization"
+    assert study.claims[0].total == 4
     assert study.model_extra == {"unknown": {"kept": True}}
-    assert study.cost is not None and study.cost.children == 8 and not study.done
+    assert study.cost is not None
+    assert study.cost.children == 8
+    assert not study.done
 
 
 def test_wait_polls_until_every_claim_is_done(fake: FakeServer, fake_bn: Client) -> None:
@@ -158,13 +163,17 @@ def test_wait_polls_until_every_claim_is_done(fake: FakeServer, fake_bn: Client)
     seen: list[tuple[str, list[int]]] = []
     assert study.wait(poll=0, progress=lambda s: seen.append(
         (s.status, [c.succeeded for c in s.claims]))) is study
-    assert study.done and study.succeeded and study.counts["succeeded"] == 8
-    assert seen[0] == ("running", [1, 1]) and seen[-1] == ("succeeded", [4, 4])
+    assert study.done
+    assert study.succeeded
+    assert study.counts["succeeded"] == 8
+    assert seen[0] == ("running", [1, 1])
+    assert seen[-1] == ("succeeded", [4, 4])
     assert study.refresh().status == "succeeded"
     report = study.report()
     assert [c["verdict"] for c in report["claims"]] == ["supported", "inconclusive"]
     typed = StudyReport.model_validate(report)
-    assert typed.claims[0].test.p_two_sided == 0.2 and typed.claims[1].firm_up is not None
+    assert typed.claims[0].test.p_two_sided == 0.2
+    assert typed.claims[1].firm_up is not None
     assert study.report_markdown().startswith("# Study")
     assert "<table>" in fake_bn.studies.report_html("s1")
     assert [s.id for s in fake_bn.studies.list()] == ["s1"]
@@ -187,7 +196,9 @@ def test_async_client_mirrors_the_sync_one(fake: FakeServer) -> None:
             return study.status, md, len((await study.report())["claims"]) + len(listed)
 
     status, md, n = asyncio.run(run())
-    assert status == "succeeded" and "| claim |" in md and n == 3
+    assert status == "succeeded"
+    assert "| claim |" in md
+    assert n == 3
 
 
 def test_dataset_option_names_a_builtin_or_an_upload() -> None:
@@ -221,11 +232,13 @@ def test_cli_run_watch_against_the_contract(fake: FakeServer, tmp_path: Path,
                                    "base": {"dataset": {"name": "concertriccir2"},
                                             "training": {"epochs": 3}}}
         assert "submitted study s1: 2 claims, 8 jobs" in run.output
-        assert "supported" in run.stdout and "inconclusive" in run.stdout
+        assert "supported" in run.stdout
+        assert "inconclusive" in run.stdout
         assert "about 12 seeds would settle it" in run.stdout
 
         quiet = CliRunner().invoke(cli_app, ["study", "run", "--dataset", "ds_1", "--seeds", "2"])
-        assert quiet.exit_code == 0 and quiet.stdout == "s1\n"
+        assert quiet.exit_code == 0
+        assert quiet.stdout == "s1\n"
         assert fake.bodies[-1]["base"] == {"dataset": {"id": "ds_1"}}
 
         out = tmp_path / "report.md"
@@ -236,12 +249,16 @@ def test_cli_run_watch_against_the_contract(fake: FakeServer, tmp_path: Path,
         as_json = CliRunner().invoke(cli_app, ["study", "report", "s1", "--format", "json"])
         assert json.loads(as_json.stdout)["alpha"] == 0.05
         show = CliRunner().invoke(cli_app, ["study", "show", "s1"])
-        assert show.exit_code == 0 and "e-placement" in show.stdout and "8 jobs" in show.stdout
+        assert show.exit_code == 0
+        assert "e-placement" in show.stdout
+        assert "8 jobs" in show.stdout
         cancel = CliRunner().invoke(cli_app, ["study", "cancel", "s1"])
-        assert cancel.exit_code == 0 and "cancel requested" in cancel.output
+        assert cancel.exit_code == 0
+        assert "cancel requested" in cancel.output
 
         bad = CliRunner().invoke(cli_app, ["study", "run", "--claims", "speed"])
-        assert bad.exit_code == 2 and "speed" in bad.output
+        assert bad.exit_code == 2
+        assert "speed" in bad.output
         assert CliRunner().invoke(cli_app, ["study", "report", "s1", "-f", "pdf"]).exit_code == 2
 
 
@@ -253,7 +270,8 @@ def test_cli_watch_exits_1_when_a_run_failed(monkeypatch: pytest.MonkeyPatch) ->
                                            "0", "--json"])
     assert run.exit_code == 1, run.output
     body = json.loads(run.stdout)
-    assert body["study"]["status"] == "failed" and len(body["report"]["claims"]) == 2
+    assert body["study"]["status"] == "failed"
+    assert len(body["report"]["claims"]) == 2
 
 
 # ----------------------------------------------------------------------------- the real app
@@ -298,7 +316,8 @@ def test_tiny_study_end_to_end(app_client: TestClient, worker: None) -> None:
     with Client(http_client=app_client) as bn:
         study = bn.studies.create("bn-claims", base=TINY_BASE, claims=CLAIMS, seeds=2,
                                   name="tiny", idempotency_key="tiny-1")
-        assert study.status in ("queued", "running") and study.name == "tiny"
+        assert study.status in ("queued", "running")
+        assert study.name == "tiny"
         assert [c.claim for c in study.claims] == CLAIMS
         assert all(c.experiment_id for c in study.claims)
         again = bn.studies.create("bn-claims", base=TINY_BASE, claims=CLAIMS, seeds=2,
@@ -307,13 +326,15 @@ def test_tiny_study_end_to_end(app_client: TestClient, worker: None) -> None:
         assert study.id in [s.id for s in bn.studies.list()]
 
         study.wait(timeout=240, poll=0.1)
-        assert study.done and study.status == "succeeded", study.model_dump()
+        assert study.done, study.model_dump()
+        assert study.status == "succeeded", study.model_dump()
         # regularization: bn, none and none + dropout; placement: before, after (2 seeds)
         assert [(c.succeeded, c.total) for c in study.claims] == [(6, 6), (4, 4)]
 
         report = study.report()
         assert {"id", "name", "status", "partial", "alpha", "seeds", "claims"} <= set(report)
-        assert report["id"] == study.id and report["partial"] is False
+        assert report["id"] == study.id
+        assert report["partial"] is False
         assert [c["claim"] for c in report["claims"]] == CLAIMS
         for c in report["claims"]:
             assert {"claim", "text", "verdict", "reason", "measure", "comparison", "rule",
@@ -323,12 +344,14 @@ def test_tiny_study_end_to_end(app_client: TestClient, worker: None) -> None:
         StudyReport.model_validate(report)
 
         md = study.report_markdown()
-        assert "| claim | verdict |" in md and "|---|---|" in md, md
+        assert "| claim | verdict |" in md, md
+        assert "|---|---|" in md, md
         assert all(f"`{c}`" in md for c in CLAIMS)
         assert "<html" in study.report_html().lower()
         with pytest.raises(Conflict):  # nothing failed: nothing to retry
             study.retry()
-        assert study.cancel().cancel_requested and study.id == again.id
+        assert study.cancel().cancel_requested
+        assert study.id == again.id
 
 
 def test_cli_study_run_watch_and_report(app_client: TestClient, worker: None, tmp_path: Path,
@@ -352,4 +375,5 @@ def test_cli_study_run_watch_and_report(app_client: TestClient, worker: None, tm
     assert rep.exit_code == 0, rep.output
     assert "| claim | verdict |" in out.read_text()
     show = CliRunner().invoke(cli_app, ["study", "show", study_id, "--json"])
-    assert show.exit_code == 0 and json.loads(show.stdout)["status"] == "succeeded"
+    assert show.exit_code == 0
+    assert json.loads(show.stdout)["status"] == "succeeded"

@@ -43,7 +43,8 @@ def test_sync_and_async_clients_upload_npz_and_idx(app_client: TestClient, tmp_p
         pair = bn.datasets.upload(images, labels=labels, name="digits")
         assert (pair.format, pair.input_shape, pair.n_rows, pair.classes) == (
             "npz", [1, 5, 5], 6, ["0", "1", "2"])
-        assert pair.filename == images.name and pair.name == "digits"
+        assert pair.filename == images.name
+        assert pair.name == "digits"
         with pytest.raises(ValidationError) as info:
             bn.datasets.upload(images)  # no labels
         assert any("`labels`" in m for m in info.value.messages)
@@ -72,4 +73,6 @@ def test_cli_uploads_npz_and_idx_pair(app_client: TestClient, tmp_path: Path,
     assert (body["format"], body["input_shape"], body["classes"]) == ("npz", [1, 3, 3],
                                                                       ["0", "1"])
     listing = CliRunner().invoke(cli_app, ["datasets", "ls"])
-    assert listing.exit_code == 0 and "1x3x3" in listing.output and "2x3x3" in listing.output
+    assert listing.exit_code == 0
+    assert "1x3x3" in listing.output
+    assert "2x3x3" in listing.output

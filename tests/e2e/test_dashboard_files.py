@@ -34,7 +34,8 @@ def test_index_and_assets(client: TestClient) -> None:
     assert r.headers["cache-control"] == "no-cache"
     html = r.text
     assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
-    assert "/static/js/app.js" in assets and "/static/vendor/uplot/uPlot.min.css" in assets
+    assert "/static/js/app.js" in assets
+    assert "/static/vendor/uplot/uPlot.min.css" in assets
     for path in assets:
         a = client.get(path)
         assert a.status_code == 200, path
@@ -45,7 +46,8 @@ def test_index_and_assets(client: TestClient) -> None:
 def test_revalidation_answers_304(client: TestClient) -> None:
     first = client.get("/static/js/app.js")
     again = client.get("/static/js/app.js", headers={"If-None-Match": first.headers["etag"]})
-    assert again.status_code == 304 and again.content == b""
+    assert again.status_code == 304
+    assert again.content == b""
     assert client.get("/static/js/app.js", headers={"If-None-Match": '"other"'}).status_code == 200
 
 
@@ -64,7 +66,8 @@ def test_every_module_import_resolves() -> None:
         for spec in IMPORT.findall(module.read_text()):
             assert spec.startswith("."), f"{module}: bare import '{spec}' needs a build step"
             target = (module.parent / spec).resolve()
-            assert target.is_file() and target.is_relative_to(STATIC), f"{module}: {spec}"
+            assert target.is_file(), f"{module}: {spec}"
+            assert target.is_relative_to(STATIC), f"{module}: {spec}"
 
 
 def test_uplot_is_vendored_with_its_licence() -> None:

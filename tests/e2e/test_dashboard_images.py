@@ -84,7 +84,8 @@ def test_image_job_page(server: str, hold: Hold, page: Any, screenshots: Path) -
     expect(matrix).to_have_attribute("data-classes", "10")
     expect(matrix).to_have_attribute("data-total", "360")  # 20% of digits' 1,797 rows
     counts = confusion(page)
-    assert len(counts) == 10 and all(len(row) == 10 for row in counts)
+    assert len(counts) == 10
+    assert all(len(row) == 10 for row in counts)
     assert sum(map(sum, counts)) == 360
     correct = sum(counts[i][i] for i in range(10))
     assert abs(correct / 360 - shown) < 1e-9
@@ -101,7 +102,8 @@ def test_image_job_page(server: str, hold: Hold, page: Any, screenshots: Path) -
                       correct: f.dataset.correct === 'true', wrong: f.classList.contains('wrong'),
                       caption: f.querySelector('figcaption').textContent}))""")
     for f in facts:
-        assert f["correct"] == (f["label"] == f["predicted"]) and f["wrong"] == (not f["correct"])
+        assert f["correct"] == (f["label"] == f["predicted"])
+        assert f["wrong"] == (not f["correct"])
         assert f["caption"].startswith(str(f["label"]))
         assert f["caption"].endswith("✓" if f["correct"] else f"→ {f['predicted']}")
     page.get_by_test_id("images-card").scroll_into_view_if_needed()
@@ -167,7 +169,8 @@ def test_wide_table_job_page(server: str, hold: Hold, page: Any, screenshots: Pa
     expect(matrix).to_have_attribute("data-classes", "3")
     expect(matrix).to_have_attribute("data-total", "60")
     counts = confusion(page)
-    assert len(counts) == 3 and sum(map(sum, counts)) == 60
+    assert len(counts) == 3
+    assert sum(map(sum, counts)) == 60
     shown = float(card.get_attribute("data-accuracy") or "nan")
     assert abs(shown - job["final_metrics"]["val_accuracy"]) < 1e-6
 

@@ -76,7 +76,8 @@ def test_studies_view(server: str, hold: Hold, page: Any, screenshots: Path) -> 
     study_id = page.url.rsplit("/", 1)[1]
     study = client.get(f"/v1/studies/{study_id}").json()
     assert [c["claim"] for c in study["claims"]] == CLAIMS
-    assert study["spec"]["seeds"] == 2 and study["spec"]["base"]["dataset"]["name"] == "moons"
+    assert study["spec"]["seeds"] == 2
+    assert study["spec"]["base"]["dataset"]["name"] == "moons"
     expect(page.get_by_test_id("study-name")).to_have_text("e2e-study")
     cards = page.get_by_test_id("claim-card")
     expect(cards).to_have_count(2)
@@ -139,7 +140,8 @@ def test_studies_view(server: str, hold: Hold, page: Any, screenshots: Path) -> 
         href = page.get_by_test_id(f"report-{ext}").get_attribute("href")
         assert href == f"/v1/studies/{study_id}/report.{ext}"
         r = client.get(href)
-        assert r.status_code == 200 and r.headers["content-type"].startswith(kind), r.text
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith(kind), r.text
     snap("study-done")
 
     # -- a claim's experiment link opens its experiment

@@ -30,7 +30,8 @@ def upload(client: httpx.Client, content: bytes) -> str:
     r = client.post("/v1/datasets", files={"file": ("concertriccir2.csv", content, "text/csv")})
     assert r.status_code in (200, 201), r.text
     body = r.json()
-    assert body["n_rows"] == 499 and body["n_features"] == 2, body
+    assert body["n_rows"] == 499, body
+    assert body["n_features"] == 2, body
     return str(body["id"])
 
 
@@ -75,7 +76,8 @@ def notebook_rows(content: bytes) -> list[list[float]]:
 def check_job_outputs(client: httpx.Client, job_id: str, *, params: tuple[int, int, int],
                       rows: list[list[float]]) -> None:
     png = client.get(f"/v1/jobs/{job_id}/curves.png", params={"metrics": "val_accuracy,accuracy"})
-    assert png.status_code == 200 and png.content.startswith(PNG_MAGIC), png.text[:200]
+    assert png.status_code == 200, png.text[:200]
+    assert png.content.startswith(PNG_MAGIC), png.text[:200]
 
     model = client.get(f"/v1/jobs/{job_id}/model").json()
     total, trainable, non_trainable = params
@@ -110,7 +112,8 @@ def notebook_flow(client: httpx.Client, content: bytes, *, epochs: int = 5,
     for name, job_id in ids.items():
         job = jobs[job_id]
         assert job["status"] == "succeeded", (name, job, logs())
-        assert job["epoch"] == epochs and job["worker"], job
+        assert job["epoch"] == epochs, job
+        assert job["worker"], job
     rows = notebook_rows(content)
     for name, params in (("plain", (15, 15, 0)), ("bn", (40, 30, 10))):
         check_history(client, ids[name], epochs)
@@ -150,9 +153,12 @@ def experiment_flow(client: httpx.Client, content: bytes, *, seeds: int, epochs:
     summary = client.get(f"/v1/experiments/{exp['id']}/summary").json()
     for variant in ("plain", "bn"):
         band = summary["per_variant"][variant]["metrics"]["val_accuracy"]
-        assert band["n"] == [seeds] * epochs and len(band["ci_low"]) == epochs
+        assert band["n"] == [seeds] * epochs
+        assert len(band["ci_low"]) == epochs
     (pair,) = [c for c in summary["comparisons"] if c["metric"] == "val_accuracy"]
-    assert pair["n_pairs"] == seeds and pair["final"]["mean_diff"] is not None
+    assert pair["n_pairs"] == seeds
+    assert pair["final"]["mean_diff"] is not None
     png = client.get(f"/v1/experiments/{exp['id']}/curves.png")
-    assert png.status_code == 200 and png.content.startswith(PNG_MAGIC)
+    assert png.status_code == 200
+    assert png.content.startswith(PNG_MAGIC)
     return exp

@@ -79,12 +79,15 @@ def test_round_trip_sync(stack: Stack, notebook_csv: bytes) -> None:
         job.wait(progress=seen.append)
         assert job.status == "succeeded", (job, stack.procs.dump_logs())
         assert epochs_of(seen) == [1, 2, 3, 4, 5]  # every epoch, once, in order
-        assert isinstance(seen[0], StatusEvent) and isinstance(seen[-1], DoneEvent)
+        assert isinstance(seen[0], StatusEvent)
+        assert isinstance(seen[-1], DoneEvent)
         history = job.history()
-        assert history["epoch"] == [1, 2, 3, 4, 5] and len(history["val_accuracy"]) == 5
+        assert history["epoch"] == [1, 2, 3, 4, 5]
+        assert len(history["val_accuracy"]) == 5
         rows = notebook_rows(notebook_csv)[:10]
         prediction = job.predict(rows, checkpoint="best")
-        assert len(prediction.classes) == 10 and prediction.class_names == ["0", "1"]
+        assert len(prediction.classes) == 10
+        assert prediction.class_names == ["0", "1"]
         assert prediction.checkpoint.kind == "best"
         assert job.id in [j.id for j in bn.jobs.list(limit=5)]
 
@@ -102,7 +105,8 @@ def test_round_trip_async(stack: Stack) -> None:
             return job, history, prediction
 
     job, history, prediction = asyncio.run(go())
-    assert job.status == "succeeded" and job.epoch == 4, job
+    assert job.status == "succeeded", job
+    assert job.epoch == 4, job
     assert history["epoch"] == [1, 2, 3, 4]
     assert len(prediction.probabilities) == 2
 
@@ -121,7 +125,8 @@ def test_events_resume_on_the_other_api_process(stack: Stack, notebook_csv: byte
         rest = list(b.jobs.events(job.id, last_event_id=last_id))
     got = epochs_of(first) + epochs_of(rest)
     assert got == list(range(1, epochs + 1)), got  # no gap, no repeat
-    assert isinstance(rest[-1], DoneEvent) and rest[-1].data["status"] == "succeeded"
+    assert isinstance(rest[-1], DoneEvent)
+    assert rest[-1].data["status"] == "succeeded"
 
 
 def bnlab(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -143,7 +148,8 @@ def test_cli_submit_watch_exit_codes_and_json(stack: Stack, notebook_csv: bytes,
     ok = bnlab(url, "submit", str(good), "--watch", "--json")
     assert ok.returncode == 0, ok.stderr
     job = json.loads(ok.stdout)
-    assert job["status"] == "succeeded" and job["epoch"] == 3
+    assert job["status"] == "succeeded"
+    assert job["epoch"] == 3
 
     history = bnlab(url, "history", job["id"], "--json")
     assert json.loads(history.stdout)["epoch"] == [1, 2, 3]
@@ -160,7 +166,8 @@ def test_cli_submit_watch_exit_codes_and_json(stack: Stack, notebook_csv: bytes,
     failed = bnlab(url, "submit", str(bad), "--watch", "--json")
     assert failed.returncode == 1, (failed.stdout, failed.stderr)
     body = json.loads(failed.stdout)
-    assert body["status"] == "failed" and "training diverged" in body["error"], body
+    assert body["status"] == "failed", body
+    assert "training diverged" in body["error"], body
     assert bnlab(url, "watch", body["id"]).returncode == 1
     assert bnlab(url, "status", "no-such-id").returncode == 1
 
@@ -172,7 +179,8 @@ def test_experiment_through_the_client(stack: Stack) -> None:
             "variants": {"network.batchnorm": ["none", "after_activation"]}}
     with Client(stack.urls[0]) as bn:
         exp = bn.experiments.create(spec)
-        assert len(exp.children) == 4 and exp.variants == ["none", "after_activation"]
+        assert len(exp.children) == 4
+        assert exp.variants == ["none", "after_activation"]
         seen: list[Event] = []
         exp.wait(progress=seen.append)
         assert exp.status == "succeeded", (exp, stack.procs.dump_logs())

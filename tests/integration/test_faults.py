@@ -163,7 +163,8 @@ class Stack:
         """The job, held running at the hold's epoch (its worker waits for the test)."""
         hold.wait_held(job_id, logs=self.logs)
         job = self.job(job_id)
-        assert job["status"] == "running" and job["epoch"] == hold.epoch, (job, self.logs())
+        assert job["status"] == "running", (job, self.logs())
+        assert job["epoch"] == hold.epoch, (job, self.logs())
         return job
 
     def release_requested(self, job_id: str) -> bool:
@@ -268,7 +269,8 @@ def test_sigkill_resumes_from_checkpoint_like_an_uninterrupted_run(stack: Stack)
     victim = stack.worker_of(running)
     assert victim in (first, control_worker)
     # The job shows its lease: attempt, node and a heartbeat the worker keeps renewing.
-    assert running["attempts"] == 1 and running["heartbeat_at"] is not None, running
+    assert running["attempts"] == 1, running
+    assert running["heartbeat_at"] is not None, running
     stack.wait_job(victim_id, "a renewed heartbeat",
                    lambda j: j["heartbeat_at"] != running["heartbeat_at"])
     # The control runs the same spec uninterrupted on the other worker meanwhile.
@@ -282,7 +284,8 @@ def test_sigkill_resumes_from_checkpoint_like_an_uninterrupted_run(stack: Stack)
     job = stack.wait_done(victim_id, timeout=RECOVERY_S + 60)
     assert job["status"] == "succeeded", (job, stack.logs())
     assert job["attempts"] == 2, job
-    assert job["epoch"] == epochs and job["error"] is None, job
+    assert job["epoch"] == epochs, job
+    assert job["error"] is None, job
     assert job["worker"].split("@")[0] != victim.name, job
     resumed = assert_exact_history(stack, victim_id, epochs)
 
@@ -292,7 +295,8 @@ def test_sigkill_resumes_from_checkpoint_like_an_uninterrupted_run(stack: Stack)
     assert at_kill == resume_epoch == 10, (at_kill, resume_epoch)  # its last checkpoint
 
     control = stack.wait_done(control_id)
-    assert control["status"] == "succeeded" and control["attempts"] == 1, control
+    assert control["status"] == "succeeded", control
+    assert control["attempts"] == 1, control
     reference = assert_exact_history(stack, control_id, epochs)
     # Same seed, same RNG stream, one torch thread on CPU: bit-for-bit the same numbers, in
     # the epochs the lost worker recorded and in those resumed from its checkpoint.
@@ -358,7 +362,8 @@ def test_sigterm_releases_at_epoch_end_and_another_worker_resumes(
     second = stack.start_worker("heir")
     job = stack.wait_done(job_id, timeout=RECOVERY_S)
     assert job["status"] == "succeeded", (job, stack.logs())
-    assert job["attempts"] == 1 and job["error"] is None, job
+    assert job["attempts"] == 1, job
+    assert job["error"] is None, job
     assert resume_epochs(second, job_id) == [released["epoch"]], second.log_tail()
     # At most the epoch in flight at the signal is lost: it resumes where it stopped.
     assert released["epoch"] >= before["epoch"]
@@ -416,7 +421,8 @@ def test_duplicate_delivery_while_running_trains_once(stack: Stack) -> None:
 
     hold.release(job_id)
     job = stack.wait_done(job_id)
-    assert job["status"] == "succeeded" and job["attempts"] == 1, (job, stack.logs())
+    assert job["status"] == "succeeded", (job, stack.logs())
+    assert job["attempts"] == 1, (job, stack.logs())
     assert stack.worker_of(job) is owner
     assert f"job {job_id} claimed" not in idle.log_tail(10**8)
     assert_exact_history(stack, job_id, epochs)
@@ -433,7 +439,8 @@ def test_cancel_running_within_an_epoch_and_queued_never_starts(stack: Stack) ->
     queued_id = stack.submit(job_body("behind", 20))
 
     r = stack.client.post(f"/v1/jobs/{queued_id}/cancel")
-    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled", r.text
 
     r = stack.client.post(f"/v1/jobs/{busy_id}/cancel")
     answered = datetime.now(UTC)
@@ -457,8 +464,10 @@ def test_cancel_running_within_an_epoch_and_queued_never_starts(stack: Stack) ->
     wait_for_log(worker, f"job {queued_id} already claimed or not queued")
     behind = stack.job(queued_id)
     assert behind["status"] == "cancelled", behind
-    assert behind["attempts"] == 0 and behind["epoch"] == 0, behind
-    assert behind["started_at"] is None and behind["worker"] is None, behind
+    assert behind["attempts"] == 0, behind
+    assert behind["epoch"] == 0, behind
+    assert behind["started_at"] is None, behind
+    assert behind["worker"] is None, behind
     assert stack.epoch_rows(queued_id) == []
     # The reaper (every second) never resurrects either of them.
     time.sleep(3)
@@ -493,7 +502,8 @@ def test_idempotency_key_retried_concurrently_creates_one_job(stack: Stack) -> N
     with psycopg.connect(stack.db_url) as conn:
         count = conn.execute("SELECT count(*) FROM job WHERE idempotency_key = %s",
                              (key,)).fetchone()
-    assert count is not None and count[0] == 1
+    assert count is not None
+    assert count[0] == 1
 
     other = stack.client.post("/v1/jobs", json=job_body("idem", 6),
                               headers={"Idempotency-Key": key})
@@ -528,8 +538,10 @@ def test_embedded_worker_killed_is_restarted_and_resumes(tmp_path: Path) -> None
                  timeout=HANG_S, logs=procs.dump_logs)
             job = stack.wait_done(job_id, timeout=RECOVERY_S + 60)
             assert job["status"] == "succeeded", (job, procs.dump_logs())
-            assert job["attempts"] == 2 and job["error"] is None, job
-            assert job["epoch"] == epochs and running["epoch"] >= 10
+            assert job["attempts"] == 2, job
+            assert job["error"] is None, job
+            assert job["epoch"] == epochs
+            assert running["epoch"] >= 10
             h = stack.history(job_id)
             assert h["epoch"] == list(range(1, epochs + 1)), h["epoch"]
             resumed = [int(e) for j, e in RESUMED.findall(serve.log_tail(10**8))

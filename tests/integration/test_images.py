@@ -86,7 +86,8 @@ def test_a_bn_cnn_on_digits_reaches_95_percent(client: httpx.Client,
     assert history["val_accuracy"][-1] >= 0.95, history["val_accuracy"]
     model = client.get(f"/v1/jobs/{cnn_job['id']}/model").json()
     shapes = [row["output_shape"] for row in model["layers"]]
-    assert shapes[0] == [None, 16, 8, 8] and shapes[-1] == [None, 10]
+    assert shapes[0] == [None, 16, 8, 8]
+    assert shapes[-1] == [None, 10]
     bn = client.get(f"/v1/jobs/{cnn_job['id']}/bn").json()
     assert bn  # per-channel statistics were recorded
 
@@ -122,7 +123,8 @@ def test_predict_images_as_lists_and_npy(client: httpx.Client,
     assert wrong.status_code == 422
     assert "each input must have shape [1, 8, 8]" in wrong.text, wrong.text
     pickled = client.post(url, json={"npy": base64.b64encode(b"not numpy").decode()})
-    assert pickled.status_code == 422 and "npy" in pickled.text
+    assert pickled.status_code == 422
+    assert "npy" in pickled.text
 
 
 def test_norm_study_on_digits_runs_stacked(client: httpx.Client,
@@ -135,13 +137,15 @@ def test_norm_study_on_digits_runs_stacked(client: httpx.Client,
         "variants": {"network.norm": ["none", "batchnorm", "groupnorm", "layernorm"]}})
     assert r.status_code == 202, r.text
     exp = wait_experiment(client, r.json()["id"], timeout=900)
-    assert exp["status"] == "succeeded" and exp["counts"]["succeeded"] == 40, exp["counts"]
+    assert exp["status"] == "succeeded", exp["counts"]
+    assert exp["counts"]["succeeded"] == 40, exp["counts"]
     summary = client.get(f"/v1/experiments/{exp['id']}/summary").json()
     assert len(summary["per_variant"]) == 4
     for band in summary["per_variant"].values():
         assert band["metrics"]["val_accuracy"]["n"] == [10, 10, 10]
     pairs = [c for c in summary["comparisons"] if c["metric"] == "val_accuracy"]
-    assert pairs and all(p["n_pairs"] == 10 and p["final"]["mean_diff"] is not None
+    assert pairs
+    assert all(p["n_pairs"] == 10 and p["final"]["mean_diff"] is not None
                          for p in pairs)
     assert {c["variant"] for c in exp["children"]} == {"none", "batchnorm", "groupnorm",
                                                         "layernorm"}
@@ -149,7 +153,8 @@ def test_norm_study_on_digits_runs_stacked(client: httpx.Client,
     # one stacked model (its claim's log line says how many)
     stacked = [int(n) for n in re.findall(r"with (\d+) stacked siblings",
                                           stack[1].log_tail(10**8))]
-    assert stacked and max(stacked) >= 1, stack[1].log_tail(3000)
+    assert stacked, stack[1].log_tail(3000)
+    assert max(stacked) >= 1, stack[1].log_tail(3000)
 
 
 def test_standardize_study_on_breast_cancer(client: httpx.Client) -> None:
@@ -162,7 +167,8 @@ def test_standardize_study_on_breast_cancer(client: httpx.Client) -> None:
                      "network.batchnorm": ["none", "before_activation"]}})
     assert r.status_code == 202, r.text
     exp = wait_experiment(client, r.json()["id"], timeout=900)
-    assert exp["status"] == "succeeded" and exp["counts"]["succeeded"] == 40, exp["counts"]
+    assert exp["status"] == "succeeded", exp["counts"]
+    assert exp["counts"]["succeeded"] == 40, exp["counts"]
     summary = client.get(f"/v1/experiments/{exp['id']}/summary").json()
     assert len(summary["per_variant"]) == 4
     finals = {name: v["metrics"]["val_accuracy"]["mean"][-1]
@@ -177,7 +183,8 @@ def test_an_npz_upload_trains_and_predicts(client: httpx.Client) -> None:
     r = client.post("/v1/datasets", files={"file": ("digits.npz", buf.getvalue())})
     assert r.status_code == 201, r.text
     ds = r.json()
-    assert ds["input_shape"] == [1, 8, 8] and ds["n_rows"] == 400
+    assert ds["input_shape"] == [1, 8, 8]
+    assert ds["n_rows"] == 400
     job_id = submit(client, {"dataset": {"id": ds["id"]},
                              "network": {"conv": [8], "pool": "max",
                                          "batchnorm": "before_activation"},
@@ -186,7 +193,8 @@ def test_an_npz_upload_trains_and_predicts(client: httpx.Client) -> None:
     assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
     p = client.post(f"/v1/jobs/{job_id}/predict",
                     json={"inputs": digits.images[:3].tolist()})
-    assert p.status_code == 200 and len(p.json()["classes"]) == 3
+    assert p.status_code == 200
+    assert len(p.json()["classes"]) == 3
 
 
 def test_a_study_on_breast_cancer(client: httpx.Client) -> None:
@@ -212,4 +220,5 @@ def test_a_study_on_breast_cancer(client: httpx.Client) -> None:
     assert all(c["verdict"] in ("supported", "contradicted", "inconclusive") and
                c["test"]["n"] == 3 for c in report["claims"])
     md = client.get(f"/v1/studies/{study['id']}/report.md")
-    assert md.status_code == 200 and "| claim | verdict |" in md.text
+    assert md.status_code == 200
+    assert "| claim | verdict |" in md.text

@@ -80,7 +80,8 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     printed = json_objects(done.stdout)
     assert sum(len(p.get("val_accuracy", [])) == 200 for p in printed) == 2
     predictions = [p for p in printed if "probabilities" in p]
-    assert len(predictions) == 1 and len(predictions[0]["classes"]) == 2
+    assert len(predictions) == 1
+    assert len(predictions[0]["classes"]) == 2
     # what it saved
     for name in ("notebook.png", "bn.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), name
@@ -88,7 +89,8 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     header_len = struct.unpack("<Q", weights[:8])[0]
     assert json.loads(weights[8:8 + header_len])  # a safetensors header, not an error body
     graph = onnx.load_from_string((out / "bn.onnx").read_bytes()).graph
-    assert graph.input and graph.output
+    assert graph.input
+    assert graph.output
 
 
 @pytest.mark.timeout(600)

@@ -101,7 +101,8 @@ def test_notebook_experiment_trains_stacked_on_redis_and_postgres(
     # one stacked model (the log line of the claim says how many).
     logs = "".join(w.log_tail(10**8) for w in redis_stack.workers)
     stacked = [int(n) for n in re.findall(r"with (\d+) stacked siblings", logs)]
-    assert stacked and max(stacked) >= 1, logs[-3000:]
+    assert stacked, logs[-3000:]
+    assert max(stacked) >= 1, logs[-3000:]
 
 
 def test_workers_beat_into_the_database(redis_stack: Stack, service_db_url: str) -> None:
@@ -116,7 +117,8 @@ def test_workers_beat_into_the_database(redis_stack: Stack, service_db_url: str)
         engine.dispose()
     names = {w.name.split("@")[0]: w for w in alive}
     assert {"a", "b"} <= set(names), [w.name for w in alive]
-    assert names["a"].device == "cpu" and names["a"].queues == ["cpu"]
+    assert names["a"].device == "cpu"
+    assert names["a"].queues == ["cpu"]
 
 
 def test_two_concurrent_jobs_on_two_workers(redis_stack: Stack) -> None:
@@ -137,7 +139,8 @@ def test_two_concurrent_jobs_on_two_workers(redis_stack: Stack) -> None:
             time.sleep(0.1)
         second = submit(client, {**body, "name": "second"})
         b = wait_done(client, [second], logs=logs)[second]
-        assert b["status"] == "succeeded" and b["epoch"] == epochs, b
+        assert b["status"] == "succeeded", b
+        assert b["epoch"] == epochs, b
         check_history(client, second, epochs)
         assert client.get(f"/v1/jobs/{first}").json()["status"] == "running"
         r = client.post(f"/v1/jobs/{first}/cancel")

@@ -63,11 +63,14 @@ def test_round_trip_through_safetensors(notebook: Table) -> None:
     result = train_job(_job(notebook, 2), notebook, device=CPU)
     blob = result.checkpoints["last"]
     raw = load(blob)  # plain safetensors, readable by any safetensors reader
-    assert "model.2.running_mean" in raw and "rng.data" in raw
+    assert "model.2.running_mean" in raw
+    assert "rng.data" in raw
     assert raw["rng.data"].dtype == torch.uint8
     assert any(k.startswith("optim.0.weight.") for k in raw)
     meta = read_checkpoint_meta(blob)
-    assert meta["kind"] == "last" and meta["epoch"] == 2 and meta["seed"] == 5
+    assert meta["kind"] == "last"
+    assert meta["epoch"] == 2
+    assert meta["seed"] == 5
     assert meta["classes"] == ["0", "1"]
     assert meta["metrics"]["val_accuracy"] == result.history["val_accuracy"][-1]
     assert JobSpec.model_validate(meta["spec"]).training.seed == 5
@@ -75,7 +78,9 @@ def test_round_trip_through_safetensors(notebook: Table) -> None:
     model = build_network(cp.network)
     model.load_state_dict(cp.model)  # strict: an ordinary state dict
     best = decode(result.checkpoints["best"])
-    assert best.meta["kind"] == "best" and best.optim == {} and best.rng == {}
+    assert best.meta["kind"] == "best"
+    assert best.optim == {}
+    assert best.rng == {}
     assert best.meta["epoch"] == result.best_epoch
 
 
@@ -102,7 +107,8 @@ def test_resume_in_a_fresh_process_is_bitwise(notebook: Table, tmp_path: Path) -
                     str(torch.get_num_threads())],
                    check=True, cwd=REPO, timeout=120)
     resumed = json.loads((tmp_path / "h.json").read_text())
-    assert resumed["start"] == k + 1 and resumed["epochs_run"] == n
+    assert resumed["start"] == k + 1
+    assert resumed["epochs_run"] == n
     for key, values in straight.history.items():
         assert resumed["history"][key] == values[k:], key
     end = decode((tmp_path / "end.safetensors").read_bytes())

@@ -37,8 +37,12 @@ def test_t_matches_scipy() -> None:
     r = paired_test(D, confidence=0.9)
     d = np.asarray(D)
     n = len(D)
-    assert r["test"] == "t" and r["n"] == n and r["n_dropped"] == 0 and r["note"] is None
-    assert r["mean"] == pytest.approx(d.mean()) and r["estimate"] == r["mean"]
+    assert r["test"] == "t"
+    assert r["n"] == n
+    assert r["n_dropped"] == 0
+    assert r["note"] is None
+    assert r["mean"] == pytest.approx(d.mean())
+    assert r["estimate"] == r["mean"]
     assert r["median"] == pytest.approx(np.median(d))
     assert r["std"] == pytest.approx(d.std(ddof=1))
     assert r["p_two_sided"] == pytest.approx(sps.ttest_1samp(d, 0).pvalue, rel=1e-12)
@@ -62,7 +66,8 @@ def test_t_negative_direction_p_greater_large() -> None:
 
 def test_non_finite_dropped_and_counted() -> None:
     r = paired_test([*D, float("nan"), None, float("inf")])  # type: ignore[list-item]
-    assert r["n"] == len(D) and r["n_dropped"] == 3
+    assert r["n"] == len(D)
+    assert r["n_dropped"] == 3
     assert r["p_two_sided"] == pytest.approx(paired_test(D)["p_two_sided"])
     assert "3 non-finite" in r["note"]
     jsonable(r)
@@ -72,8 +77,11 @@ def test_non_finite_dropped_and_counted() -> None:
 def test_fewer_than_two(test: str) -> None:
     for diff in ([], [0.3], [0.3, float("nan")]):
         r = paired_test(diff, test=test)  # type: ignore[arg-type]
-        assert r["p_two_sided"] is None and r["p_greater"] is None
-        assert r["std"] is None and r["ci_low"] is None and r["effect_size"] is None
+        assert r["p_two_sided"] is None
+        assert r["p_greater"] is None
+        assert r["std"] is None
+        assert r["ci_low"] is None
+        assert r["effect_size"] is None
         assert r["note"]
         jsonable(r)
     assert paired_test([0.3], test=test)["estimate"] == 0.3  # type: ignore[arg-type]
@@ -81,13 +89,16 @@ def test_fewer_than_two(test: str) -> None:
 
 def test_t_zero_variance() -> None:
     r = paired_test([0.2, 0.2, 0.2, 0.2])
-    assert r["std"] == 0.0 and r["effect_size"] is None
-    assert r["p_two_sided"] is None and r["p_greater"] is None
+    assert r["std"] == 0.0
+    assert r["effect_size"] is None
+    assert r["p_two_sided"] is None
+    assert r["p_greater"] is None
     assert "zero variance" in r["note"]
     assert r["ci_low"] == r["ci_high"] == pytest.approx(0.2)
     # float noise in "equal" differences is still zero variance
     r = paired_test([0.1 + 0.2, 0.3, 0.3])
-    assert r["p_two_sided"] is None and r["std"] == 0.0
+    assert r["p_two_sided"] is None
+    assert r["std"] == 0.0
     jsonable(r)
 
 
@@ -130,7 +141,9 @@ def _perm_p_greater(d: list[float]) -> float:
 def test_wilcoxon_ties_and_zeros_match_scipy() -> None:
     tied = [0.1, 0.1, -0.1, 0.2, 0.3, 0.3, 0.0, 0.4, -0.05]
     r = paired_test(tied, test="wilcoxon")
-    assert "permutation" in r["p_method"] and r["n_zero"] == 1 and r["n"] == 9
+    assert "permutation" in r["p_method"]
+    assert r["n_zero"] == 1
+    assert r["n"] == 9
     assert r["p_two_sided"] == pytest.approx(
         sps.wilcoxon(tied, zero_method="wilcox").pvalue, rel=1e-12)
     assert r["p_greater"] == pytest.approx(
@@ -151,15 +164,19 @@ def test_wilcoxon_ties_large_n_normal_approximation() -> None:
 
 def test_wilcoxon_all_zero_is_all_ties() -> None:
     r = paired_test([0.0] * 8, test="wilcoxon")
-    assert r["p_two_sided"] is None and r["p_greater"] is None and r["n_zero"] == 8
+    assert r["p_two_sided"] is None
+    assert r["p_greater"] is None
+    assert r["n_zero"] == 8
     assert "all ties" in r["note"]
-    assert r["estimate"] == 0.0 and r["ci_low"] == r["ci_high"] == 0.0
+    assert r["estimate"] == 0.0
+    assert r["ci_low"] == r["ci_high"] == 0.0
     jsonable(r)
 
 
 def test_wilcoxon_constant_nonzero_still_tests() -> None:
     r = paired_test([0.5] * 7, test="wilcoxon")
-    assert r["effect_size"] is None and "zero variance" in r["note"]
+    assert r["effect_size"] is None
+    assert "zero variance" in r["note"]
     assert r["p_greater"] == pytest.approx(1 / 128)  # all 7 signs positive: 1 / 2^7
     assert r["p_two_sided"] == pytest.approx(
         sps.wilcoxon([0.5] * 7, zero_method="wilcox").pvalue)
@@ -170,18 +187,22 @@ def test_wilcoxon_constant_nonzero_still_tests() -> None:
 def test_hodges_lehmann_by_hand() -> None:
     # Walsh averages of (-1, 2, 4): -1, 0.5, 1.5, 2, 3, 4 -> median (1.5 + 2) / 2
     h = hodges_lehmann([-1.0, 2.0, 4.0])
-    assert h["estimate"] == 1.75 and h["n_walsh"] == 6
-    assert h["ci_low"] is None and h["ci_high"] is None  # n = 3: unbounded at 95%
+    assert h["estimate"] == 1.75
+    assert h["n_walsh"] == 6
+    assert h["ci_low"] is None
+    assert h["ci_high"] is None
     # n = 6: P(T+ <= 0) = 1/64 <= 0.025 < P(T+ <= 1) = 2/64, so k = 1: [min, max]
     h = hodges_lehmann([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-    assert h["estimate"] == 3.5 and h["k"] == 1
+    assert h["estimate"] == 3.5
+    assert h["k"] == 1
     assert (h["ci_low"], h["ci_high"]) == (1.0, 6.0)
     assert h["ci_coverage"] == pytest.approx(1 - 2 / 64)
     # n = 8: P(T+ <= 3) = 5/256 <= 0.025 < P(T+ <= 4) = 7/256 (the table's critical value 3)
     d = [-2.0, 1.0, 3.0, 4.0, 6.0, 7.0, 9.0, 12.0]
     h = hodges_lehmann(d)
     walsh = sorted((d[i] + d[j]) / 2 for i in range(8) for j in range(i, 8))
-    assert h["k"] == 4 and (h["ci_low"], h["ci_high"]) == (walsh[3], walsh[36 - 4])
+    assert h["k"] == 4
+    assert (h["ci_low"], h["ci_high"]) == (walsh[3], walsh[36 - 4])
     assert h["estimate"] == pytest.approx(np.median(walsh))
     assert h["ci_coverage"] == pytest.approx(1 - 2 * 5 / 256)
 
@@ -203,7 +224,8 @@ def test_hodges_lehmann_interval_inverts_scipy_exact_test() -> None:
 def test_signed_rank_null_distribution_matches_scipy() -> None:
     for n in (1, 5, 12):
         cdf = cs._signed_rank_cdf(n)
-        assert cdf[-1] == pytest.approx(1.0) and cdf.size == n * (n + 1) // 2 + 1
+        assert cdf[-1] == pytest.approx(1.0)
+        assert cdf.size == n * (n + 1) // 2 + 1
     # for d below T+ = 8 (n = 10, no ties): scipy's exact P(T+ <= 8) is the same number
     d = [-1.0, -2.0, 3.0, -4.0, 5.0, -6.0, -7.0, -8.0, -9.0, -10.0]
     p_less = sps.wilcoxon(d, method="exact", alternative="less").pvalue
@@ -218,7 +240,8 @@ def test_hodges_lehmann_large_n_normal_k_close_to_exact() -> None:
         assert abs(k_exact - k_norm) <= 1
     rng = np.random.default_rng(1)
     r = paired_test(list(rng.normal(0.1, 1.0, 600)), test="wilcoxon")
-    assert r["ci_low"] < r["estimate"] < r["ci_high"] and "normal" in r["ci_method"]
+    assert r["ci_low"] < r["estimate"] < r["ci_high"]
+    assert "normal" in r["ci_method"]
     jsonable(r)
 
 
@@ -233,7 +256,9 @@ def test_censored_by_hand_and_against_scipy() -> None:
     # nonzero |d| 3, 7, 7, 1, 4, 3 -> mid-ranks 2.5, 5.5, 5.5, 1, 4, 2.5
     # T+ = 2.5 + 5.5 + 5.5 + 4 = 17.5, T- = 1 + 2.5 = 3.5 (sum 21 = 6*7/2)
     assert (r["n_censored_a"], r["n_censored_b"], r["n_both_censored"]) == (2, 2, 1)
-    assert r["n"] == 7 and r["n_zero"] == 1 and r["n_dropped"] == 0
+    assert r["n"] == 7
+    assert r["n_zero"] == 1
+    assert r["n_dropped"] == 0
     sa = [11 if x is None else x for x in a]
     sb = [11 if x is None else x for x in b]
     d = [y - x for x, y in zip(sa, sb, strict=True)]
@@ -247,16 +272,22 @@ def test_censored_by_hand_and_against_scipy() -> None:
     # T- from {}, {1}, {2.5}, {2.5'}, {1, 2.5}, {1, 2.5'} -> 6 of 64
     assert r["p_greater"] == pytest.approx(_perm_p_greater([float(x) for x in d]))
     assert r["p_greater"] == pytest.approx(6 / 64)
-    assert "11" in r["treatment"] and "zero_method='wilcox'" in r["treatment"]
-    assert r["test"] == "wilcoxon" and r["estimate"] == r["hodges_lehmann"]
+    assert "11" in r["treatment"]
+    assert "zero_method='wilcox'" in r["treatment"]
+    assert r["test"] == "wilcoxon"
+    assert r["estimate"] == r["hodges_lehmann"]
     jsonable(r)
 
 
 def test_censored_degenerate_and_errors() -> None:
     r = censored_paired([None, None, None], [None, None, None], limit=5)
-    assert r["n_both_censored"] == 3 and r["p_two_sided"] is None and "all ties" in r["note"]
+    assert r["n_both_censored"] == 3
+    assert r["p_two_sided"] is None
+    assert "all ties" in r["note"]
     r = censored_paired([1, float("nan"), 2], [3, 4, 5], limit=5)
-    assert r["n_dropped"] == 1 and r["n"] == 2 and "non-finite" in r["note"]
+    assert r["n_dropped"] == 1
+    assert r["n"] == 2
+    assert "non-finite" in r["note"]
     with pytest.raises(ValueError, match="beyond the limit"):
         censored_paired([12], [3], limit=10)
     with pytest.raises(ValueError):
@@ -293,13 +324,17 @@ def test_holm_textbook() -> None:
     assert holm([0.6, 0.4]) == pytest.approx([0.8, 0.8])
     assert holm([0.9, 0.8, 0.7]) == [1.0, 1.0, 1.0]  # capped
     assert holm([0.02, 0.02, 0.02]) == pytest.approx([0.06, 0.06, 0.06])  # ties
-    assert holm([]) == [] and holm([0.03]) == [0.03]
+    assert holm([]) == []
+    assert holm([0.03]) == [0.03]
 
 
 def test_holm_none_entries_pass_through() -> None:
     out = holm([None, 0.01, float("nan"), 0.04, None])
-    assert out[0] is None and out[2] is None and out[4] is None
-    assert out[1] == pytest.approx(0.02) and out[3] == pytest.approx(0.04)  # m = 2
+    assert out[0] is None
+    assert out[2] is None
+    assert out[4] is None
+    assert out[1] == pytest.approx(0.02)
+    assert out[3] == pytest.approx(0.04)
     assert holm([None, None]) == [None, None]
     with pytest.raises(ValueError):
         holm([0.5, 1.5])
@@ -342,7 +377,8 @@ def test_verdict_three_outcomes() -> None:
     assert verdict(up, None)["verdict"] == "inconclusive"
     flat = paired_test([0.2, 0.2, 0.2])
     v = verdict(flat, None)
-    assert v["verdict"] == "inconclusive" and "zero variance" in v["reason"]
+    assert v["verdict"] == "inconclusive"
+    assert "zero variance" in v["reason"]
     jsonable(v)
 
 
@@ -352,7 +388,8 @@ def test_verdict_reads_hodges_lehmann_for_wilcoxon() -> None:
     r = paired_test(d, test="wilcoxon")
     assert r["mean"] > 0 > r["estimate"]
     v = verdict(r, 0.01)
-    assert v["verdict"] == "contradicted" and "Hodges-Lehmann" in v["reason"]
+    assert v["verdict"] == "contradicted"
+    assert "Hodges-Lehmann" in v["reason"]
     assert verdict({"estimate": 0.0, "n": 3, "test": "t"}, 0.001)["verdict"] == "inconclusive"
 
 
@@ -365,7 +402,8 @@ def test_seeds_needed_arithmetic() -> None:
     assert s["n_needed"] == math.ceil((z * 0.1 / 0.03) ** 2) == 88
     half = sps.t.ppf(0.975, 19) * 0.1 / math.sqrt(20)
     assert s["ci_half_width"] == pytest.approx(half)  # 0.0468
-    assert s["n_now"] == 20 and s["effect"] == 0.03
+    assert s["n_now"] == 20
+    assert s["effect"] == 0.03
     assert s["text"].startswith("n = 20 gives a 95% CI of ±0.0468; ~88 seeds would resolve a "
                                 "0.03 effect")
     assert "normal approximation" in s["text"]
@@ -375,7 +413,8 @@ def test_seeds_needed_arithmetic() -> None:
     assert s["n_needed"] == math.ceil((z * 0.1 / 0.06) ** 2)
     # already enough
     s = seeds_needed(res, effect=0.5)
-    assert s["n_needed"] == 2 and "already suffice" in s["text"]
+    assert s["n_needed"] == 2
+    assert "already suffice" in s["text"]
     # from a real result
     r = paired_test(D)
     s = seeds_needed(r)
@@ -385,11 +424,16 @@ def test_seeds_needed_arithmetic() -> None:
 
 def test_seeds_needed_degenerate() -> None:
     s = seeds_needed(paired_test([0.2, 0.2, 0.2]))
-    assert s["n_needed"] is None and s["note"] and s["ci_half_width"] == 0.0
+    assert s["n_needed"] is None
+    assert s["note"]
+    assert s["ci_half_width"] == 0.0
     s = seeds_needed({"n": 10, "mean": 0.0, "std": 0.1, "confidence": 0.95})
-    assert s["n_needed"] is None and "zero effect" in s["text"]
+    assert s["n_needed"] is None
+    assert "zero effect" in s["text"]
     s = seeds_needed(paired_test([0.2]))
-    assert s["n_needed"] is None and s["ci_half_width"] is None and s["note"]
+    assert s["n_needed"] is None
+    assert s["ci_half_width"] is None
+    assert s["note"]
     jsonable(s)
 
 
@@ -398,13 +442,15 @@ def test_seeds_needed_degenerate() -> None:
 def test_spread() -> None:
     v = [0.81, 0.75, 0.9, 0.62, 0.88, 0.7]
     s = spread([*v, None, float("nan")])  # type: ignore[list-item]
-    assert s["n"] == 6 and s["n_dropped"] == 2
+    assert s["n"] == 6
+    assert s["n_dropped"] == 2
     assert s["std"] == pytest.approx(np.std(v, ddof=1))
     assert s["iqr"] == pytest.approx(np.percentile(v, 75) - np.percentile(v, 25))
     assert s["iqr"] == pytest.approx(sps.iqr(v))
     assert spread([1.0, 2.0, 3.0, 4.0])["iqr"] == pytest.approx(1.5)  # 3.25 - 1.75
     one = spread([0.5])
-    assert one["std"] is None and one["iqr"] == 0.0
+    assert one["std"] is None
+    assert one["iqr"] == 0.0
     none = spread([])
     assert none == {"n": 0, "n_dropped": 0, "median": None, "std": None, "iqr": None}
     jsonable(s)

@@ -397,7 +397,8 @@ def test_bn_before_a_padded_conv_is_not_folded() -> None:
                         nn.BatchNorm2d(4), nn.Conv2d(4, 2, 3))
     for m in net:
         if isinstance(m, nn.BatchNorm2d):
-            assert m.running_mean is not None and m.running_var is not None
+            assert m.running_mean is not None
+            assert m.running_var is not None
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
             m.weight.data.uniform_(0.5, 2)

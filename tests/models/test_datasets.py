@@ -43,10 +43,13 @@ GENERATED = [
 @pytest.mark.parametrize("ds", GENERATED, ids=lambda d: d.name)
 def test_generators_are_deterministic_and_shaped(ds) -> None:
     a, b = generate(ds), generate(ds)
-    assert a.X.tobytes() == b.X.tobytes() and a.y.tobytes() == b.y.tobytes()
+    assert a.X.tobytes() == b.X.tobytes()
+    assert a.y.tobytes() == b.y.tobytes()
     n_features, n_classes = generated_shape(ds)
-    assert a.X.shape == (ds.n_samples, n_features) and a.X.dtype == np.float32
-    assert a.y.shape == (ds.n_samples,) and a.y.dtype == np.int64
+    assert a.X.shape == (ds.n_samples, n_features)
+    assert a.X.dtype == np.float32
+    assert a.y.shape == (ds.n_samples,)
+    assert a.y.dtype == np.int64
     assert a.classes == [str(c) for c in range(n_classes)]
     assert len(a.feature_names) == n_features == a.n_features
     counts = np.bincount(a.y, minlength=n_classes)
@@ -80,10 +83,13 @@ def test_xor_labels_follow_quadrants_without_noise() -> None:
 def test_notebook_csv_loads_as_it_is(notebook_csv: bytes) -> None:
     t = parse_csv(notebook_csv, **LIMITS)
     assert (t.n_rows, t.n_features, t.label_column) == (499, 2, "class")
-    assert t.feature_names == ["X", "Y"] and t.classes == ["0", "1"]
+    assert t.feature_names == ["X", "Y"]
+    assert t.classes == ["0", "1"]
     assert class_counts(t) == {"0": 249, "1": 250}
-    assert t.X.dtype == np.float32 and t.y.dtype == np.int64
-    assert t.X[0, 0] == np.float32(-3.9500186880681) and t.y[0] == 1
+    assert t.X.dtype == np.float32
+    assert t.y.dtype == np.int64
+    assert t.X[0, 0] == np.float32(-3.9500186880681)
+    assert t.y[0] == 1
     same = load_table(UploadedDataset(id="nb"), content=notebook_csv)
     assert same.X.tobytes() == t.X.tobytes()
 
@@ -102,7 +108,8 @@ def test_builtin_notebook_dataset_is_the_csv_in_file_order(notebook_csv: bytes) 
     spec = JobSpec.model_validate({"dataset": {"name": "concertriccir2"},
                                    "network": {"hidden": [3, 2]}})
     assert isinstance(spec.dataset, NotebookDataset)
-    assert generated_shape(spec.dataset) == (2, 2) and spec.dataset.n_samples == 499
+    assert generated_shape(spec.dataset) == (2, 2)
+    assert spec.dataset.n_samples == 499
     builtin = load_table(spec.dataset, content=None)
     uploaded = parse_csv(notebook_csv)
     assert builtin.X.tobytes() == uploaded.X.tobytes()  # the same rows, in the file's order
@@ -123,12 +130,14 @@ def test_builtin_notebook_dataset_is_the_csv_in_file_order(notebook_csv: bytes) 
 def test_label_column_choice() -> None:
     csv = b"a,Target,b\n1,x,2\n3,y,4\n"
     t = parse_csv(csv, **LIMITS)
-    assert t.label_column == "Target" and t.feature_names == ["a", "b"]
+    assert t.label_column == "Target"
+    assert t.feature_names == ["a", "b"]
     assert t.classes == ["x", "y"]
     last = parse_csv(b"a,b,out\n1,2,p\n3,4,q\n", **LIMITS)
     assert last.label_column == "out"
     named = parse_csv(b"a,b,class\n1,0,2\n3,1,4\n", label_column="b", **LIMITS)
-    assert named.label_column == "b" and named.feature_names == ["a", "class"]
+    assert named.label_column == "b"
+    assert named.feature_names == ["a", "class"]
     with pytest.raises(DatasetError, match="label column 'nope' is not in the header"):
         parse_csv(csv, label_column="nope", **LIMITS)
 
@@ -138,12 +147,14 @@ def test_numeric_labels_are_canonical_and_sorted_numerically() -> None:
     assert t.classes == ["1", "2", "2.5", "10"]
     assert t.y.tolist() == [3, 1, 0, 2, 3]
     text = parse_csv(b"a,label\n1,b\n2,a\n3,b\n", **LIMITS)
-    assert text.classes == ["a", "b"] and text.y.tolist() == [1, 0, 1]
+    assert text.classes == ["a", "b"]
+    assert text.y.tolist() == [1, 0, 1]
 
 
 def test_blank_lines_and_bom_are_tolerated() -> None:
     t = parse_csv(b"\xef\xbb\xbfX,Y,class\r\n1,2,0\r\n\r\n3,4,1\r\n\r\n", **LIMITS)
-    assert t.n_rows == 2 and t.feature_names == ["X", "Y"]
+    assert t.n_rows == 2
+    assert t.feature_names == ["X", "Y"]
 
 
 BAD = [
@@ -185,6 +196,7 @@ def test_limits_are_named() -> None:
 
 def test_load_table_generated_and_missing_upload() -> None:
     t = load_table(GENERATED[1], content=None)
-    assert isinstance(t, Table) and t.n_rows == 200
+    assert isinstance(t, Table)
+    assert t.n_rows == 200
     with pytest.raises(DatasetError, match="its content is needed"):
         load_table(UploadedDataset(id="abc"), content=None)

@@ -71,7 +71,8 @@ def test_bn_placement_body_gives_15_children_variants_outer_seeds_inner() -> Non
     assert c.spec.name == "bn-placement/before_activation/seed=2"
     assert c.spec.training.seed == 2
     assert c.spec.network.batchnorm == "before_activation"
-    assert c.spec.network.hidden == [3, 2] and c.spec.training.split == "random"
+    assert c.spec.network.hidden == [3, 2]
+    assert c.spec.training.split == "random"
 
 
 def test_notebook_pair_gives_6_children_with_their_own_networks() -> None:
@@ -97,7 +98,8 @@ def test_expansion_is_deterministic() -> None:
 def test_stack_key_groups_seeds_of_one_variant() -> None:
     kids = children(BN_PLACEMENT)
     groups, alone = stack_groups(kids)
-    assert alone == [] and len(groups) == 3
+    assert alone == []
+    assert len(groups) == 3
     assert [[c.seed for c in g] for g in groups.values()] == [[0, 1, 2, 3, 4]] * 3
     assert all(len(c.stack_key or "") == 32 for c in kids)
     # the experiment's name does not enter the key; the spec does
@@ -111,8 +113,10 @@ def test_reduce_on_plateau_children_cannot_stack() -> None:
     kids = children(body)
     assert [c.variant for c in kids] == ["null", "null", '{"type":"reduce_on_plateau"}',
                                          '{"type":"reduce_on_plateau"}']
-    assert kids[0].stack_key is not None and kids[0].stack_key == kids[1].stack_key
-    assert kids[2].stack_key is None and kids[3].stack_key is None
+    assert kids[0].stack_key is not None
+    assert kids[0].stack_key == kids[1].stack_key
+    assert kids[2].stack_key is None
+    assert kids[3].stack_key is None
     assert stack_groups(kids)[1] == kids[2:]
 
 
@@ -141,15 +145,18 @@ def test_named_variant_can_drop_base_keys_with_null_and_use_dotted_keys() -> Non
         {"name": "explicit", "network": {"hidden": None, "layers": NOTEBOOK_PLAIN_LAYERS}},
         {"name": "lr=0.01", "training.optimizer.lr": 0.01}])
     plain, fast = children(body)
-    assert plain.spec.network.hidden is None and len(plain.spec.network.layers or []) == 3
-    assert fast.spec.training.optimizer.lr == 0.01 and fast.spec.network.hidden == [3, 2]
+    assert plain.spec.network.hidden is None
+    assert len(plain.spec.network.layers or []) == 3
+    assert fast.spec.training.optimizer.lr == 0.01
+    assert fast.spec.network.hidden == [3, 2]
     assert fast.spec.name == "bn-placement/lr=0.01/seed=7"
 
 
 def test_base_name_and_seed_are_replaced_per_child() -> None:
     base = deep_merge(BN_PLACEMENT["base"], {"name": "x", "training": {"seed": 99}})
     kids = children(with_(BN_PLACEMENT, base=base, name=None, seeds=[4]))
-    assert kids[0].spec.name == "experiment/none/seed=4" and kids[0].spec.training.seed == 4
+    assert kids[0].spec.name == "experiment/none/seed=4"
+    assert kids[0].spec.training.seed == 4
 
 
 def test_deep_merge_is_json_merge_patch() -> None:
@@ -232,7 +239,8 @@ def test_shape_errors_are_validation_errors(changes: dict[str, Any], needle: str
 def test_defaults_for_the_summary() -> None:
     exp = ExperimentSpec.model_validate(BN_PLACEMENT)
     assert exp.metrics == ["loss", "accuracy", "val_loss", "val_accuracy"]
-    assert exp.thresholds == {"val_accuracy": 0.7} and exp.confidence == 0.95
+    assert exp.thresholds == {"val_accuracy": 0.7}
+    assert exp.confidence == 0.95
     assert exp.seed_list() == [0, 1, 2, 3, 4]
 
 

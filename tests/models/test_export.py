@@ -98,13 +98,15 @@ def test_onnx_matches_the_predictor(blobs: dict[str, bytes], name: str, fold_bn:
     if name == "other_layers":
         assert "LayerNormalization" in ops
     props = {p.key: p.value for p in model.metadata_props}
-    assert props["bnlab.format"] == EXPORT_FORMAT and props["bnlab.job_id"] == "job-1"
+    assert props["bnlab.format"] == EXPORT_FORMAT
+    assert props["bnlab.job_id"] == "job-1"
     assert json.loads(props["bnlab.classes"]) == [f"c{c}" for c in range(k)]
     assert json.loads(props["bnlab.fold_bn"]) is fold_bn
     session = ort.InferenceSession(content, providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, out.name) == ("input", "probabilities")
-    assert isinstance(inp.shape[0], str) and inp.shape[1] == d  # dynamic batch axis
+    assert isinstance(inp.shape[0], str)
+    assert inp.shape[1] == d
     for n in BATCHES:
         x = _rows(d, n)
         (got,) = session.run(None, {"input": x})
@@ -120,7 +122,8 @@ def test_bn_layers_really_differ_from_identity(blobs: dict[str, bytes]) -> None:
         model = decode(blobs[name]).model
         means = [v for k, v in model.items() if k.endswith("running_mean")]
         variances = [v for k, v in model.items() if k.endswith("running_var")]
-        assert means and all(v.abs().max() > 1e-3 for v in means)
+        assert means
+        assert all(v.abs().max() > 1e-3 for v in means)
         assert all((v - 1).abs().max() > 1e-3 for v in variances)
 
 
@@ -160,7 +163,8 @@ def test_safetensors_zip_rebuilds_with_torch_alone(blobs: dict[str, bytes], name
     with zipfile.ZipFile(io.BytesIO(content)) as z:
         assert sorted(z.namelist()) == ["README.txt", "model.json", "model.safetensors"]
     weights, side = read_safetensors_zip(content)
-    assert side["format"] == EXPORT_FORMAT and side["fold_bn"] is fold_bn
+    assert side["format"] == EXPORT_FORMAT
+    assert side["fold_bn"] is fold_bn
     assert side["classes"] == [f"c{c}" for c in range(k)]
     assert side["output"] == ("sigmoid" if k == 2 else "softmax")
     assert side["input"] == {"n_features": d, "shape": [d], "dtype": "float32", "mean": None,
@@ -183,7 +187,8 @@ def test_safetensors_zip_rebuilds_with_torch_alone(blobs: dict[str, bytes], name
 def test_class_names_override_and_dispatch(blobs: dict[str, bytes]) -> None:
     blob = blobs["notebook"]
     art = export(blob, "safetensors", fold_bn=False, classes=["outer", "inner"])
-    assert art.media_type == "application/zip" and art.extension == ".zip"
+    assert art.media_type == "application/zip"
+    assert art.extension == ".zip"
     assert read_safetensors_zip(art.content)[1]["classes"] == ["outer", "inner"]
     assert export(blob, "torch_export", fold_bn=True).extension == ".pt2"
     with pytest.raises(ValueError, match="unknown export format"):

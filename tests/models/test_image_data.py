@@ -71,14 +71,22 @@ def cifar_batch(labels: np.ndarray, pixels: np.ndarray) -> bytes:
 
 def test_digits_image_and_flat_layouts() -> None:
     image = sklearn_table(DigitsDataset(name="digits"))
-    assert image.X.shape == (1797, 1, 8, 8) and image.X.dtype == np.float32 and image.is_image
-    assert image.input_shape == (1, 8, 8) and image.n_features == 64
-    assert image.classes == [str(d) for d in range(10)] and image.label_column == "target"
-    assert image.feature_names[3 * 8 + 5] == "c0_y3_x5" and len(image.feature_names) == 64
-    assert float(image.X.min()) == 0.0 and float(image.X.max()) == 16.0  # raw, unscaled
+    assert image.X.shape == (1797, 1, 8, 8)
+    assert image.X.dtype == np.float32
+    assert image.is_image
+    assert image.input_shape == (1, 8, 8)
+    assert image.n_features == 64
+    assert image.classes == [str(d) for d in range(10)]
+    assert image.label_column == "target"
+    assert image.feature_names[3 * 8 + 5] == "c0_y3_x5"
+    assert len(image.feature_names) == 64
+    assert float(image.X.min()) == 0.0
+    assert float(image.X.max()) == 16.0
     flat = sklearn_table(DigitsDataset(name="digits", layout="flat"))
-    assert flat.X.shape == (1797, 64) and flat.feature_names[:2] == ["pixel_0_0", "pixel_0_1"]
-    assert np.array_equal(flat.X, image.X.reshape(1797, 64)) and np.array_equal(flat.y, image.y)
+    assert flat.X.shape == (1797, 64)
+    assert flat.feature_names[:2] == ["pixel_0_0", "pixel_0_1"]
+    assert np.array_equal(flat.X, image.X.reshape(1797, 64))
+    assert np.array_equal(flat.y, image.y)
     assert builtin_shape(DigitsDataset(name="digits")) == ((1, 8, 8), 10, 1797)
     assert builtin_shape(DigitsDataset(name="digits", layout="flat")) == ((64,), 10, 1797)
 
@@ -88,11 +96,14 @@ def test_sklearn_tables_have_real_names_and_shapes(name: str) -> None:
     ds = TabularSklearnDataset(name=name)  # type: ignore[arg-type]
     t = generate(ds)
     n_features, n_classes, n_rows = SKLEARN_SHAPES[name]
-    assert t.X.shape == (n_rows, n_features) and t.n_classes == n_classes
+    assert t.X.shape == (n_rows, n_features)
+    assert t.n_classes == n_classes
     assert builtin_shape(ds) == ((n_features,), n_classes, n_rows) == (
         t.input_shape, t.n_classes, t.n_rows)
-    assert builtin_classes(ds) == t.classes and t.label_column == "target"
-    assert np.bincount(t.y).sum() == n_rows and not any(n.startswith("x") for n in
+    assert builtin_classes(ds) == t.classes
+    assert t.label_column == "target"
+    assert np.bincount(t.y).sum() == n_rows
+    assert not any(n.startswith("x") for n in
                                                         t.feature_names[:1])
     assert load_table(ds, content=None).X.tobytes() == t.X.tobytes()
 
@@ -102,9 +113,11 @@ def test_sklearn_names_and_the_breast_cancer_range() -> None:
     assert iris.feature_names[0] == "sepal length (cm)"
     assert iris.classes == ["setosa", "versicolor", "virginica"]
     cancer = sklearn_table(TabularSklearnDataset(name="breast_cancer"))
-    assert cancer.classes == ["malignant", "benign"] and cancer.feature_names[0] == "mean radius"
+    assert cancer.classes == ["malignant", "benign"]
+    assert cancer.feature_names[0] == "mean radius"
     positive = cancer.X[cancer.X > 0]
-    assert float(positive.min()) < 0.002 and float(cancer.X.max()) > 4000  # raw, unscaled
+    assert float(positive.min()) < 0.002
+    assert float(cancer.X.max()) > 4000
 
 
 # ---------------------------------------------------------------------------- .npz
@@ -114,21 +127,29 @@ def test_sklearn_names_and_the_breast_cancer_range() -> None:
 def test_npz_three_shapes_and_dtypes(compressed: bool) -> None:
     x2 = np.arange(12, dtype=np.int16).reshape(6, 2)
     t = parse_npz(npz(compressed, x=x2, y=np.array([3, 1, 3, 1, 10, 1])), **SMALL)
-    assert t.X.shape == (6, 2) and t.X.dtype == np.float32 and not t.is_image
+    assert t.X.shape == (6, 2)
+    assert t.X.dtype == np.float32
+    assert not t.is_image
     assert np.array_equal(t.X, x2.astype(np.float32))  # as given: no scaling
-    assert t.classes == ["1", "3", "10"] and t.y.tolist() == [1, 0, 1, 0, 2, 0]
-    assert t.feature_names == ["x0", "x1"] and t.label_column == "y"
+    assert t.classes == ["1", "3", "10"]
+    assert t.y.tolist() == [1, 0, 1, 0, 2, 0]
+    assert t.feature_names == ["x0", "x1"]
+    assert t.label_column == "y"
 
     x3 = images(5)
     t = parse_npz(npz(compressed, x=x3, y=np.array(["b", "a", "b", "a", "c"])), **SMALL)
-    assert t.X.shape == (5, 1, 4, 3) and t.input_shape == (1, 4, 3) and t.is_image
+    assert t.X.shape == (5, 1, 4, 3)
+    assert t.input_shape == (1, 4, 3)
+    assert t.is_image
     assert np.array_equal(t.X[:, 0], x3.astype(np.float32))
-    assert t.classes == ["a", "b", "c"] and t.feature_names[-1] == "c0_y3_x2"
+    assert t.classes == ["a", "b", "c"]
+    assert t.feature_names[-1] == "c0_y3_x2"
 
     x4 = np.random.default_rng(1).random((4, 3, 2, 2)).astype(np.float16)
     t = parse_npz(npz(compressed, X=x4, label=np.array([0, 1, 0, 1], dtype=np.uint8)),
                   **SMALL)
-    assert t.X.shape == (4, 3, 2, 2) and t.label_column == "label"
+    assert t.X.shape == (4, 3, 2, 2)
+    assert t.label_column == "label"
     assert np.array_equal(t.X, x4.astype(np.float32))
 
     flags = parse_npz(npz(x=np.array([[True], [False]]), y=np.array([0, 1])), **SMALL)
@@ -279,12 +300,15 @@ def test_sniff_format() -> None:
 def test_idx_pair(gz: tuple[bool, bool]) -> None:
     x, y = images(6), np.array([7, 2, 7, 2, 0, 7], dtype=np.uint8)
     xi, yi = idx(x), idx(y)
-    assert xi[:4] == b"\x00\x00\x08\x03" and yi[:4] == b"\x00\x00\x08\x01"
+    assert xi[:4] == b"\x00\x00\x08\x03"
+    assert yi[:4] == b"\x00\x00\x08\x01"
     xi = gzip.compress(xi) if gz[0] else xi
     yi = gzip.compress(yi) if gz[1] else yi
     t = parse_idx(xi, yi, **SMALL)
-    assert t.X.shape == (6, 1, 4, 3) and np.array_equal(t.X[:, 0], x.astype(np.float32))
-    assert t.classes == ["0", "2", "7"] and t.y.tolist() == [2, 1, 2, 1, 0, 2]
+    assert t.X.shape == (6, 1, 4, 3)
+    assert np.array_equal(t.X[:, 0], x.astype(np.float32))
+    assert t.classes == ["0", "2", "7"]
+    assert t.y.tolist() == [2, 1, 2, 1, 0, 2]
     assert t.label_column == "y"
 
 
@@ -292,10 +316,12 @@ def test_idx_other_types_and_dimensions() -> None:
     y = np.array([0, 1, 1], dtype=np.int32)
     f = np.array([[[0.5, -1.0]], [[2.0, 3.0]], [[4.0, 5.0]]], dtype=np.float32)
     t = parse_idx(idx(f, 0x0D), idx(y, 0x0C), **SMALL)
-    assert t.X.shape == (3, 1, 1, 2) and t.X[0, 0, 0].tolist() == [0.5, -1.0]
+    assert t.X.shape == (3, 1, 1, 2)
+    assert t.X[0, 0, 0].tolist() == [0.5, -1.0]
     shorts = np.array([[-300, 2], [5, 40_000 - 65_536], [1, 1]], dtype=np.int16)
     t = parse_idx(idx(shorts, 0x0B), idx(y.astype(np.int8), 0x09), **SMALL)
-    assert t.X.shape == (3, 2) and t.X[:, 0].tolist() == [-300.0, 5.0, 1.0]
+    assert t.X.shape == (3, 2)
+    assert t.X[:, 0].tolist() == [-300.0, 5.0, 1.0]
     colour = np.arange(3 * 2 * 2 * 2).reshape(3, 2, 2, 2)
     assert parse_idx(idx(colour), idx(y, 0x08), **SMALL).X.shape == (3, 2, 2, 2)
 
@@ -347,12 +373,15 @@ def test_idx_gzip_bomb_is_read_only_as_far_as_the_header_says() -> None:
 def test_idx_pair_canonicalised_as_npz() -> None:
     x, y = images(5), np.array([1, 0, 1, 0, 1], dtype=np.uint8)
     stored, table = idx_to_npz(gzip.compress(idx(x)), idx(y), **SMALL)
-    assert stored[:4] == b"PK\x03\x04" and sniff_format(stored) == "npz"
+    assert stored[:4] == b"PK\x03\x04"
+    assert sniff_format(stored) == "npz"
     with np.load(io.BytesIO(stored), allow_pickle=False) as arrays:
-        assert arrays["x"].dtype == np.uint8 and arrays["x"].shape == (5, 1, 4, 3)
+        assert arrays["x"].dtype == np.uint8
+        assert arrays["x"].shape == (5, 1, 4, 3)
         assert arrays["y"].tolist() == y.tolist()
     again = parse_upload(stored, fmt="npz", **SMALL)
-    assert again.X.tobytes() == table.X.tobytes() and again.y.tolist() == table.y.tolist()
+    assert again.X.tobytes() == table.X.tobytes()
+    assert again.y.tolist() == table.y.tolist()
     assert (again.classes, again.feature_names, again.label_column) == (
         table.classes, table.feature_names, table.label_column)
     same = load_table(UploadedDataset(id="up"), content=stored, fmt="npz")
@@ -382,15 +411,20 @@ def test_mnist_from_gz_idx_files(tmp_path: Path) -> None:
     ds = DataDirDataset(name="mnist")
     assert data_dir_shape(ds, tmp_path) == ((1, 28, 28), 10, 25)
     t = load_table(ds, content=None, data_dir=tmp_path)
-    assert t.X.shape == (25, 1, 28, 28) and t.X.dtype == np.float32
-    assert np.array_equal(t.X[:, 0], x.astype(np.float32)) and t.y.tolist() == y.tolist()
-    assert t.classes == CLASS_NAMES["mnist"] and len(t.feature_names) == 784
+    assert t.X.shape == (25, 1, 28, 28)
+    assert t.X.dtype == np.float32
+    assert np.array_equal(t.X[:, 0], x.astype(np.float32))
+    assert t.y.tolist() == y.tolist()
+    assert t.classes == CLASS_NAMES["mnist"]
+    assert len(t.feature_names) == 784
     limited = DataDirDataset(name="mnist", limit=7)
     assert builtin_shape(limited, tmp_path) == ((1, 28, 28), 10, 7)
     t7 = load_data_dir(limited, tmp_path)
-    assert t7.X.tobytes() == t.X[:7].tobytes() and t7.y.tolist() == y[:7].tolist()
+    assert t7.X.tobytes() == t.X[:7].tobytes()
+    assert t7.y.tolist() == y[:7].tolist()
     labels, classes = builtin_labels(limited, tmp_path)
-    assert labels.tolist() == y[:7].tolist() and classes == CLASS_NAMES["mnist"]
+    assert labels.tolist() == y[:7].tolist()
+    assert classes == CLASS_NAMES["mnist"]
     with pytest.raises(DatasetError, match=r"'mnist' \(split 'test'\) needs "
                                            r"t10k-images-idx3-ubyte\[.gz\]"):
         load_data_dir(DataDirDataset(name="mnist", split="test"), tmp_path)
@@ -400,8 +434,11 @@ def test_fashion_mnist_in_torchvisions_layout_with_its_class_names(tmp_path: Pat
     _write_mnist(tmp_path / "FashionMNIST" / "raw", 12, split="test", gz=False)
     ds = DataDirDataset(name="fashion_mnist", split="test")
     t = load_data_dir(ds, tmp_path)
-    assert t.n_rows == 12 and t.classes[0] == "T-shirt/top" and t.classes[9] == "Ankle boot"
-    assert builtin_classes(ds, tmp_path) == t.classes and len(t.classes) == 10
+    assert t.n_rows == 12
+    assert t.classes[0] == "T-shirt/top"
+    assert t.classes[9] == "Ankle boot"
+    assert builtin_classes(ds, tmp_path) == t.classes
+    assert len(t.classes) == 10
     assert [t.classes[i] for i in t.y[:3]] == ["T-shirt/top", "Trouser", "Pullover"]
 
 
@@ -452,9 +489,11 @@ def test_cifar10_binary_batches(tmp_path: Path) -> None:
     ds = DataDirDataset(name="cifar10")
     assert data_dir_shape(ds, tmp_path) == ((3, 32, 32), 10, 15)
     t = load_data_dir(ds, tmp_path)
-    assert t.X.shape == (15, 3, 32, 32) and t.classes == CLASS_NAMES["cifar10"]
+    assert t.X.shape == (15, 3, 32, 32)
+    assert t.classes == CLASS_NAMES["cifar10"]
     assert np.array_equal(t.X, np.concatenate(xs).astype(np.float32))  # channel-major
-    assert t.y.tolist() == np.concatenate(ys).tolist() and t.feature_names[1024] == "c1_y0_x0"
+    assert t.y.tolist() == np.concatenate(ys).tolist()
+    assert t.feature_names[1024] == "c1_y0_x0"
     # red channel first in the record: byte 1 is pixel (c0, y0, x0), byte 1025 is (c1, y0, x0)
     record = (folder / "data_batch_1.bin").read_bytes()[:3073]
     assert (record[1], record[1025]) == (int(xs[0][0, 0, 0, 0]), int(xs[0][0, 1, 0, 0]))
@@ -497,4 +536,5 @@ def test_builtin_shapes_of_the_generators() -> None:
     assert builtin_shape(NotebookDataset(name="concertriccir2")) == ((2,), 2, 499)
     assert builtin_classes(blobs) == ["0", "1", "2", "3"]
     y, classes = builtin_labels(blobs)
-    assert len(y) == 40 and classes == ["0", "1", "2", "3"]
+    assert len(y) == 40
+    assert classes == ["0", "1", "2", "3"]

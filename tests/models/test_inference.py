@@ -25,9 +25,11 @@ def blob(notebook_csv: bytes) -> bytes:
 
 def test_predicts_labels_and_binary_probabilities(blob: bytes) -> None:
     predictor = load_predictor(blob)
-    assert predictor.n_features == 2 and not predictor.model.training
+    assert predictor.n_features == 2
+    assert not predictor.model.training
     out = predictor.predict([[0.0, 0.0], [3.0, -2.0], [10.0, 10.0]])
-    assert len(out.classes) == 3 and set(out.classes) <= {"0", "1"}
+    assert len(out.classes) == 3
+    assert set(out.classes) <= {"0", "1"}
     probs = np.array(out.probabilities)
     assert probs.shape == (3, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
@@ -68,5 +70,6 @@ def test_model_report_matches_the_notebook_counts(blob: bytes) -> None:
     assert report["layers"][1]["output_shape"] == [None, 3]
     bn = report["batchnorm"]
     assert [b["name"] for b in bn] == ["batchnorm", "batchnorm_1"]
-    assert len(bn[0]["running_mean"]) == 3 and len(bn[1]["gamma"]) == 2
+    assert len(bn[0]["running_mean"]) == 3
+    assert len(bn[1]["gamma"]) == 2
     assert bn[0]["running_var"] != [1.0, 1.0, 1.0]  # trained: the running stats moved

@@ -64,7 +64,8 @@ def test_layer_options_reach_the_modules() -> None:
     assert (bn.momentum, bn.eps, bn.affine) == (0.01, 1e-3, False)
     assert model[2].negative_slope == 0.2
     assert model[3].p == 0.25
-    assert isinstance(model[5], torch.nn.GELU) and isinstance(model[6], torch.nn.LayerNorm)
+    assert isinstance(model[5], torch.nn.GELU)
+    assert isinstance(model[6], torch.nn.LayerNorm)
     assert isinstance(model[-1], torch.nn.Linear)
 
 
@@ -111,13 +112,17 @@ def test_default_init_keeps_nn_linear_distribution_and_the_global_rng() -> None:
     assert torch.equal(torch.get_rng_state(), state)  # seeded: the global RNG is untouched
     w, b = model[0].weight, model[0].bias
     bound = 1 / 50 ** 0.5  # kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)), bias too
-    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
-    assert b.abs().max() <= bound and b.abs().max() > 0.9 * bound
-    assert abs(w.mean().item()) < 0.01 and w.std().item() == pytest.approx(bound / 3 ** 0.5,
+    assert w.abs().max() <= bound
+    assert w.abs().max() > 0.95 * bound
+    assert b.abs().max() <= bound
+    assert b.abs().max() > 0.9 * bound
+    assert abs(w.mean().item()) < 0.01
+    assert w.std().item() == pytest.approx(bound / 3 ** 0.5,
                                                                             rel=0.05)
     keras = build_network(net, init="keras", seed=3)[0].weight
     limit = (6 / (50 + 200)) ** 0.5
-    assert keras.abs().max() <= limit and keras.abs().max() > 0.95 * limit
+    assert keras.abs().max() <= limit
+    assert keras.abs().max() > 0.95 * limit
     assert torch.count_nonzero(build_network(net, init="keras", seed=3)[0].bias) == 0
     with pytest.raises(ValueError, match="unknown init"):
         build_network(net, init="lecun")

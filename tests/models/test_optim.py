@@ -99,7 +99,7 @@ def test_other_optimizers_step_with_torchs_own(name: str) -> None:
     assert fast_step(opt) == opt.step
 
 
-@pytest.mark.parametrize("name, kernel", [("adam", "_fused_adam_"), ("adamw", "_fused_adamw_"),
+@pytest.mark.parametrize(("name", "kernel"), [("adam", "_fused_adam_"), ("adamw", "_fused_adamw_"),
                                           ("adam", "_foreach_add_")])
 def test_fast_step_falls_back_without_the_private_kernel(
         monkeypatch: pytest.MonkeyPatch, name: str, kernel: str) -> None:

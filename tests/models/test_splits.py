@@ -24,7 +24,8 @@ def test_tail_on_notebook_csv_is_keras_rule(notebook_csv: bytes) -> None:
     y = _notebook_y(notebook_csv)
     train, val = split(y, validation_split=0.2, how="tail", seed=0)
     assert (len(train), len(val)) == (399, 100) == (train_rows(499, 0.2), 499 - 399)
-    assert np.array_equal(train, np.arange(399)) and np.array_equal(val, np.arange(399, 499))
+    assert np.array_equal(train, np.arange(399))
+    assert np.array_equal(val, np.arange(399, 499))
     assert -(-len(train) // 32) == 13  # steps per epoch at batch 32
 
 
@@ -33,7 +34,8 @@ def test_tail_on_notebook_csv_is_keras_rule(notebook_csv: bytes) -> None:
 def test_sizes_match_train_rows(how: str, n: int, vs: float) -> None:
     y = np.arange(n) % 3
     train, val = split(y, validation_split=vs, how=how, seed=1)
-    assert len(train) == train_rows(n, vs) and len(val) == n - train_rows(n, vs)
+    assert len(train) == train_rows(n, vs)
+    assert len(val) == n - train_rows(n, vs)
     _partition(n, train, val)
 
 
@@ -44,7 +46,8 @@ def test_seeded_splits_are_deterministic_and_differ_by_seed(how: str, notebook_c
     a = split(y, validation_split=0.2, how=how, seed=7)
     b = split(y, validation_split=0.2, how=how, seed=7)
     c = split(y, validation_split=0.2, how=how, seed=8)
-    assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
+    assert np.array_equal(a[1], b[1])
+    assert np.array_equal(a[0], b[0])
     assert not np.array_equal(a[1], c[1])
     assert not np.array_equal(a[1], np.arange(399, 499))
 
@@ -61,7 +64,8 @@ def test_stratified_represents_small_classes() -> None:
     train, val = split(y, validation_split=0.1, how="stratified", seed=3)
     val_counts = np.bincount(y[val], minlength=4)
     assert len(val) == 98 - train_rows(98, 0.1)
-    assert val_counts[1] >= 1 and val_counts[2] == 1  # every class with >= 2 rows
+    assert val_counts[1] >= 1
+    assert val_counts[2] == 1
     assert val_counts[3] == 0  # a single-row class stays in training
     assert set(np.unique(y[train])) == {0, 1, 2, 3}
 
@@ -77,11 +81,13 @@ def test_warnings_fire_on_tail_of_sorted_labels() -> None:
     y = np.repeat([0, 1], [80, 20])
     train, val = split(y, validation_split=0.2, how="tail", seed=0)
     [msg] = split_warnings(y, train, val, classes=["neg", "pos"])
-    assert "validation rows all hold class 'pos'" in msg and '"stratified"' in msg
+    assert "validation rows all hold class 'pos'" in msg
+    assert '"stratified"' in msg
     y = np.repeat([0, 1, 0, 1], [45, 5, 15, 35])  # train 90% class 0, val 30%
     train, val = split(y, validation_split=0.5, how="tail", seed=0)
     [msg] = split_warnings(y, train, val)
-    assert "class mix differs" in msg and "0.60" in msg
+    assert "class mix differs" in msg
+    assert "0.60" in msg
     train, val = split(y, validation_split=0.5, how="stratified", seed=0)
     assert split_warnings(y, train, val) == []
 

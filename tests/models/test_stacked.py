@@ -92,8 +92,10 @@ def test_dropout_masks_are_per_model_and_independent_of_the_stack() -> None:
     assert not torch.equal(masks([7], 2, 0)[0], alone)  # a new epoch draws new masks
     assert not torch.equal(masks([7], 1, 1)[0], alone)  # and so does the next step
     keys = dropout_keys([7], 1, 3)
-    assert torch.equal(keys, dropout_keys([7], 1, 3)) and keys.dtype == torch.int64
-    assert int(keys.min()) >= 0 and int(keys.max()) < 2**32
+    assert torch.equal(keys, dropout_keys([7], 1, 3))
+    assert keys.dtype == torch.int64
+    assert int(keys.min()) >= 0
+    assert int(keys.max()) < 2**32
 
 
 def test_dropout_layers_draw_different_masks_and_none_outside_training() -> None:
@@ -123,6 +125,7 @@ def test_state_round_trip_and_optimizer_slots() -> None:
     assert torch.equal(other.model_state(0)["0.weight"], states[1]["0.weight"])
     flat = torch.arange(stacked.flat.numel(), dtype=torch.float32)
     w0, w1 = stacked.slot("0.weight", flat, 0), stacked.slot("0.weight", flat, 1)
-    assert w0.shape == w1.shape == (3, 2) and not torch.equal(w0, w1)
+    assert w0.shape == w1.shape == (3, 2)
+    assert not torch.equal(w0, w1)
     with pytest.raises(ValueError, match="lacks"):
         other.load_model_states([{}, {}])

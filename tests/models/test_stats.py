@@ -45,7 +45,8 @@ def test_per_epoch_band_matches_numpy_and_scipy() -> None:
     s = summary_of(runs_with(0.1))
     band = s["per_variant"]["plain"]["metrics"]["val_accuracy"]
     values = np.array([curve(seed) for seed in SEEDS])
-    assert band["epochs"] == [1, 2, 3, 4, 5] and band["n"] == [6] * 5
+    assert band["epochs"] == [1, 2, 3, 4, 5]
+    assert band["n"] == [6] * 5
     assert band["mean"] == pytest.approx(values.mean(axis=0).tolist())
     std = values.std(axis=0, ddof=1)
     assert band["std"] == pytest.approx(std.tolist())
@@ -53,8 +54,10 @@ def test_per_epoch_band_matches_numpy_and_scipy() -> None:
     assert band["ci_low"] == pytest.approx((values.mean(axis=0) - half).tolist())
     assert band["ci_high"] == pytest.approx((values.mean(axis=0) + half).tolist())
     final = band["final"]
-    assert final["n"] == 6 and final["mean"] == pytest.approx(values[:, -1].mean())
-    assert final["min"] == values[:, -1].min() and final["max"] == values[:, -1].max()
+    assert final["n"] == 6
+    assert final["mean"] == pytest.approx(values[:, -1].mean())
+    assert final["min"] == values[:, -1].min()
+    assert final["max"] == values[:, -1].max()
     assert band["best"]["mean"] == pytest.approx(values.max(axis=1).mean())
     losses = s["per_variant"]["plain"]["metrics"]["val_loss"]
     assert losses["mode"] == "min"
@@ -65,16 +68,19 @@ def test_constant_offset_gives_exact_difference_and_no_t_test() -> None:
     c = comparison(summary_of(runs_with(0.125)))
     assert (c["a"], c["b"], c["n_pairs"], c["seeds"]) == ("plain", "bn", 6, SEEDS)
     assert c["final"]["mean_diff"] == pytest.approx(0.125, abs=1e-12)
-    assert c["final"]["ci_low"] == pytest.approx(0.125) and c["final"]["ci_high"] == \
+    assert c["final"]["ci_low"] == pytest.approx(0.125)
+    assert c["final"]["ci_high"] == \
         pytest.approx(0.125)
-    assert c["final"]["p_value"] is None and "zero variance" in c["final"]["note"]
+    assert c["final"]["p_value"] is None
+    assert "zero variance" in c["final"]["note"]
     assert c["final"]["wilcoxon_p"] == pytest.approx(2 / 2**6)  # exact: all 6 signs agree
     assert c["best"]["mean_diff"] == pytest.approx(0.125, abs=1e-12)
 
 
 def test_offset_with_noise_gives_tiny_p_and_interval_around_it() -> None:
     c = comparison(summary_of(runs_with(0.2, noise_b=0.005)))["final"]
-    assert c["p_value"] is not None and c["p_value"] < 1e-5
+    assert c["p_value"] is not None
+    assert c["p_value"] < 1e-5
     assert c["ci_low"] < 0.2 < c["ci_high"]
     assert c["ci_high"] - c["ci_low"] < 0.05
     assert c["note"] is None
@@ -85,8 +91,11 @@ def test_offset_with_noise_gives_tiny_p_and_interval_around_it() -> None:
 def test_identical_variants_differ_by_zero() -> None:
     runs = runs_with(0.0)
     c = comparison(summary_of(runs))["final"]
-    assert c["mean_diff"] == 0.0 and c["std_diff"] == 0.0
-    assert c["p_value"] is None and c["wilcoxon_p"] is None and "zero variance" in c["note"]
+    assert c["mean_diff"] == 0.0
+    assert c["std_diff"] == 0.0
+    assert c["p_value"] is None
+    assert c["wilcoxon_p"] is None
+    assert "zero variance" in c["note"]
 
 
 def test_paired_matches_scipy_ttest_rel() -> None:
@@ -97,7 +106,8 @@ def test_paired_matches_scipy_ttest_rel() -> None:
     d = np.subtract(b, a)
     half = sps.t.ppf(0.95, 4) * d.std(ddof=1) / math.sqrt(5)
     assert (out["ci_low"], out["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
-    assert out["mean_a"] == pytest.approx(np.mean(a)) and out["n"] == 5
+    assert out["mean_a"] == pytest.approx(np.mean(a))
+    assert out["n"] == 5
 
 
 def test_ragged_histories_count_seeds_per_epoch() -> None:
@@ -110,7 +120,9 @@ def test_ragged_histories_count_seeds_per_epoch() -> None:
     assert m["epochs"] == [1, 2, 3, 4]
     assert m["n"] == [3, 2, 2, 1]  # NaN left out; shorter runs stop counting
     assert m["mean"][1] == pytest.approx(0.55)
-    assert m["std"][3] is None and m["ci_low"][3] is None and m["mean"][3] == 0.8
+    assert m["std"][3] is None
+    assert m["ci_low"][3] is None
+    assert m["mean"][3] == 0.8
     assert m["final"]["mean"] == pytest.approx((0.8 + 0.5 + 0.9) / 3)
     assert m["threshold"] == {"value": 0.7, "reached": 2, "of": 3,
                               "epochs": {"mean": 3.0, "std": 0.0, "min": 3.0, "max": 3.0}}
@@ -127,8 +139,10 @@ def test_missing_variant_and_single_pair_give_notes_not_crashes() -> None:
     assert s["per_variant"]["ln"]["metrics"]["val_accuracy"]["final"]["n"] == 0
     assert s["per_variant"]["bn"]["metrics"]["val_accuracy"]["threshold"] is None
     pb = next(c for c in s["comparisons"] if (c["a"], c["b"]) == ("plain", "bn"))
-    assert pb["n_pairs"] == 1 and pb["final"]["mean_diff"] == pytest.approx(0.2)
-    assert pb["final"]["p_value"] is None and "at least 2" in pb["final"]["note"]
+    assert pb["n_pairs"] == 1
+    assert pb["final"]["mean_diff"] == pytest.approx(0.2)
+    assert pb["final"]["p_value"] is None
+    assert "at least 2" in pb["final"]["note"]
     assert [(c["a"], c["b"]) for c in s["comparisons"]] == [
         ("plain", "bn"), ("plain", "ln"), ("bn", "ln")]
     json.dumps(s, allow_nan=False)

@@ -66,10 +66,14 @@ def test_notebook_bn_job_history_shape_and_13_steps(notebook: Table) -> None:
     assert list(result.history) == ["loss", "accuracy", "val_loss", "val_accuracy", "lr",
                                     "train_mode_val_loss", "train_mode_val_accuracy"]
     assert all(len(v) == 2 for v in result.history.values())
-    assert result.epochs_run == 2 and not result.cancelled and not result.stopped_early
+    assert result.epochs_run == 2
+    assert not result.cancelled
+    assert not result.stopped_early
     first = rec.records[0]
-    assert first.epoch == 1 and first.wall_time > 0
-    assert first.extras["steps"] == 13 and first.extras["train_rows"] == 399
+    assert first.epoch == 1
+    assert first.wall_time > 0
+    assert first.extras["steps"] == 13
+    assert first.extras["train_rows"] == 399
     assert [b["name"] for b in first.extras["bn"]] == ["batchnorm", "batchnorm_1"]
     assert len(first.extras["bn"][0]["running_var"]["values"]) == 3
     assert set(first.checkpoints) == {"last", "best"}
@@ -108,14 +112,16 @@ def assert_same_run(many: TrainingResult, alone: TrainingResult) -> None:
     for key, values in alone.history.items():
         np.testing.assert_allclose(many.history[key], values, rtol=0, atol=1e-5, err_msg=key)
     a, b = decode(many.checkpoints["last"]), decode(alone.checkpoints["last"])
-    assert a.meta["spec"] == b.meta["spec"] and a.meta["seed"] == b.meta["seed"]
-    assert a.model.keys() == b.model.keys() and a.optim.keys() == b.optim.keys()
+    assert a.meta["spec"] == b.meta["spec"]
+    assert a.meta["seed"] == b.meta["seed"]
+    assert a.model.keys() == b.model.keys()
+    assert a.optim.keys() == b.optim.keys()
     for key in b.model:
         torch.testing.assert_close(a.model[key], b.model[key], rtol=1e-4, atol=1e-5, msg=key)
     assert (many.epochs_run, many.best_epoch) == (alone.epochs_run, alone.best_epoch)
 
 
-@pytest.mark.parametrize("layers,classes", [(NOTEBOOK_BN_LAYERS, 2), (NOTEBOOK_PLAIN_LAYERS, 2),
+@pytest.mark.parametrize(("layers", "classes"), [(NOTEBOOK_BN_LAYERS, 2), (NOTEBOOK_PLAIN_LAYERS, 2),
                                             (DROPOUT_LAYERS, 2), (MULTICLASS_LAYERS, 3)],
                          ids=["batchnorm", "plain", "dropout", "multiclass"])
 def test_stacked_models_equal_single_runs(notebook: Table, layers: list[dict[str, Any]],
@@ -140,7 +146,8 @@ def test_one_row_last_batch_is_dropped_with_a_note() -> None:
     result = train_job(job, table, device=CPU, callbacks=rec)
     assert result.epochs_run == 2
     assert any("1 row" in note for note in result.notes)
-    assert rec.records[0].extras["train_rows"] == 31 and rec.records[0].extras["steps"] == 1
+    assert rec.records[0].extras["train_rows"] == 31
+    assert rec.records[0].extras["steps"] == 1
     plain = train_job(make_job(table, NOTEBOOK_PLAIN_LAYERS, batch_size=31), table, device=CPU)
     assert plain.notes == []  # no BatchNorm: the one-row batch trains
 
@@ -159,13 +166,16 @@ def test_cancel_and_early_stopping(notebook: Table) -> None:
     result = train_job(make_job(notebook, NOTEBOOK_PLAIN_LAYERS, epochs=5), notebook,
                        device=CPU, callbacks=rec)
     # asked once per epoch, before the epoch's record: stops after epoch 2, which is recorded
-    assert result.cancelled and result.epochs_run == 2 and len(rec.records) == 2
+    assert result.cancelled
+    assert result.epochs_run == 2
+    assert len(rec.records) == 2
     assert "last" in rec.records[-1].checkpoints  # the stopping epoch still gets its checkpoint
     job = make_job(notebook, NOTEBOOK_PLAIN_LAYERS, epochs=30,
                    optimizer={"lr": 1e-6},
                    early_stopping={"monitor": "val_loss", "patience": 0, "min_delta": 1.0})
     result = train_job(job, notebook, device=CPU)
-    assert result.stopped_early and result.epochs_run == 2
+    assert result.stopped_early
+    assert result.epochs_run == 2
     plateau = make_job(notebook, NOTEBOOK_PLAIN_LAYERS,
                        lr_schedule={"type": "reduce_on_plateau", "patience": 1})
     with pytest.raises(ValueError, match="one seed at a time"):
@@ -195,14 +205,17 @@ def test_a_cancelled_model_stops_alone(notebook: Table) -> None:
     results = train_many(job, notebook, seeds=[1, 2, 3], device=CPU, callbacks=recs,
                          checkpoint_every=0)
     stopped = results[1]
-    assert stopped.cancelled and not stopped.stopped_early and stopped.epochs_run == 2
+    assert stopped.cancelled
+    assert not stopped.stopped_early
+    assert stopped.epochs_run == 2
     assert [r.epoch for r in recs[1].records] == [1, 2]  # no callbacks after its stop
     assert all(len(v) == 2 for v in stopped.history.values())
     assert "last" in recs[1].records[-1].checkpoints
     assert decode(stopped.checkpoints["last"]).meta["epoch"] == 2
     assert stopped.checkpoints["last"] == recs[1].records[-1].checkpoints["last"]
     for k in (0, 2):  # the others ran on, unaffected
-        assert not results[k].cancelled and results[k].epochs_run == 4
+        assert not results[k].cancelled
+        assert results[k].epochs_run == 4
         assert [r.epoch for r in recs[k].records] == [1, 2, 3, 4]
         assert decode(results[k].checkpoints["last"]).meta["epoch"] == 4
     alone = train_job(make_job(notebook, NOTEBOOK_BN_LAYERS, epochs=4, seed=3), notebook,
@@ -235,10 +248,15 @@ def test_a_diverging_model_stops_alone(notebook: Table) -> None:
     job3 = make_job(notebook, NOTEBOOK_PLAIN_LAYERS, epochs=3)
     ok, bad = train_many(job3, notebook, seeds=[1, 2], device=CPU,
                          resume_from=[first[0].checkpoints["last"], poisoned])
-    assert isinstance(bad.diverged, TrainingDiverged) and bad.diverged.epoch == 2
+    assert isinstance(bad.diverged, TrainingDiverged)
+    assert bad.diverged.epoch == 2
     assert "seed 2" in str(bad.diverged)
-    assert bad.epochs_run == 1 and bad.history["loss"] == [] and "last" not in bad.checkpoints
-    assert ok.diverged is None and ok.epochs_run == 3 and not ok.cancelled
+    assert bad.epochs_run == 1
+    assert bad.history["loss"] == []
+    assert "last" not in bad.checkpoints
+    assert ok.diverged is None
+    assert ok.epochs_run == 3
+    assert not ok.cancelled
     alone = train_job(make_job(notebook, NOTEBOOK_PLAIN_LAYERS, epochs=3, seed=1), notebook,
                       device=CPU, resume_from=first[0].checkpoints["last"])
     assert_same_run(ok, alone)  # the NaN model did not leak into its neighbour
@@ -256,7 +274,8 @@ def test_lr_schedules_and_optimizers() -> None:
     assert step.history["lr"] == pytest.approx([1e-3, 5e-4, 2.5e-4])
     cos = train_job(make_job(table, layers, epochs=3, lr_schedule={"type": "cosine"}), table,
                     device=CPU)
-    assert cos.history["lr"][0] == pytest.approx(1e-3) and cos.history["lr"][2] < 1e-3
+    assert cos.history["lr"][0] == pytest.approx(1e-3)
+    assert cos.history["lr"][2] < 1e-3
     plateau = train_job(make_job(table, layers, epochs=4, optimizer={"lr": 1e-9},
                                  lr_schedule={"type": "reduce_on_plateau", "patience": 0,
                                               "monitor": "val_accuracy"}), table, device=CPU)

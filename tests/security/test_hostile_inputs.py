@@ -210,7 +210,8 @@ def test_traversal_in_every_id_position(api: TestClient, trained_job: str, bad: 
     bad_answers = [(p, s) for p, s in answers if s not in (404, 422)]
     assert not bad_answers, bad_answers
     r = api.get("/v1/jobs", params={"experiment_id": bad})  # a filter: nothing matches
-    assert r.status_code == 200 and r.json()["items"] == []
+    assert r.status_code == 200
+    assert r.json()["items"] == []
 
 
 def test_huge_checkpoint_epoch_is_not_a_500(api: TestClient, trained_job: str) -> None:
@@ -221,7 +222,8 @@ def test_huge_checkpoint_epoch_is_not_a_500(api: TestClient, trained_job: str) -
 def test_huge_resume_ids_are_refused_before_the_stream(api: TestClient, trained_job: str
                                                         ) -> None:
     r = api.get(f"/v1/jobs/{trained_job}/events", params={"last_event_id": "9" * 23})
-    assert r.status_code == 422 and "not an epoch number" in r.text
+    assert r.status_code == 422
+    assert "not an epoch number" in r.text
     r = api.get(f"/v1/jobs/{trained_job}/history", params={"since": 2**70})
     assert r.status_code == 422, r.text
 
@@ -350,6 +352,7 @@ def test_worker_refuses_a_pickled_message(tmp_path: Path) -> None:
                       callbacks=[lambda body, message: pytest.fail(f"decoded: {body!r}")],
                       on_decode_error=on_decode_error):
             conn.drain_events(timeout=10)
-    assert len(seen) == 1 and isinstance(seen[0], ContentDisallowed), seen
+    assert len(seen) == 1, seen
+    assert isinstance(seen[0], ContentDisallowed), seen
     assert "pickle" in str(seen[0])
     assert not canary.exists()

@@ -147,7 +147,8 @@ def test_id_routes_document_404() -> None:
 
 def test_422_schema_is_the_error_body(client: TestClient) -> None:
     r = client.get("/v1/jobs", params={"status": "sideways"})
-    assert r.status_code == 422 and set(r.json()) == {"error", "detail"}
+    assert r.status_code == 422
+    assert set(r.json()) == {"error", "detail"}
     doc = APP.openapi()["paths"]["/v1/jobs"]["get"]["responses"]["422"]
     ref = doc["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
     props = APP.openapi()["components"]["schemas"][ref]["properties"]

@@ -21,7 +21,8 @@ def test_a_zombie_writes_nothing_into_a_job_someone_else_runs(
     owner = DbCallbacks(sessions, job_id, lease_owner="n/2/new")
     record = EpochRecord(1, {"loss": 0.5}, 0.1, {}, {"last": b"zombie"})
 
-    assert zombie.should_stop() and zombie.stop_reason == "lost"
+    assert zombie.should_stop()
+    assert zombie.stop_reason == "lost"
     with pytest.raises(LeaseLost):
         zombie.on_epoch_end(record)
 
@@ -40,13 +41,16 @@ def test_should_stop_says_why(sessions: sessionmaker[Session]) -> None:
         job_id = repo.create_job(session, spec={}, name=None, epochs_total=3).id
         repo.claim_job(session, job_id=job_id, worker="n", device="cpu", lease_owner="n/1/a")
     callbacks = DbCallbacks(sessions, job_id, lease_owner="n/1/a")
-    assert not callbacks.should_stop() and callbacks.stop_reason is None
+    assert not callbacks.should_stop()
+    assert callbacks.stop_reason is None
     with sessions.begin() as session:
         repo.request_release(session, worker="n")
-    assert callbacks.should_stop() and callbacks.stop_reason == "release"
+    assert callbacks.should_stop()
+    assert callbacks.stop_reason == "release"
     with sessions.begin() as session:
         repo.request_cancel(session, job_id=job_id)
-    assert callbacks.should_stop() and callbacks.stop_reason == "cancel"  # cancel wins
+    assert callbacks.should_stop()
+    assert callbacks.stop_reason == "cancel"
 
 
 def test_stop_flags_come_by_name(sessions: sessionmaker[Session]) -> None:
@@ -58,7 +62,8 @@ def test_stop_flags_come_by_name(sessions: sessionmaker[Session]) -> None:
     writer.join(job_id, threading.Event())
     writer.join("0" * 32, threading.Event())  # no such job: lost
     flags, generation = writer.flags_of(job_id, 0)
-    assert flags == Flags(cancel=True, release=False, lost=False) and flags.cancel
+    assert flags == Flags(cancel=True, release=False, lost=False)
+    assert flags.cancel
     assert writer.flags_of("0" * 32, generation)[0].lost
     assert writer.flags_of("f" * 32, generation)[0] == NO_FLAGS  # not a member: never read
 
@@ -109,15 +114,18 @@ def test_a_stack_member_whose_lease_moved_stops_alone(sessions: sessionmaker[Ses
     with sessions.begin() as session:  # the reaper gave job 0 to another worker meanwhile
         repo.release_job(session, job_id=ids[0])
         repo.claim_job(session, job_id=ids[0], worker="m", device="cpu", lease_owner="m/1/b")
-    assert callbacks[0].should_stop() and callbacks[0].stop_reason == "lost"
+    assert callbacks[0].should_stop()
+    assert callbacks[0].stop_reason == "lost"
     assert not callbacks[1].should_stop()
     for cb in callbacks:  # no LeaseLost: the stack's other member trains on
         cb.on_epoch_end(EpochRecord(1, {"loss": 0.5}, 0.1, {}, {"last": b"zombie"}))
-    assert callbacks[0].lost.is_set() and not callbacks[1].lost.is_set()
+    assert callbacks[0].lost.is_set()
+    assert not callbacks[1].lost.is_set()
     assert [_epochs(sessions, j) for j in ids] == [[], [1]]
     with sessions() as session:
         assert repo.list_checkpoints(session, job_id=ids[0]) == []
 
     with sessions.begin() as session:
         repo.request_cancel(session, job_id=ids[1])
-    assert callbacks[1].should_stop() and callbacks[1].stop_reason == "cancel"
+    assert callbacks[1].should_stop()
+    assert callbacks[1].stop_reason == "cancel"

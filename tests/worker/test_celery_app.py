@@ -20,10 +20,13 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WorkerSettings:
 
 def test_long_task_settings(embedded: WorkerSettings) -> None:
     conf = create_app(embedded).conf
-    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.task_acks_late
+    assert conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
-    assert conf.task_ignore_result and not conf.task_always_eager
+    assert conf.task_serializer == "json"
+    assert list(conf.accept_content) == ["json"]
+    assert conf.task_ignore_result
+    assert not conf.task_always_eager
     assert {q.name for q in conf.task_queues} == set(QUEUES) == {"cpu", "gpu"}
     assert conf.worker_hijack_root_logger is False
 

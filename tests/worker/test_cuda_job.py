@@ -29,5 +29,6 @@ def test_a_worker_job_with_device_cuda_trains_on_the_gpu(
     assert run_job(job_id, ctx) == "succeeded"
     with sessions() as session:
         done = repo.get_job(session, job_id=job_id)
-        assert done is not None and str(done.device).startswith("cuda")
+        assert done is not None
+        assert str(done.device).startswith("cuda")
         assert [r.epoch for r in repo.history(session, job_id=job_id)] == [1, 2]

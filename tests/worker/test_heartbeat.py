@@ -17,7 +17,9 @@ def test_clean_processed_deletes_only_old_message_files(tmp_path: Path) -> None:
     os.utime(other, (day_ago, day_ago))
 
     assert clean_processed(tmp_path, older_than=86400) == 1
-    assert not old.exists() and new.exists() and other.exists()
+    assert not old.exists()
+    assert new.exists()
+    assert other.exists()
 
 
 def test_periodic_survives_errors_and_stops() -> None:

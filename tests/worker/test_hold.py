@@ -12,9 +12,11 @@ from worker.settings import WorkerSettings
 
 def test_off_by_default(tmp_path: Path) -> None:
     settings = WorkerSettings(home=tmp_path)
-    assert settings.test_hold_epoch is None and settings.test_hold_dir is None
+    assert settings.test_hold_epoch is None
+    assert settings.test_hold_dir is None
     assert epoch_hold(settings.test_hold_dir, settings.test_hold_epoch) is None
-    assert epoch_hold(tmp_path, None) is None and epoch_hold(None, 3) is None
+    assert epoch_hold(tmp_path, None) is None
+    assert epoch_hold(None, 3) is None
 
 
 def test_holds_at_its_epoch_until_the_go_file_exists(tmp_path: Path) -> None:

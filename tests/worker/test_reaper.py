@@ -99,9 +99,12 @@ def test_stale_running_job_is_released_and_enqueued_but_a_live_one_is_not(
 
     assert done.requeued_lost == [stale]
     job = get(sessions, stale)
-    assert str(job.status) == "queued" and job.attempts == 1 and job.lease_owner is None
+    assert str(job.status) == "queued"
+    assert job.attempts == 1
+    assert job.lease_owner is None
     assert job.error.startswith("worker lost 1 times (last seen on gone@host at ")
-    assert len(queue_files(settings)) == 1 and stale in reaper.broker_messages()
+    assert len(queue_files(settings)) == 1
+    assert stale in reaper.broker_messages()
     assert str(get(sessions, live).status) == "running"
     assert reaper.sweep().requeued_lost == []  # nothing more to do
 
@@ -118,7 +121,9 @@ def test_a_dead_process_jobs_are_released_at_once_and_due_for_the_next_sweep(
     assert release_dead_process(sessions, node="gone@host", pid=1) == [dead]
 
     job = get(sessions, dead)
-    assert str(job.status) == "queued" and job.attempts == 1 and job.lease_owner is None
+    assert str(job.status) == "queued"
+    assert job.attempts == 1
+    assert job.lease_owner is None
     assert job.error.startswith("worker lost 1 times (last seen on gone@host at ")
     assert str(get(sessions, sibling).status) == "running"
     assert reaper.sweep().requeued_orphans == [dead]  # due at once, not after the grace
@@ -133,7 +138,8 @@ def test_a_job_lost_max_attempts_times_fails_with_that_reason(
         assert get(sessions, job_id).attempts == attempt
 
     job = get(sessions, job_id)
-    assert str(job.status) == "failed" and job.finished_at is not None
+    assert str(job.status) == "failed"
+    assert job.finished_at is not None
     assert job.error.startswith("worker lost 2 times (last seen on gone@host at "), job.error
     assert len(queue_files(settings)) == 1  # only the first loss was re-enqueued
 
@@ -150,7 +156,9 @@ def test_orphaned_queued_job_is_enqueued_once_and_a_held_one_is_left_alone(
 
     assert done.requeued_orphans == [orphan]  # `young` is inside the grace period
     held_now = reaper.broker_messages()
-    assert orphan in held_now and held in held_now and young not in held_now
+    assert orphan in held_now
+    assert held in held_now
+    assert young not in held_now
     assert len(queue_files(settings)) == 2
     assert reaper.sweep().requeued_orphans == []  # touched (and now held): not sent again
     assert len(queue_files(settings)) == 2
@@ -167,7 +175,8 @@ def test_cancelled_jobs_are_never_touched(
 
     done = reaper.sweep()
 
-    assert done.requeued_lost == done.requeued_orphans == [] and queue_files(settings) == []
+    assert done.requeued_lost == done.requeued_orphans == []
+    assert queue_files(settings) == []
     assert str(get(sessions, queued).status) == "cancelled"
     assert str(get(sessions, running).status) == "cancelled"  # its worker is gone: cancelled
 

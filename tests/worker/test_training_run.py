@@ -105,11 +105,17 @@ def test_succeeded_job_has_every_epoch_checkpoints_and_metrics(
     assert run_job(job_id, ctx) == "succeeded"
 
     job, epochs, ckpts = job_state(sessions, job_id)
-    assert str(job.status) == "succeeded" and job.error is None
-    assert epochs == [1, 2, 3, 4] and job.epochs_done == 4
-    assert ckpts["last"] == 4 and 1 <= ckpts["best"] <= 4
-    assert job.worker == WORKER and job.device == "cpu" and job.attempts == 1
-    assert job.started_at is not None and job.finished_at is not None
+    assert str(job.status) == "succeeded"
+    assert job.error is None
+    assert epochs == [1, 2, 3, 4]
+    assert job.epochs_done == 4
+    assert ckpts["last"] == 4
+    assert 1 <= ckpts["best"] <= 4
+    assert job.worker == WORKER
+    assert job.device == "cpu"
+    assert job.attempts == 1
+    assert job.started_at is not None
+    assert job.finished_at is not None
     assert set(job.final_metrics) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert 0.0 <= job.final_metrics["val_accuracy"] <= 1.0
     assert job.best_epoch == ckpts["best"]
@@ -128,7 +134,8 @@ def test_the_builtin_notebook_dataset_trains_as_its_uploaded_csv(
         histories = [[(r.epoch, r.loss, r.accuracy, r.val_loss, r.val_accuracy)
                       for r in repo.history(session, job_id=job_id)]
                      for job_id in (uploaded, builtin)]
-    assert len(histories[0]) == 3 and histories[0] == histories[1]
+    assert len(histories[0]) == 3
+    assert histories[0] == histories[1]
 
 
 def test_second_delivery_of_the_same_job_does_nothing(
@@ -142,7 +149,8 @@ def test_second_delivery_of_the_same_job_does_nothing(
 
     after = job_state(sessions, job_id)
     assert after[1:] == before[1:] == ([1, 2], {"best": before[2]["best"], "last": 2})
-    assert after[0].attempts == 1 and after[0].finished_at == before[0].finished_at
+    assert after[0].attempts == 1
+    assert after[0].finished_at == before[0].finished_at
 
 
 @pytest.mark.parametrize(("body", "reason"), [
@@ -163,8 +171,10 @@ def test_failure_is_recorded_with_a_readable_reason(
     assert run_job(job_id, ctx) == "failed"
 
     job, epochs, _ = job_state(sessions, job_id)
-    assert str(job.status) == "failed" and job.finished_at is not None
-    assert reason in job.error and "Traceback" not in job.error, job.error
+    assert str(job.status) == "failed"
+    assert job.finished_at is not None
+    assert reason in job.error, job.error
+    assert "Traceback" not in job.error, job.error
     assert epochs == []
 
 
@@ -188,7 +198,8 @@ def test_cancel_stops_a_running_job_and_keeps_its_history(
     assert run_at_epoch(ctx, job_id, 2, cancel) == "cancelled"
 
     job, epochs, ckpts = job_state(sessions, job_id)
-    assert str(job.status) == "cancelled" and job.error is None
+    assert str(job.status) == "cancelled"
+    assert job.error is None
     # the flag is read at the next epoch's end, which is recorded (and checkpointed)
     assert len(epochs) == 3
     assert epochs == list(range(1, len(epochs) + 1))  # no gaps
@@ -207,7 +218,8 @@ def test_interrupted_job_goes_back_to_the_queue(
         run_at_epoch(ctx, job_id, 1, _thread.interrupt_main)
 
     job = job_state(sessions, job_id)[0]
-    assert str(job.status) == "queued" and job.attempts == 1
+    assert str(job.status) == "queued"
+    assert job.attempts == 1
     assert "KeyboardInterrupt" in job.error
 
 
@@ -242,10 +254,14 @@ def test_shutdown_releases_the_job_and_the_next_run_resumes_it_exactly(
 
     job, epochs, ckpts = job_state(sessions, job_id)
     k = epochs[-1]
-    assert str(job.status) == "queued" and job.attempts == 0  # refunded, never failed
-    assert job.error is None and job.lease_owner is None
+    assert str(job.status) == "queued"
+    assert job.attempts == 0
+    assert job.error is None
+    assert job.lease_owner is None
     assert job.updated_at < job.created_at  # due for the next reaper sweep at once
-    assert k == 3 and epochs == list(range(1, k + 1)) and ckpts["last"] == k
+    assert k == 3
+    assert epochs == list(range(1, k + 1))
+    assert ckpts["last"] == k
     # a lost attempt that checkpointed less often left rows past the checkpoint
     with sessions.begin() as session:
         for extra in (k + 1, k + 2):
@@ -255,7 +271,8 @@ def test_shutdown_releases_the_job_and_the_next_run_resumes_it_exactly(
 
     assert f"resuming job {job_id} from epoch {k}" in caplog.text
     job, epochs, _ = job_state(sessions, job_id)
-    assert epochs == list(range(1, 9)) and job.attempts == 1
+    assert epochs == list(range(1, 9))
+    assert job.attempts == 1
     assert metrics_of(sessions, job_id) == metrics_of(sessions, reference)  # bitwise
 
 
@@ -276,10 +293,12 @@ def test_a_worker_that_lost_its_lease_writes_nothing_more(
     assert run_until(ctx, job_id, 2, take_over) == [None]
 
     job, epochs, _ = job_state(sessions, job_id)
-    assert str(job.status) == "running" and job.lease_owner == "other/1/x"
+    assert str(job.status) == "running"
+    assert job.lease_owner == "other/1/x"
     # fencing: once the lease moved, the old worker got no epoch in, not even the one in flight
     assert stored_at_takeover == [2]
-    assert epochs == [1, 2] and job.finished_at is None
+    assert epochs == [1, 2]
+    assert job.finished_at is None
 
 
 def test_duplicate_delivery_while_the_lease_is_live_is_ignored(
@@ -295,7 +314,9 @@ def test_duplicate_delivery_while_the_lease_is_live_is_ignored(
     assert (f"job {job_id} is running under n/9/abc (lease live); ignoring duplicate delivery"
             in caplog.text)
     job, epochs, _ = job_state(sessions, job_id)
-    assert job.attempts == 1 and job.lease_owner == "n/9/abc" and epochs == []
+    assert job.attempts == 1
+    assert job.lease_owner == "n/9/abc"
+    assert epochs == []
 
 
 def test_the_lease_heartbeat_moves_while_training(
@@ -372,7 +393,8 @@ def test_a_stack_trains_together_and_each_member_ends_on_its_own(
     # the message's job and the first queued sibling (max_stack 2); the rest wait
     assert [s[0].status for s in states] == ["succeeded", "succeeded", "queued", "cancelled"]
     assert states[0][1] == states[1][1] == [1, 2, 3]
-    assert states[0][0].lease_owner is None and states[0][0].worker == WORKER
+    assert states[0][0].lease_owner is None
+    assert states[0][0].worker == WORKER
     assert states[0][0].final_metrics != states[1][0].final_metrics  # different seeds
     assert run_job(ids[2], ctx) == "succeeded"  # alone now
     assert job_state(sessions, ids[2])[1] == [1, 2, 3]
@@ -411,7 +433,8 @@ def test_cancelling_one_stacked_member_stops_only_it(
     states = [job_state(sessions, j) for j in ids]
     assert [str(s[0].status) for s in states] == ["succeeded", "cancelled", "succeeded"]
     for _job, epochs, ckpts in states:
-        assert epochs == list(range(1, len(epochs) + 1)) and ckpts["last"] == epochs[-1]
+        assert epochs == list(range(1, len(epochs) + 1))
+        assert ckpts["last"] == epochs[-1]
     assert len(states[0][1]) == len(states[2][1]) == epochs_total
     assert len(states[1][1]) == 3  # cancelled at epoch 2's write, stopped at epoch 3's end
 

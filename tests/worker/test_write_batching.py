@@ -89,11 +89,13 @@ def test_a_due_write_takes_every_buffered_epoch_in_one_transaction(
         cb.on_epoch_end(_record(1))
         for epoch in range(2, 5):
             cb.on_epoch_end(_record(epoch))
-        assert len(commits) == 1 and _epochs(sessions, job_id) == [1]
+        assert len(commits) == 1
+        assert _epochs(sessions, job_id) == [1]
         assert cb.stack.last_write is not None
         cb.stack.last_write -= 61  # the interval has passed (no sleeping: no flaky timing)
         cb.on_epoch_end(_record(5))
-        assert len(commits) == 2 and _epochs(sessions, job_id) == [1, 2, 3, 4, 5]
+        assert len(commits) == 2
+        assert _epochs(sessions, job_id) == [1, 2, 3, 4, 5]
     finally:
         event.remove(engine, "commit", count)
 
@@ -108,7 +110,8 @@ def test_stop_flags_are_read_once_per_interval_and_a_cancel_still_stops_the_job(
     assert not cb.should_stop()  # not read again yet
     assert cb.stack.last_read is not None
     cb.stack.last_read -= 61  # the interval has passed
-    assert cb.should_stop() and cb.stop_reason == "cancel"
+    assert cb.should_stop()
+    assert cb.stop_reason == "cancel"
 
 
 def test_a_batched_stack_writes_each_member_whole_and_drops_a_lost_one(
@@ -125,7 +128,8 @@ def test_a_batched_stack_writes_each_member_whole_and_drops_a_lost_one(
         repo.claim_job(session, job_id=ids[0], worker="m", device="cpu", lease_owner="m/1/b")
     assert writer.flush() == {ids[0]}
     assert [_epochs(sessions, j) for j in ids] == [[1], [1, 2, 3]]
-    assert callbacks[0].lost.is_set() and not callbacks[1].lost.is_set()
+    assert callbacks[0].lost.is_set()
+    assert not callbacks[1].lost.is_set()
 
 
 @pytest.mark.parametrize("interval", [0.0, 0.05])
@@ -136,8 +140,10 @@ def test_a_job_trained_with_batched_writes_stores_every_epoch_once(
                      write_interval=interval, small_checkpoint_interval=3600)
     assert run_job(job_id, ctx) == "succeeded"
     job, epochs, ckpts = job_state(sessions, job_id)
-    assert epochs == list(range(1, 41)) and job.epochs_done == 40
-    assert ckpts["last"] == 40 and 1 <= ckpts["best"] <= 40
+    assert epochs == list(range(1, 41))
+    assert job.epochs_done == 40
+    assert ckpts["last"] == 40
+    assert 1 <= ckpts["best"] <= 40
 
 
 def test_a_batched_job_cancelled_midway_keeps_a_history_that_ends_at_its_checkpoint(
@@ -180,6 +186,7 @@ def test_a_job_that_shows_an_epoch_has_a_last_checkpoint(
 
 def test_the_defaults_batch_writes_and_poll_the_embedded_broker_often(tmp_path: Path) -> None:
     settings = WorkerSettings(home=tmp_path, broker_url=None)
-    assert settings.epoch_write_interval > 0 and settings.small_checkpoint_interval > 0
+    assert settings.epoch_write_interval > 0
+    assert settings.small_checkpoint_interval > 0
     # kombu's filesystem transport looks at the folder once a second unless told otherwise
     assert settings.celery_transport_options()["polling_interval"] < 1.0

@@ -27,7 +27,9 @@ def test_put_checkpoint_upserts_by_kind(session: Session) -> None:
                            .where(Checkpoint.job_id == job.id))
     assert count == 1
     got = repo.get_checkpoint(session, job_id=job.id, which="last")
-    assert got is not None and got.content == blob and got.metrics == {"val_accuracy": 0.6}
+    assert got is not None
+    assert got.content == blob
+    assert got.metrics == {"val_accuracy": 0.6}
 
 
 def test_get_checkpoint_by_kind_or_epoch(session: Session) -> None:
@@ -35,11 +37,14 @@ def test_get_checkpoint_by_kind_or_epoch(session: Session) -> None:
     repo.put_checkpoint(session, job_id=job.id, kind="best", epoch=3, content=b"best")
     repo.put_checkpoint(session, job_id=job.id, kind="last", epoch=5, content=b"last")
     best = repo.get_checkpoint(session, job_id=job.id, which="best")
-    assert best is not None and best.content == b"best"
+    assert best is not None
+    assert best.content == b"best"
     last = repo.get_checkpoint(session, job_id=job.id, kind="last")  # `kind` alias
-    assert last is not None and last.content == b"last"
+    assert last is not None
+    assert last.content == b"last"
     by_epoch = repo.get_checkpoint(session, job_id=job.id, which=5)
-    assert by_epoch is not None and by_epoch.kind == "last"
+    assert by_epoch is not None
+    assert by_epoch.kind == "last"
     assert repo.get_checkpoint(session, job_id=job.id, which="3") is not None
     assert repo.get_checkpoint(session, job_id=job.id, which=4) is None
     assert repo.get_checkpoint(session, job_id=make_job(session).id, which="best") is None

@@ -18,10 +18,13 @@ def test_create_and_read_a_dataset(session: Session) -> None:
     assert ds.sha256 == hashlib.sha256(kwargs["content"]).hexdigest()
     session.expire_all()
     got = repo.get_dataset(session, dataset_id=ds.id)
-    assert got is not None and "content" in inspect(got).unloaded  # deferred
+    assert got is not None
+    assert "content" in inspect(got).unloaded
     assert (got.n_rows, got.n_features, got.label_column) == (2, 2, "class")
-    assert got.columns == ["X", "Y", "class"] and got.classes == ["0", "1"]
-    assert got.class_counts == {"0": 1, "1": 1} and got.created_at.tzinfo is not None
+    assert got.columns == ["X", "Y", "class"]
+    assert got.classes == ["0", "1"]
+    assert got.class_counts == {"0": 1, "1": 1}
+    assert got.created_at.tzinfo is not None
     assert repo.get_dataset_content(session, dataset_id=ds.id) == kwargs["content"]
     assert repo.get_dataset_content(session, dataset_id="0" * 32) is None
     assert repo.get_dataset(session, dataset_id="0" * 32) is None
@@ -46,5 +49,6 @@ def test_deleting_a_dataset_unlinks_its_jobs(session: Session) -> None:
     assert repo.delete_dataset(session, dataset_id=ds.id)
     session.expire_all()
     got = repo.get_job(session, job_id=job.id)
-    assert got is not None and got.dataset_id is None
+    assert got is not None
+    assert got.dataset_id is None
     assert not repo.delete_dataset(session, dataset_id=ds.id)

@@ -20,7 +20,8 @@ def test_replaying_an_epoch_is_harmless(session: Session) -> None:
                            .where(EpochMetric.job_id == job.id))
     assert count == 1
     (row,) = repo.history(session, job_id=job.id)
-    assert row.loss == 0.7 and row.wall_time == 0.1  # the first write wins
+    assert row.loss == 0.7
+    assert row.wall_time == 0.1
 
 
 def test_history_is_ordered_and_since_filters(session: Session) -> None:
@@ -52,14 +53,17 @@ def test_extra_metrics_and_extras_are_kept(session: Session) -> None:
     (row,) = repo.history(session, job_id=job.id)
     assert row.extras == {"train_mode_val_loss": 0.8, "bn": {"1": {"running_mean": [0.1, 0.2]}},
                           "notes": ["x"]}
-    assert row.val_accuracy == 0.56 and row.lr == 1e-3
+    assert row.val_accuracy == 0.56
+    assert row.lr == 1e-3
 
 
 def test_missing_metrics_are_null(session: Session) -> None:
     job = make_job(session)
     store_epoch(session, job_id=job.id, epoch=1, metrics={"loss": 0.5})
     (row,) = repo.history(session, job_id=job.id)
-    assert row.val_loss is None and row.extras is None and row.wall_time is None
+    assert row.val_loss is None
+    assert row.extras is None
+    assert row.wall_time is None
 
 
 def test_truncate_after_drops_later_rows_and_sets_progress(session: Session) -> None:

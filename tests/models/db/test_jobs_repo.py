@@ -18,12 +18,16 @@ def test_create_job_starts_queued_with_defaults(session: Session) -> None:
     job = make_job(session, warnings=["tiny validation set"], device="auto", queue="gpu")
     got = repo.get_job(session, job_id=job.id)
     assert got is job
-    assert len(job.id) == 32 and int(job.id, 16) >= 0
-    assert job.status == JobStatus.queued and str(job.status) == "queued"
+    assert len(job.id) == 32
+    assert int(job.id, 16) >= 0
+    assert job.status == JobStatus.queued
+    assert str(job.status) == "queued"
     assert (job.attempts, job.max_attempts, job.epochs_done, job.cancel_requested) == (0, 3, 0,
                                                                                       False)
-    assert job.spec == SPEC and job.warnings == ["tiny validation set"]
-    assert job.device == "auto" and job.queue == "gpu"
+    assert job.spec == SPEC
+    assert job.warnings == ["tiny validation set"]
+    assert job.device == "auto"
+    assert job.queue == "gpu"
     assert repo.get_job(session, job_id="0" * 32) is None
 
 
@@ -44,14 +48,16 @@ def test_claim_sets_the_lease(session: Session) -> None:
     assert repo.claim_job(session, job_id=job.id, worker="w1", device="cuda:0")
     assert job.status == JobStatus.running  # the stale identity-map copy was refreshed
     assert (job.worker, job.lease_owner, job.device, job.attempts) == ("w1", "w1", "cuda:0", 1)
-    assert job.started_at is not None and job.heartbeat_at is not None
+    assert job.started_at is not None
+    assert job.heartbeat_at is not None
 
 
 def test_only_a_queued_job_can_be_claimed(session: Session) -> None:
     job = make_job(session)
     assert repo.claim_job(session, job_id=job.id, worker="w1", device="cpu")
     assert not repo.claim_job(session, job_id=job.id, worker="w2", device="cpu")
-    assert job.lease_owner == "w1" and job.attempts == 1
+    assert job.lease_owner == "w1"
+    assert job.attempts == 1
     assert not repo.claim_job(session, job_id="f" * 32, worker="w2", device="cpu")
 
 
@@ -80,7 +86,9 @@ def test_concurrent_claims_exactly_one_wins(sessions: sessionmaker[Session]) -> 
         assert sorted(results) == [False, False, False, True]
         with sessions() as s:
             job = repo.get_job(s, job_id=job_id)
-            assert job is not None and job.attempts == 1 and job.status == JobStatus.running
+            assert job is not None
+            assert job.attempts == 1
+            assert job.status == JobStatus.running
     finally:
         with sessions.begin() as s:
             repo.delete_job(s, job_id=job_id)
@@ -108,10 +116,13 @@ def test_finish_only_from_running(session: Session) -> None:
     assert not repo.finish_job(session, job_id=job.id, status="failed", worker="other")
     assert repo.finish_job(session, job_id=job.id, status=JobStatus.succeeded,
                            final_metrics={"val_accuracy": 0.75})
-    assert job.status == JobStatus.succeeded and job.finished_at is not None
-    assert job.lease_owner is None and job.final_metrics == {"val_accuracy": 0.75}
+    assert job.status == JobStatus.succeeded
+    assert job.finished_at is not None
+    assert job.lease_owner is None
+    assert job.final_metrics == {"val_accuracy": 0.75}
     assert not repo.finish_job(session, job_id=job.id, status="failed", error="late")
-    assert job.status == JobStatus.succeeded and job.error is None
+    assert job.status == JobStatus.succeeded
+    assert job.error is None
 
 
 def test_request_cancel_transitions(session: Session) -> None:
@@ -121,12 +132,14 @@ def test_request_cancel_transitions(session: Session) -> None:
     repo.finish_job(session, job_id=done.id, status="succeeded")
 
     assert repo.request_cancel(session, job_id=queued.id) == JobStatus.cancelled
-    assert queued.status == JobStatus.cancelled and queued.finished_at is not None
+    assert queued.status == JobStatus.cancelled
+    assert queued.finished_at is not None
     assert not repo.claim_job(session, job_id=queued.id, worker="w", device="cpu")
 
     assert not cancel_flag(session, running.id)
     assert repo.request_cancel(session, job_id=running.id) == JobStatus.running
-    assert running.cancel_requested and cancel_flag(session, running.id)
+    assert running.cancel_requested
+    assert cancel_flag(session, running.id)
 
     assert repo.request_cancel(session, job_id=done.id) == JobStatus.succeeded
     assert not done.cancel_requested
@@ -150,10 +163,12 @@ def test_release_requeues_then_fails_after_max_attempts(session: Session) -> Non
     repo.claim_job(session, job_id=job.id, worker="w1", device="cpu")
     assert repo.release_job(session, job_id=job.id, worker="other") is None
     assert repo.release_job(session, job_id=job.id, worker="w1") == JobStatus.queued
-    assert job.lease_owner is None and job.attempts == 1
+    assert job.lease_owner is None
+    assert job.attempts == 1
     repo.claim_job(session, job_id=job.id, worker="w2", device="cpu")
     assert repo.release_job(session, job_id=job.id, error="worker lost") == JobStatus.failed
-    assert job.error == "worker lost" and job.attempts == 2
+    assert job.error == "worker lost"
+    assert job.attempts == 2
 
 
 def test_release_of_a_cancel_requested_job_cancels_it(session: Session) -> None:
@@ -170,7 +185,8 @@ def test_stale_jobs_are_found_by_heartbeat_age(session: Session) -> None:
     session.execute(update(Job).where(Job.id == stale.id)
                     .values(heartbeat_at=utcnow() - timedelta(minutes=5)))
     found = {j.id for j in repo.stale_jobs(session, older_than_s=60)}
-    assert stale.id in found and fresh.id not in found
+    assert stale.id in found
+    assert fresh.id not in found
     assert fresh.id in {j.id for j in repo.stale_jobs(session, older_than_s=-1)}
 
 
@@ -178,7 +194,8 @@ def test_queued_jobs_lists_only_queued(session: Session) -> None:
     queued, running = make_job(session), make_job(session)
     repo.claim_job(session, job_id=running.id, worker="w", device="cpu")
     ids = {j.id for j in repo.queued_jobs(session)}
-    assert queued.id in ids and running.id not in ids
+    assert queued.id in ids
+    assert running.id not in ids
     assert queued.id not in {j.id for j in repo.queued_jobs(session, older_than_s=3600)}
 
 
@@ -220,7 +237,8 @@ def test_list_jobs_filters_by_status(session: Session) -> None:
     a, b = make_job(session), make_job(session)
     repo.claim_job(session, job_id=b.id, worker="w", device="cpu")
     running, cursor = repo.list_jobs(session, status="running")
-    assert [j.id for j in running] == [b.id] and cursor is None
+    assert [j.id for j in running] == [b.id]
+    assert cursor is None
     assert a.id in {j.id for j in repo.list_jobs(session, status=JobStatus.queued)[0]}
 
 
@@ -251,7 +269,8 @@ def test_graceful_release_refunds_the_attempt(session: Session) -> None:
         == JobStatus.queued
     assert (job.status, job.attempts, job.release_requested, job.lease_owner) == (
         JobStatus.queued, 0, False, None)
-    assert job.error is None and job.finished_at is None
+    assert job.error is None
+    assert job.finished_at is None
 
 
 def test_stop_flags_report_cancel_and_a_lost_lease(session: Session) -> None:
@@ -275,7 +294,8 @@ def test_release_of_a_stale_job_is_conditional_on_the_heartbeat(session: Session
                     .values(heartbeat_at=utcnow() - timedelta(minutes=5)))
     assert repo.release_job(session, job_id=job.id, stale_before=cutoff,
                             error="worker lost 1 times") == JobStatus.queued
-    assert job.attempts == 1 and job.error == "worker lost 1 times"
+    assert job.attempts == 1
+    assert job.error == "worker lost 1 times"
 
 
 def test_touch_queued_lets_one_of_two_reapers_win(session: Session) -> None:

@@ -33,7 +33,8 @@ def test_existing_rows_become_csv_of_their_width(fresh_url: str) -> None:  # noq
         upgrade(fresh_url)
         with Session(engine) as session:
             row = repo.get_dataset(session, dataset_id="a" * 32)
-            assert row is not None and (row.format, row.input_shape) == ("csv", [3])
+            assert row is not None
+            assert (row.format, row.input_shape) == ("csv", [3])
             new = repo.create_dataset(
                 session, content=b"PK", n_rows=2, n_features=12, format="npz",
                 input_shape=[3, 2, 2], columns=["c"], label_column="y", classes=["a", "b"],
@@ -41,7 +42,8 @@ def test_existing_rows_become_csv_of_their_width(fresh_url: str) -> None:  # noq
             session.commit()
             session.expire_all()
             again = repo.get_dataset(session, dataset_id=new.id)
-            assert again is not None and (again.format, again.input_shape) == ("npz", [3, 2, 2])
+            assert again is not None
+            assert (again.format, again.input_shape) == ("npz", [3, 2, 2])
         command.downgrade(alembic_config(fresh_url), "0004")
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM dataset")).scalar() == 2

@@ -37,7 +37,8 @@ def test_existing_experiments_belong_to_no_study_and_studies_cascade(
         upgrade(fresh_url)
         with Session(engine) as session:
             old = repo.get_experiment(session, experiment_id="e" * 32)
-            assert old is not None and (old.study_id, old.claim) == (None, None)
+            assert old is not None
+            assert (old.study_id, old.claim) == (None, None)
             study = repo.create_study(session, spec={"seeds": 2}, name="s",
                                       claims=["placement"])
             exp = repo.create_study_experiment(session, study=study, claim="placement",
@@ -78,15 +79,18 @@ def test_studies_repo(session: Session) -> None:
     assert repo.find_study_by_idempotency_key(session, idempotency_key="k",
                                               owner="key-b") is other
     rows, cursor = repo.list_studies(session, limit=1, owner="key-a")
-    assert [s.id for s in rows] == [second.id] and cursor
+    assert [s.id for s in rows] == [second.id]
+    assert cursor
     rows, cursor = repo.list_studies(session, limit=1, owner="key-a", cursor=cursor)
-    assert [s.id for s in rows] == [first.id] and cursor is None
+    assert [s.id for s in rows] == [first.id]
+    assert cursor is None
     # Experiments come back in the study's claim order, whatever order they were made in.
     reg = repo.create_study_experiment(session, study=second, claim="regularization", spec={},
                                        name="r", variants=["bn", "none"], seeds=[0])
     place = repo.create_study_experiment(session, study=second, claim="placement", spec={},
                                          name="p", variants=["before", "after"], seeds=[0])
-    assert reg.owner == "key-a" and reg.study_id == second.id
+    assert reg.owner == "key-a"
+    assert reg.study_id == second.id
     assert [e.id for e in repo.study_experiments(session, study_id=second.id)] == [place.id,
                                                                                    reg.id]
     assert [e.id for e in repo.experiments_of(session, studies=[first, second])[second.id]] \
@@ -99,7 +103,8 @@ def test_studies_repo(session: Session) -> None:
     assert repo.cancel_study(session, study_id=second.id) == 1
     session.expire_all()
     cancelled = repo.get_job(session, job_id=a.id)
-    assert cancelled is not None and cancelled.status == JobStatus.cancelled
+    assert cancelled is not None
+    assert cancelled.status == JobStatus.cancelled
     assert session.get_one(Study, second.id).cancel_requested is True
     assert repo.reset_failed_study(session, study_id=second.id) == [b.id]
     assert session.get_one(Study, second.id).cancel_requested is False

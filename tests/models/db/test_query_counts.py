@@ -198,7 +198,8 @@ def test_statement_capture_sees_a_query(database_url: str) -> None:
             repo.list_jobs(session, owner="nobody")
     finally:
         engine.dispose()
-    assert len(seen) == 1 and "FROM job" in seen[0]
+    assert len(seen) == 1
+    assert "FROM job" in seen[0]
 
 
 def test_histories_and_children_of_group_one_query_by_id(session: Session) -> None:
@@ -214,9 +215,12 @@ def test_histories_and_children_of_group_one_query_by_id(session: Session) -> No
     got = repo.histories(session, job_ids=[a.id, b.id, "missing"])
     assert {k: [r.epoch for r in v] for k, v in got.items()} == {
         a.id: [1, 2, 3], b.id: [1], "missing": []}
-    assert got[a.id][0].loss == METRICS["loss"] and got[a.id][0].job_id == a.id
+    assert got[a.id][0].loss == METRICS["loss"]
+    assert got[a.id][0].job_id == a.id
     since = repo.histories(session, job_ids=[a.id, b.id], since=1)
-    assert [r.epoch for r in since[a.id]] == [2, 3] and since[b.id] == []
+    assert [r.epoch for r in since[a.id]] == [2, 3]
+    assert since[b.id] == []
     assert repo.histories(session, job_ids=[]) == {}
     kids = repo.children_of(session, experiment_ids=[exp.id, "none"])
-    assert [j.id for j in kids[exp.id]] == [b.id, a.id] and kids["none"] == []
+    assert [j.id for j in kids[exp.id]] == [b.id, a.id]
+    assert kids["none"] == []

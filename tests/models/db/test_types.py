@@ -30,7 +30,8 @@ def test_nan_and_inf_round_trip_in_metric_columns(session: Session) -> None:
             if value is None:
                 assert got is None
             elif math.isnan(value):
-                assert got is not None and math.isnan(got)
+                assert got is not None
+                assert math.isnan(got)
             else:
                 assert got == value
 
@@ -57,12 +58,14 @@ def test_metrics_json_keeps_nonfinite_values(session: Session) -> None:
     session.flush()
     session.expire_all()
     got = repo.get_job(session, job_id=job.id)
-    assert got is not None and got.final_metrics is not None
+    assert got is not None
+    assert got.final_metrics is not None
     assert math.isnan(got.final_metrics["loss"])
     assert got.final_metrics["val_loss"] == math.inf
     assert got.final_metrics["nested"] == [1.0, -math.inf]
     assert got.final_metrics["ok"] == 0.5
-    assert got.best_metrics == {"accuracy": 0.75} and got.best_epoch == 2
+    assert got.best_metrics == {"accuracy": 0.75}
+    assert got.best_epoch == 2
 
 
 def test_timestamps_come_back_aware_in_utc(session: Session) -> None:
@@ -83,8 +86,10 @@ def test_other_time_zones_are_stored_as_the_same_instant(session: Session) -> No
     session.flush()
     session.expire_all()
     got = session.get(Job, job.id)
-    assert got is not None and got.heartbeat_at == plus2
-    assert got.heartbeat_at.hour == 10 and got.heartbeat_at.tzinfo == UTC
+    assert got is not None
+    assert got.heartbeat_at == plus2
+    assert got.heartbeat_at.hour == 10
+    assert got.heartbeat_at.tzinfo == UTC
 
 
 def test_naive_datetimes_are_refused(session: Session) -> None:
