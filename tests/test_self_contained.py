@@ -49,7 +49,7 @@ def test_no_tracked_file_reads_the_folder_beside_the_checkout() -> None:
     assert not hits, "\n".join(hits)
 
 
-def test_the_check_sees_each_spelling(tmp_path: Path) -> None:
+def test_the_check_sees_each_spelling() -> None:
     spellings = ["curl -F file=@../" + "shared/data/x.csv",
                  'CSV = REPO.parent / "' + 'shared" / "data"',
                  "p = Path(__file__).parents[2] / '" + "shared'"]

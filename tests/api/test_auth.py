@@ -129,8 +129,8 @@ def _strip(body: Any, value: str) -> Any:
     return str(body).replace(value, "<id>")
 
 
-def test_key_b_cannot_reach_key_a_objects(authed: TestClient, a_objects: dict[str, str],
-                                          auth_settings: ApiSettings) -> None:
+def test_key_b_cannot_reach_key_a_objects(authed: TestClient, a_objects: dict[str, str]
+                                          ) -> None:
     job_id = a_objects["job_id"]
     # A reaches its own trained job: reads, downloads, predicts, streams.
     assert authed.get(f"/v1/jobs/{job_id}", headers=A).status_code == 200

@@ -162,8 +162,8 @@ def test_expansion_is_deterministic_and_idempotent(client: TestClient,
     assert {j["id"] for j in page} == {c["job_id"] for c in a["children"]}
 
 
-def test_bad_experiments_are_422_naming_the_variant(client: TestClient,
-                                                    dataset_id: str) -> None:
+@pytest.mark.usefixtures("dataset_id")
+def test_bad_experiments_are_422_naming_the_variant(client: TestClient) -> None:
     bad_value = copy.deepcopy(BN_PLACEMENT)
     bad_value["variants"] = {"network.batchnorm": ["none", "sideways"]}
     r = client.post("/v1/experiments", json=bad_value)

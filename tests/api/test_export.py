@@ -182,7 +182,7 @@ def test_client_and_cli_download_exports(client: TestClient, trained: dict[str, 
     assert onnx.load_from_string(onnx_bytes).graph.input[0].name == "input"
 
     # The CLI, on the same in-process app (its Client gets the test transport).
-    monkeypatch.setattr(commands, "Client", lambda url=None: Client(http_client=client))
+    monkeypatch.setattr(commands, "Client", lambda *_, **__: Client(http_client=client))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli_app, ["export", job_id, "--format", "torch_export",
                                           "--checkpoint", "best", "--fold-bn"])

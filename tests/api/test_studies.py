@@ -41,7 +41,7 @@ def children(client: TestClient, study: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def train(client: TestClient, ctx: RunContext, kids: list[dict[str, Any]]) -> None:
+def train(ctx: RunContext, kids: list[dict[str, Any]]) -> None:
     """One run_job per child: the first of a stack trains the stack, the others are done."""
     for child in kids:
         assert run_job(child["job_id"], ctx) in ("succeeded", None)
@@ -73,7 +73,7 @@ def test_study_end_to_end(client: TestClient, settings: ApiSettings, ctx: RunCon
     assert exp["seeds"] == [0, 1, 2]
 
     # The first claim's experiment trains: progress shows, the report is partial.
-    train(client, ctx, kids[:9])  # regularization: bn, none and none + dropout, 3 seeds each
+    train(ctx, kids[:9])  # regularization: bn, none and none + dropout, 3 seeds each
     now = client.get(f"/v1/studies/{study['id']}").json()
     assert now["status"] == "running"
     assert [c["status"] for c in now["claims"]] == ["succeeded", "queued", "queued"]
@@ -88,7 +88,7 @@ def test_study_end_to_end(client: TestClient, settings: ApiSettings, ctx: RunCon
     assert all(c["verdict"] == "inconclusive" for c in partial["claims"][1:])
     assert "Partial:" in client.get(f"/v1/studies/{study['id']}/report.md").text
 
-    train(client, ctx, kids[9:])
+    train(ctx, kids[9:])
     done = client.get(f"/v1/studies/{study['id']}").json()
     assert done["status"] == "succeeded"
     assert done["counts"]["succeeded"] == 18
@@ -151,7 +151,7 @@ def test_sweep_claims_plot_and_report(client: TestClient, ctx: RunContext) -> No
     assert r.status_code == 202, r.text
     study = r.json()
     assert study["cost"]["children"] == 2 * 2 * 2 + 2 * 2
-    train(client, ctx, children(client, study))
+    train(ctx, children(client, study))
     report = client.get(f"/v1/studies/{study['id']}/report").json()
     sweep = report["claims"][0]["details"]
     assert sweep["batch_sizes"] == [8, 32]
@@ -300,7 +300,7 @@ def test_study_events_report_progress_then_the_verdicts(client: TestClient,
 
     study = client.post("/v1/studies", json=small_study(claims=["regularization"],
                                                        seeds=2)).json()
-    train(client, ctx, children(client, study))
+    train(ctx, children(client, study))
     events = sse(client.get(f"/v1/studies/{study['id']}/events").text)
     assert [e["event"] for e in events] == ["progress", "done"]
     (claim,) = events[0]["data"]["claims"]

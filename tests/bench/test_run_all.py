@@ -95,7 +95,7 @@ def test_the_command_reports_every_module_and_exits_non_zero_on_a_failure(
     assert doc["hardware"]["torch"]
 
 
-def test_a_clean_run_exits_zero(tmp_path: Path) -> None:
+def test_a_clean_run_exits_zero() -> None:
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--package", FAKE,
                            "--only", "ok"], cwd=REPO, capture_output=True, text=True,
                           timeout=120, check=False)

@@ -217,7 +217,7 @@ def test_dataset_option_names_a_builtin_or_an_upload() -> None:
 
 
 def _use(monkeypatch: pytest.MonkeyPatch, http: httpx.Client | TestClient) -> None:
-    monkeypatch.setattr(commands, "Client", lambda url=None: Client(http_client=http))
+    monkeypatch.setattr(commands, "Client", lambda *_, **__: Client(http_client=http))
 
 
 def test_cli_run_watch_against_the_contract(fake: FakeServer, tmp_path: Path,
@@ -312,7 +312,8 @@ def worker(settings: ApiSettings) -> Iterator[None]:
         raise errors[0]
 
 
-def test_tiny_study_end_to_end(app_client: TestClient, worker: None) -> None:
+@pytest.mark.usefixtures("worker")
+def test_tiny_study_end_to_end(app_client: TestClient) -> None:
     with Client(http_client=app_client) as bn:
         study = bn.studies.create("bn-claims", base=TINY_BASE, claims=CLAIMS, seeds=2,
                                   name="tiny", idempotency_key="tiny-1")
@@ -354,7 +355,8 @@ def test_tiny_study_end_to_end(app_client: TestClient, worker: None) -> None:
         assert study.id == again.id
 
 
-def test_cli_study_run_watch_and_report(app_client: TestClient, worker: None, tmp_path: Path,
+@pytest.mark.usefixtures("worker")
+def test_cli_study_run_watch_and_report(app_client: TestClient, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     _use(monkeypatch, app_client)
     run = CliRunner().invoke(cli_app, [

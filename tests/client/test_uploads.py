@@ -59,7 +59,7 @@ def test_sync_and_async_clients_upload_npz_and_idx(app_client: TestClient, tmp_p
 
 def test_cli_uploads_npz_and_idx_pair(app_client: TestClient, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(commands, "Client", lambda url=None: Client(http_client=app_client))
+    monkeypatch.setattr(commands, "Client", lambda *_, **__: Client(http_client=app_client))
     (tmp_path / "x.npz").write_bytes(_npz(8))
     (tmp_path / "images.idx").write_bytes(_idx(np.zeros((4, 3, 3))))
     (tmp_path / "labels.idx").write_bytes(_idx(np.array([1, 0, 1, 0])))

@@ -56,8 +56,8 @@ def hold(tmp_path_factory: pytest.TempPathFactory) -> Hold:
 
 
 @pytest.fixture(scope="module")
-def server(chromium: str, hold: Hold, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[str]:
+def server(chromium: str,  # noqa: ARG001 (requested for its check)
+           hold: Hold, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # depends on chromium: no server is started for a browser that is not there
     with serve(tmp_path_factory.mktemp("dashboard"), **hold.env()) as base_url:
         yield base_url

@@ -19,7 +19,8 @@ KEY = "bnlab_e2e-dashboard-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def auth_server(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def auth_server(chromium: str,  # noqa: ARG001 (requested for its check)
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with serve(tmp_path_factory.mktemp("dashboard-auth"), BNLAB_API_KEYS=KEY) as base_url:
         yield base_url
 

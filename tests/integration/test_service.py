@@ -105,7 +105,8 @@ def test_notebook_experiment_trains_stacked_on_redis_and_postgres(
     assert max(stacked) >= 1, logs[-3000:]
 
 
-def test_workers_beat_into_the_database(redis_stack: Stack, service_db_url: str) -> None:
+@pytest.mark.usefixtures("redis_stack")
+def test_workers_beat_into_the_database(service_db_url: str) -> None:
     from models.db import make_engine, session_factory
     from models.db import repository as repo
 

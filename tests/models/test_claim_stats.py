@@ -103,9 +103,9 @@ def test_t_zero_variance() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="test must be 't' or 'wilcoxon'"):
         paired_test(D, test="sign")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\)"):
         paired_test(D, confidence=95)
 
 
@@ -290,7 +290,7 @@ def test_censored_degenerate_and_errors() -> None:
     assert "non-finite" in r["note"]
     with pytest.raises(ValueError, match="beyond the limit"):
         censored_paired([12], [3], limit=10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="shorter"):  # unpaired runs
         censored_paired([1, 2], [3], limit=10)
 
 
@@ -336,7 +336,7 @@ def test_holm_none_entries_pass_through() -> None:
     assert out[1] == pytest.approx(0.02)
     assert out[3] == pytest.approx(0.04)
     assert holm([None, None]) == [None, None]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"p-value 1.5 at position 1 is not in \[0, 1\]"):
         holm([0.5, 1.5])
 
 

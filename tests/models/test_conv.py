@@ -350,9 +350,9 @@ def test_predict_images_in_eval_mode_row_by_row(trained: dict[str, bytes]) -> No
                                    atol=1e-6)
     with pytest.raises(InferenceInputError, match=r"each input must have shape \[2, 6, 6\]"):
         predictor.predict(table.X[:2, 0].tolist())
+    bad = table.X[:1].copy()
+    bad[0, 1, 2, 3] = np.nan
     with pytest.raises(InferenceInputError, match=r"input 0, value \[1, 2, 3\]"):
-        bad = table.X[:1].copy()
-        bad[0, 1, 2, 3] = np.nan
         predictor.predict(bad.tolist())
 
 

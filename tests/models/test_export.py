@@ -127,7 +127,7 @@ def test_bn_layers_really_differ_from_identity(blobs: dict[str, bytes]) -> None:
         assert all((v - 1).abs().max() > 1e-3 for v in variances)
 
 
-def test_batchnorm_without_running_stats_uses_the_batch(blobs: dict[str, bytes]) -> None:
+def test_batchnorm_without_running_stats_uses_the_batch() -> None:
     # track_running_stats=False normalizes with the batch's own statistics even in eval mode:
     # nothing to fold, and the exported graph must do the same as the predictor does.
     blob = _train({"layers": [{"type": "dense", "units": 4, "activation": "relu"},

@@ -210,9 +210,9 @@ def test_npz_limits_on_bytes_and_odd_archives() -> None:
     content = npz(x=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]))
     with pytest.raises(DatasetError, match=r"max_bytes, the server's BNLAB_MAX_UPLOAD_BYTES"):
         parse_npz(content, max_bytes=100)
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(3))
     with pytest.raises(DatasetError, match=r"a single .npy array"):
-        buf = io.BytesIO()
-        np.save(buf, np.zeros(3))
         parse_npz(buf.getvalue())
     plain = io.BytesIO()
     with zipfile.ZipFile(plain, "w") as zf:

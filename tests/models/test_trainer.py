@@ -121,8 +121,9 @@ def assert_same_run(many: TrainingResult, alone: TrainingResult) -> None:
     assert (many.epochs_run, many.best_epoch) == (alone.epochs_run, alone.best_epoch)
 
 
-@pytest.mark.parametrize(("layers", "classes"), [(NOTEBOOK_BN_LAYERS, 2), (NOTEBOOK_PLAIN_LAYERS, 2),
-                                            (DROPOUT_LAYERS, 2), (MULTICLASS_LAYERS, 3)],
+@pytest.mark.parametrize(("layers", "classes"), [(NOTEBOOK_BN_LAYERS, 2),
+                                                (NOTEBOOK_PLAIN_LAYERS, 2), (DROPOUT_LAYERS, 2),
+                                                (MULTICLASS_LAYERS, 3)],
                          ids=["batchnorm", "plain", "dropout", "multiclass"])
 def test_stacked_models_equal_single_runs(notebook: Table, layers: list[dict[str, Any]],
                                           classes: int) -> None:

@@ -349,7 +349,7 @@ def test_worker_refuses_a_pickled_message(tmp_path: Path) -> None:
             message.reject()
 
         with Consumer(channel, queues=[queue], accept=conf.accept_content,
-                      callbacks=[lambda body, message: pytest.fail(f"decoded: {body!r}")],
+                      callbacks=[lambda body, _message: pytest.fail(f"decoded: {body!r}")],
                       on_decode_error=on_decode_error):
             conn.drain_events(timeout=10)
     assert len(seen) == 1, seen

@@ -128,7 +128,7 @@ def test_api_conforms(case: Any, real_ids: RealIds) -> None:
 
 
 @pytest.fixture
-def client(real_ids: RealIds) -> Iterator[TestClient]:
+def client(real_ids: RealIds) -> Iterator[TestClient]:  # noqa: ARG001 (creates them)
     with TestClient(APP, headers=AUTH) as c:
         yield c
 

@@ -110,7 +110,7 @@ def test_stale_running_job_is_released_and_enqueued_but_a_live_one_is_not(
 
 
 def test_a_dead_process_jobs_are_released_at_once_and_due_for_the_next_sweep(
-        reaper: Reaper, sessions: sessionmaker[Session], settings: WorkerSettings) -> None:
+        reaper: Reaper, sessions: sessionmaker[Session]) -> None:
     dead, sibling = new_job(sessions), new_job(sessions)
     with sessions.begin() as session:
         repo.claim_job(session, job_id=dead, worker="gone@host", device="cpu",

@@ -245,7 +245,7 @@ def test_list_jobs_filters_by_status(session: Session) -> None:
 def test_list_jobs_rejects_a_forged_cursor(session: Session) -> None:
     with pytest.raises(repo.InvalidCursor):
         repo.list_jobs(session, cursor="not-a-cursor")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'sleeping' is not a valid JobStatus"):
         repo.list_jobs(session, status="sleeping")
 
 
