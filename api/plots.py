@@ -12,6 +12,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 MAX_SCATTER_POINTS = 20_000
+# The OpenAPI `responses` of a route that answers one of these PNGs.
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 
 
 def _png(fig: Figure) -> bytes:

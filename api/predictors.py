@@ -1,4 +1,5 @@
-"""Eval-mode predictors cached per process, keyed by (job, checkpoint kind, sha256).
+"""Eval-mode predictors cached per process, keyed by (job, checkpoint kind, sha256), and
+`predictor_for`, which finds a job's checkpoint and fills the cache; exported files likewise.
 
 A newer checkpoint has a new sha256, so it misses the cache and the stale entry ages out of the
 small LRU. torch is imported only when the first predictor is built.
@@ -9,7 +10,18 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from api.errors import NotFound
+from api.presenters import class_names
+from api.schemas import CheckpointRef
+from models.db import repository as repo
+from models.db.tables import Checkpoint, Job
+
+if TYPE_CHECKING:  # torch loads on the first prediction, not at import
+    from models.inference import Predictor
 
 Key = tuple[str, str, str]
 
@@ -39,6 +51,38 @@ class PredictorCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def no_checkpoint(job: Job, which: str) -> NotFound:
+    return NotFound(f"job '{job.id}' has no '{which}' checkpoint yet (status {job.status}, "
+                    f"{job.epochs_done} epochs done): the worker writes one as epochs finish")
+
+
+def checkpoint_meta(session: Session, job: Job, kind: str) -> Checkpoint:
+    """The job's `kind` checkpoint row without its content (404 when there is none yet)."""
+    meta = next((c for c in repo.list_checkpoints(session, job_id=job.id) if c.kind == kind),
+                None)
+    if meta is None:
+        raise no_checkpoint(job, kind)
+    return meta
+
+
+def predictor_for(session: Session, job: Job, meta: Checkpoint, predictors: PredictorCache
+                  ) -> tuple[Predictor, CheckpointRef]:
+    """The eval-mode model of a checkpoint, from the cache (keyed by its sha256) or loaded
+    once; and the checkpoint actually used (a newer one may have landed since `meta`)."""
+    from models.inference import load_predictor  # torch on first use
+
+    ref = CheckpointRef(kind=meta.kind, epoch=meta.epoch, sha256=meta.sha256)
+    predictor = predictors.get((job.id, ref.kind, ref.sha256))
+    if predictor is None:
+        ckpt = repo.get_checkpoint(session, job_id=job.id, which=ref.kind)
+        if ckpt is None:  # deleted between the two reads
+            raise no_checkpoint(job, ref.kind)
+        ref = CheckpointRef(kind=ckpt.kind, epoch=ckpt.epoch, sha256=ckpt.sha256)
+        predictor = load_predictor(ckpt.content, classes=class_names(session, job))
+        predictors.put((job.id, ref.kind, ref.sha256), predictor)
+    return predictor, ref
 
 
 # (job, checkpoint kind, sha256, format, fold_bn, class names)

@@ -5,21 +5,17 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Response
-from sqlalchemy.orm import Session
 
 from api.deps import MAX_EPOCH_NUMBER, JobDep, PredictorsDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound, PayloadTooLarge
-from api.predictors import PredictorCache
-from api.schemas import CheckpointOut, CheckpointRef, PredictRequest, PredictResponse
+from api.predictors import checkpoint_meta, no_checkpoint, predictor_for
+from api.schemas import CheckpointOut, PredictRequest, PredictResponse
 from models.db import repository as repo
 from models.db.tables import Checkpoint, Job
-
-if TYPE_CHECKING:  # torch loads on the first prediction, not at import
-    from models.inference import Predictor
 
 router = APIRouter(prefix="/jobs", tags=["checkpoints"])
 
@@ -30,11 +26,6 @@ def _out(job: Job, c: Checkpoint) -> CheckpointOut:
     return CheckpointOut(kind=c.kind, epoch=c.epoch, size=c.size, sha256=c.sha256,
                          metrics=c.metrics, created_at=c.created_at,
                          url=f"/v1/jobs/{job.id}/checkpoints/{c.kind}")
-
-
-def _no_checkpoint(job: Job, which: str) -> NotFound:
-    return NotFound(f"job '{job.id}' has no '{which}' checkpoint yet (status {job.status}, "
-                    f"{job.epochs_done} epochs done): the worker writes one as epochs finish")
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut])
@@ -62,47 +53,10 @@ def _find(session: SessionDep, job: Job, which: str) -> Checkpoint:
     if ckpt is not None:
         return ckpt
     if which in KINDS:
-        raise _no_checkpoint(job, which)
+        raise no_checkpoint(job, which)
     kept = ", ".join(f"{c.kind} (epoch {c.epoch})"
                      for c in repo.list_checkpoints(session, job_id=job.id)) or "none yet"
     raise NotFound(f"job '{job.id}' keeps no checkpoint of epoch {which}; it keeps: {kept}")
-
-
-def checkpoint_meta(session: Session, job: Job, kind: str) -> Checkpoint:
-    """The job's `kind` checkpoint row without its content (404 when there is none yet)."""
-    meta = next((c for c in repo.list_checkpoints(session, job_id=job.id) if c.kind == kind),
-                None)
-    if meta is None:
-        raise _no_checkpoint(job, kind)
-    return meta
-
-
-def predictor_for(session: Session, job: Job, meta: Checkpoint, predictors: PredictorCache
-                  ) -> tuple[Predictor, CheckpointRef]:
-    """The eval-mode model of a checkpoint, from the cache (keyed by its sha256) or loaded
-    once; and the checkpoint actually used (a newer one may have landed since `meta`)."""
-    from models.inference import load_predictor  # torch on first use
-
-    ref = CheckpointRef(kind=meta.kind, epoch=meta.epoch, sha256=meta.sha256)
-    predictor = predictors.get((job.id, ref.kind, ref.sha256))
-    if predictor is None:
-        ckpt = repo.get_checkpoint(session, job_id=job.id, which=ref.kind)
-        if ckpt is None:  # deleted between the two reads
-            raise _no_checkpoint(job, ref.kind)
-        ref = CheckpointRef(kind=ckpt.kind, epoch=ckpt.epoch, sha256=ckpt.sha256)
-        predictor = load_predictor(ckpt.content, classes=class_names(session, job))
-        predictors.put((job.id, ref.kind, ref.sha256), predictor)
-    return predictor, ref
-
-
-def class_names(session: Session, job: Job) -> list[str] | None:
-    if job.dataset_id is None:
-        return None  # generated data: class ids are the names
-    dataset = repo.get_dataset(session, dataset_id=job.dataset_id)
-    label = (job.spec.get("dataset") or {}).get("label_column")
-    if dataset is None or (label is not None and label != dataset.label_column):
-        return None  # the checkpoint's own class list is authoritative then
-    return list(dataset.classes)
 
 
 def npy_array(text: str) -> np.ndarray:

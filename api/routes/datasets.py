@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from api import plots
 from api.deps import DatasetDep, PrincipalDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, PayloadTooLarge
+from api.plots import PNG
 from api.resolve import uploaded_table
 from api.schemas import DatasetOut, DatasetPage, GeneratorOut, GeneratorParam
 from api.settings import ApiSettings
@@ -31,8 +32,6 @@ from models.spec import SKLEARN_SHAPES, DataDirDataset, GeneratedDataset
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 CHUNK = 1 << 20
-PNG: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 
 
 def dataset_out(d: Dataset) -> DatasetOut:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Response
 
-from api.deps import JobDep, SessionDep
+from api.deps import ExportsDep, JobDep, SessionDep
 from api.errors import Conflict, ErrorOut
-from api.predictors import ExportCache, ExportKey
-from api.routes.checkpoints import class_names
+from api.predictors import ExportKey
+from api.presenters import class_names
 from models.db import repository as repo
 from models.db.tables import Job
 
@@ -24,13 +24,6 @@ _FILES = {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     "application/zip": {"schema": {"type": "string", "format": "binary"}},
 }
-
-
-def get_exports(request: Request) -> ExportCache:
-    return request.app.state.exports  # type: ignore[no-any-return]
-
-
-ExportsDep = Annotated[ExportCache, Depends(get_exports)]
 
 
 def _filename(job: Job, kind: str, epoch: int, fold_bn: bool, extension: str) -> str:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,10 +19,13 @@ from api.deps import (
     SessionDep,
     SettingsDep,
     get_job_or_404,
+    one_hop,
 )
 from api.errors import InvalidInput, NotFound
+from api.http_cache import history_cache, job_etag, not_modified
+from api.plots import PNG
+from api.presenters import COLUMNS, EXTRA_SERIES, PLOTTABLE, finite
 from api.resolve import dataset_shape
-from api.routes.jobs import job_etag, not_modified, one_hop
 from api.schemas import CheckpointRef, ModelOut
 from models.db import repository as repo
 from models.db.tables import Job
@@ -34,21 +34,6 @@ from models.resolution import resolve_network
 from models.spec import JobSpec, UploadedDataset
 
 router = APIRouter(prefix="/jobs", tags=["results"])
-
-COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "wall_time")
-PLOTTABLE = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
-# Optional series the trainer leaves in each epoch's extras (record_train_mode_val).
-EXTRA_SERIES = ("train_mode_val_loss", "train_mode_val_accuracy")
-PNG: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}}, "description": "a PNG image"}}
-
-
-def finite(v: Any) -> float | None:
-    """A metric as JSON can carry it: NaN/inf (a diverged epoch) become None."""
-    if v is None:
-        return None
-    f = float(v)
-    return f if math.isfinite(f) else None
 
 
 def history_of(session: SessionDep, job: Job, since: int = 0) -> dict[str, list[Any]]:
@@ -64,59 +49,6 @@ def history_of(session: SessionDep, job: Job, since: int = 0) -> dict[str, list[
     return out
 
 
-def series(rows: list[repo.EpochRecord]) -> dict[str, list[Any]]:
-    """Epoch rows as history_of gives them (one list per metric)."""
-    out: dict[str, list[Any]] = {"epoch": [r.epoch for r in rows]}
-    for col in COLUMNS:
-        out[col] = [finite(getattr(r, col)) for r in rows]
-    for name in EXTRA_SERIES:
-        values = [(r.extras or {}).get(name) for r in rows]
-        if any(v is not None for v in values):
-            out[name] = [finite(v) for v in values]
-    return out
-
-
-class BodyCache:
-    """JSON bodies by ETag, least recently used out first, at most `max_bytes` in all. The
-    tag names the job's state (and the request's parameters), so an entry never goes stale:
-    a finished job's history, which every page load of it asks for, is built once."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes, self.size = max_bytes, 0
-        self._items: OrderedDict[str, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> bytes | None:
-        with self._lock:
-            body = self._items.get(key)
-            if body is not None:
-                self._items.move_to_end(key)
-            return body
-
-    def put(self, key: str, body: bytes) -> None:
-        if len(body) > self.max_bytes // 4:
-            return
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = body
-            self.size += len(body)
-            while self.size > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self.size -= len(old)
-
-
-HISTORY_CACHE_BYTES = 32 * 1024 * 1024
-
-
-def history_cache(request: Request) -> BodyCache:
-    state = request.app.state
-    cache = getattr(state, "history_cache", None)
-    if cache is None:  # a race here makes two caches, one of which is dropped: harmless
-        cache = state.history_cache = BodyCache(HISTORY_CACHE_BYTES)
-    return cache  # type: ignore[no-any-return]
-
-
 @router.get("/{job_id}/history", responses={
     200: {"content": {"text/csv": {}}},
     304: {"description": "If-None-Match holds the current ETag"}})
@@ -127,7 +59,7 @@ def get_history(
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Any:
     """Keras's `history.history` shape, one list per metric indexed like `epoch` (1-based)."""
-    # One threadpool hop with its own session (see jobs.one_hop), the JSON encoded here
+    # One threadpool hop with its own session (see deps.one_hop), the JSON encoded here
     # (json.dumps of the lists, not FastAPI's jsonable_encoder walk over every float).
     cache = history_cache(request)
     with one_hop(request) as (session, principal):

@@ -17,30 +17,30 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, status
+from fastapi import APIRouter, Body, Header, Query, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import plots
-from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep
-from api.errors import Conflict, InvalidInput, NotFound, validation_messages
+from api.deps import (
+    PrincipalDep,
+    QueueDep,
+    SessionDep,
+    SessionsDep,
+    SettingsDep,
+    StreamedStudyId,
+    StudyDep,
+)
+from api.errors import Conflict, InvalidInput, validation_messages
+from api.experiment_plan import PlannedExperiment, prepare_experiment, store_experiment
+from api.experiment_stats import experiment_summary, runs_of
 from api.ratelimit import check_active_jobs
 from api.resolve import dataset_shape
-from api.routes.events import Poll, SessionsDep, stream
-from api.routes.experiments import (
-    PlannedExperiment,
-    enqueue_or_undo,
-    experiment_summary,
-    prepare_experiment,
-    requeue,
-    runs_of,
-    store_experiment,
-)
-from api.routes.jobs import body_hash
 from api.schemas import StudyClaimOut, StudyCost, StudyOut, StudyPage, StudyRetryOut
 from api.settings import ApiSettings
+from api.sse import Poll, stream
+from api.submission import STUDY, requeue, submit
 from models.db import repository as repo
 from models.db.tables import Experiment, Job, Study
 from models.experiment import ExperimentSpec, variant_names
@@ -62,19 +62,8 @@ EXAMPLES: dict[str, Any] = {
                  "value": {"name": "bn-claims"}},
 }
 
-StudyId = Annotated[str, Path(description="id returned by POST /v1/studies")]
 SPE_SAMPLE = 200  # finished jobs the throughput estimate reads
 ACTIVE = ("queued", "running")
-
-
-def get_study_or_404(study_id: StudyId, session: SessionDep, principal: PrincipalDep) -> Study:
-    study = repo.get_study(session, study_id=study_id, owner=principal.owner)
-    if study is None:
-        raise NotFound(f"no study with id '{study_id}': list studies with GET /v1/studies")
-    return study
-
-
-StudyDep = Annotated[Study, Depends(get_study_or_404)]
 
 
 # ------------------------------------------------------------------------------ cost
@@ -213,46 +202,25 @@ def submit_study(
     """Plan one experiment per claim, expand them all, store them in one transaction and
     enqueue every child. `cost` says how many children and roughly how long."""
     stored = body.model_dump(mode="json")
-    request_hash = body_hash(stored)
-    if idempotency_key is not None:
-        earlier = repo.find_study_by_idempotency_key(
-            session, idempotency_key=idempotency_key, owner=principal.owner)
-        if earlier is not None:
-            return _replayed(session, earlier, request_hash, response, settings)
-    planned = _plan(session, body, settings, principal.owner)
-    check_active_jobs(session, owner=principal.owner,
-                      adding=sum(len(p.children) for _, p in planned),
-                      limit=settings.max_active_jobs_per_key)
-    jobs: list[Job] = []
-    try:
+
+    def create(planned: list[tuple[Claim, PlannedExperiment]], request_hash: str
+               ) -> tuple[Study, list[Job]]:
         study = repo.create_study(session, spec=stored, name=body.name,
                                   claims=[c.value for c, _ in planned],
                                   idempotency_key=idempotency_key, request_hash=request_hash,
                                   owner=principal.owner)
+        jobs: list[Job] = []
         for claim, p in planned:
             _, exp_jobs = store_experiment(session, p, settings, principal.owner, study=study,
                                            claim=claim.value)
             jobs += exp_jobs
-        session.commit()  # commit, then enqueue: the workers must find the rows
-    except IntegrityError:
-        session.rollback()
-        earlier = repo.find_study_by_idempotency_key(
-            session, idempotency_key=idempotency_key or "", owner=principal.owner)
-        if earlier is None:
-            raise
-        return _replayed(session, earlier, request_hash, response, settings)
-    enqueue_or_undo(session, queue, jobs, study, "study")  # experiments and children cascade
-    response.headers["Location"] = f"/v1/studies/{study.id}"
-    return study_out(session, study, settings)
+        return study, jobs  # undone by deleting the study: experiments and children cascade
 
-
-def _replayed(session: Session, study: Study, request_hash: str, response: Response,
-              settings: ApiSettings) -> StudyOut:
-    if study.request_hash != request_hash:
-        raise Conflict(f"Idempotency-Key already used for study '{study.id}' with a "
-                       "different body: use a new key for a new study")
-    response.status_code = status.HTTP_200_OK
-    response.headers["Location"] = f"/v1/studies/{study.id}"
+    study = submit(session, queue, response, STUDY, stored=stored, owner=principal.owner,
+                   idempotency_key=idempotency_key, max_active=settings.max_active_jobs_per_key,
+                   prepare=lambda: _plan(session, body, settings, principal.owner),
+                   adding=lambda planned: sum(len(p.children) for _, p in planned),
+                   create=create)
     return study_out(session, study, settings)
 
 
@@ -607,19 +575,11 @@ class StudyEvents:
         return Poll(events)
 
 
-def _existing_study(study_id: StudyId, sessions: SessionsDep, principal: PrincipalDep) -> str:
-    with sessions() as session:  # short: the stream must not hold a connection
-        if repo.get_study(session, study_id=study_id, owner=principal.owner) is None:
-            raise NotFound(f"no study with id '{study_id}': list studies with GET /v1/studies")
-    return study_id
-
-
 @router.get("/{study_id}/events", response_class=EventSourceResponse, responses={
     200: {"description": "`progress` when a claim's counts change, then `done`"},
     404: {"description": "no such study"}})
-async def study_events(study_id: Annotated[str, Depends(_existing_study)],
-                       sessions: SessionsDep, settings: SettingsDep
-                       ) -> AsyncIterator[ServerSentEvent]:
+async def study_events(study_id: StreamedStudyId, sessions: SessionsDep,
+                       settings: SettingsDep) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events of a study: per-claim progress as children finish, then `done` with
     the study and each claim's verdict. A reconnect starts from the current progress."""
     async for event in stream(sessions, StudyEvents(study_id, settings)):

@@ -26,10 +26,10 @@ from sqlalchemy.orm import Session
 
 from api.deps import JobDep, PredictorsDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound
+from api.http_cache import job_etag, not_modified
+from api.predictors import checkpoint_meta, predictor_for
+from api.presenters import finite
 from api.resolve import uploaded_table
-from api.routes.checkpoints import checkpoint_meta, predictor_for
-from api.routes.jobs import job_etag, not_modified
-from api.routes.results import finite
 from api.schemas import CheckpointRef
 from models.datasets import DatasetError, Table, generate, load_table
 from models.db import repository as repo

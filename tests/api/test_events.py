@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.routes import events
+from api import sse as events
 from models.db import repository as repo
 from tests.support.bodies import generated_body
 from tests.support.epochs import store_epoch

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from api.routes import events as server_events
+from api import sse as server_events
 from bnlab import Client, DoneEvent, EpochEvent, Event, NotFound, StatusEvent, ValidationError
 from bnlab import _calls as calls
 from bnlab.types import job_done
