@@ -69,7 +69,7 @@ HISTORY_CACHE_BYTES = 32 * 1024 * 1024
 def history_cache(request: Request) -> BodyCache:
     """The app's cache of history bodies, made on first use."""
     state = request.app.state
-    cache = getattr(state, "history_cache", None)
+    cache: BodyCache | None = getattr(state, "history_cache", None)
     if cache is None:  # a race here makes two caches, one of which is dropped: harmless
         cache = state.history_cache = BodyCache(HISTORY_CACHE_BYTES)
-    return cache  # type: ignore[no-any-return]
+    return cache
