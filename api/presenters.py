@@ -49,7 +49,7 @@ def status_payload(job: Job) -> dict[str, Any]:
             "epochs": job.epochs_total, "error": job.error}
 
 
-def epoch_payload(row: repo.EpochRecord) -> dict[str, Any]:
+def epoch_payload(row: repo.StoredEpoch) -> dict[str, Any]:
     """One epoch's metrics as the history endpoint names them."""
     data: dict[str, Any] = {"job_id": row.job_id, "epoch": row.epoch}
     for col in COLUMNS:
@@ -60,7 +60,7 @@ def epoch_payload(row: repo.EpochRecord) -> dict[str, Any]:
     return data
 
 
-def series(rows: list[repo.EpochRecord]) -> dict[str, list[Any]]:
+def series(rows: list[repo.StoredEpoch]) -> dict[str, list[Any]]:
     """Epoch rows as a job's history gives them (one list per metric)."""
     out: dict[str, list[Any]] = {"epoch": [r.epoch for r in rows]}
     for col in COLUMNS:

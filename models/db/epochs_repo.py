@@ -62,7 +62,7 @@ def record_epochs(session: Session, *, rows: Sequence[EpochRow]) -> int:
     return inserted
 
 
-class EpochRecord(NamedTuple):
+class StoredEpoch(NamedTuple):
     """One stored epoch as read back: plain values, not a mapped (tracked) object."""
 
     job_id: str
@@ -78,15 +78,15 @@ class EpochRecord(NamedTuple):
 
 # Columns, not the entity: the ORM's identity map and instrumentation cost ~4x the query for
 # a 1,000-epoch history (16 ms vs 4 ms on PostgreSQL), and nobody writes through these rows.
-_RECORD_COLUMNS = tuple(getattr(EpochMetric, name) for name in EpochRecord._fields)
+_RECORD_COLUMNS = tuple(getattr(EpochMetric, name) for name in StoredEpoch._fields)
 
 
-def history(session: Session, *, job_id: str, since: int = 0) -> list[EpochRecord]:
+def history(session: Session, *, job_id: str, since: int = 0) -> list[StoredEpoch]:
     """The job's epoch rows with epoch > `since`, in epoch order."""
     stmt = (select(*_RECORD_COLUMNS)
             .where(EpochMetric.job_id == job_id, EpochMetric.epoch > since)
             .order_by(EpochMetric.epoch))
-    return [EpochRecord._make(row) for row in session.execute(stmt)]
+    return [StoredEpoch._make(row) for row in session.execute(stmt)]
 
 
 HISTORY_VALUE_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
@@ -106,17 +106,17 @@ def history_values(session: Session, *, job_id: str, since: int = 0,
 
 
 def histories(session: Session, *, job_ids: Sequence[str], since: int = 0
-              ) -> dict[str, list[EpochRecord]]:
+              ) -> dict[str, list[StoredEpoch]]:
     """history() of several jobs (an experiment's children) with one query: every id in
     `job_ids` is a key, [] when it has no epochs after `since`."""
-    out: dict[str, list[EpochRecord]] = {job_id: [] for job_id in job_ids}
+    out: dict[str, list[StoredEpoch]] = {job_id: [] for job_id in job_ids}
     if not out:
         return out
     stmt = (select(*_RECORD_COLUMNS)
             .where(EpochMetric.job_id.in_(list(out)), EpochMetric.epoch > since)
             .order_by(EpochMetric.job_id, EpochMetric.epoch))
     for row in session.execute(stmt):
-        out[row.job_id].append(EpochRecord._make(row))
+        out[row.job_id].append(StoredEpoch._make(row))
     return out
 
 

@@ -13,8 +13,8 @@ from models.db.datasets_repo import (
     list_datasets,
 )
 from models.db.epochs_repo import (
-    EpochRecord,
     EpochRow,
+    StoredEpoch,
     histories,
     history,
     history_values,
@@ -78,9 +78,9 @@ from models.db.studies_repo import (
 from models.db.workers_repo import beat_worker, live_workers
 
 __all__ = [
-    "EpochRecord",
     "EpochRow",
     "InvalidCursor",
+    "StoredEpoch",
     "any_api_key",
     "beat_worker",
     "cancel_experiment",
