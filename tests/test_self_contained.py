@@ -26,7 +26,7 @@ def tracked_files() -> list[Path]:
         out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True,
                              capture_output=True).stdout
         return [REPO / name for name in out.decode().split("\0") if name]
-    files = []
+    files: list[Path] = []
     for root, dirs, names in os.walk(REPO):
         dirs[:] = [d for d in dirs if d not in UNTRACKED and not d.endswith(".egg-info")]
         files.extend(Path(root) / n for n in names)

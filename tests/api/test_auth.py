@@ -44,10 +44,12 @@ def authed(auth_settings: ApiSettings) -> Iterator[TestClient]:
 
 def v1_routes(client: TestClient) -> list[tuple[str, str]]:
     """(method, path template) of every route under /v1 (included routers flattened)."""
-    out = []
+    out: list[tuple[str, str]] = []
     for route in iter_route_contexts(client.app.routes):  # type: ignore[attr-defined]
-        if route.path.startswith("/v1"):
-            out += [(m, route.path) for m in sorted(set(route.methods or ()) - {"HEAD"})]
+        path = route.path
+        assert path is not None  # every route the app mounts has one
+        if path.startswith("/v1"):
+            out += [(m, path) for m in sorted(set(route.methods or ()) - {"HEAD"})]
     return out
 
 

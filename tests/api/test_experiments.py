@@ -30,7 +30,7 @@ def notebook_experiment(dataset_id: str, seeds: Any = 5, epochs: int = 3) -> dic
             "seeds": seeds}
 
 
-BN_PLACEMENT = {
+BN_PLACEMENT: dict[str, Any] = {
     "name": "bn-placement",
     "base": {"dataset": {"name": "concentric_circles", "n_samples": 500, "noise": 0.1},
              "network": {"hidden": [3, 2], "activation": "relu"},

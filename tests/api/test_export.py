@@ -26,7 +26,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
 
 def _rows(n: int) -> list[list[float]]:
-    return (np.random.default_rng(n).normal(size=(n, 2)) * 2).round(6).tolist()
+    rows: list[list[float]] = (np.random.default_rng(n).normal(size=(n, 2)) * 2).round(6).tolist()
+    return rows
 
 
 def _predicted(client: TestClient, job_id: str, rows: list[list[float]],

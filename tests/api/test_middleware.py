@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,7 +14,7 @@ from api.settings import ApiSettings
 from models.db import upgrade
 
 
-def make_client(tmp_path: Path, **overrides: object) -> TestClient:
+def make_client(tmp_path: Path, **overrides: Any) -> TestClient:
     s = ApiSettings(home=tmp_path, database_url=None, broker_url=None, **overrides)
     upgrade(s.sqlalchemy_url)
     return TestClient(create_app(s), raise_server_exceptions=False)

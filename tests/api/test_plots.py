@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -12,9 +13,11 @@ from models.stats import Run, summarize
 
 
 def test_curves_png_with_gaps_and_several_jobs() -> None:
-    history = {"loss": [1.0, math.nan, 0.5], "val_loss": [1.1, None, 0.7],
-               "accuracy": [0.5, 0.6, 0.7], "lr": [1e-3, 1e-3, 1e-4]}
-    series = {"plain": ([1, 2, 3], history), "bn": ([1, 2], {"loss": [0.9, 0.4]})}
+    history: dict[str, list[float | None]] = {
+        "loss": [1.0, math.nan, 0.5], "val_loss": [1.1, None, 0.7],
+        "accuracy": [0.5, 0.6, 0.7], "lr": [1e-3, 1e-3, 1e-4]}
+    series: dict[str, tuple[list[int], Mapping[str, Sequence[float | None]]]] = {
+        "plain": ([1, 2, 3], history), "bn": ([1, 2], {"loss": [0.9, 0.4]})}
     png = plots.curves_png(series, ["loss", "val_loss", "accuracy", "lr"])
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(png) > 1000

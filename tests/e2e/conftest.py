@@ -44,7 +44,8 @@ def chromium() -> str:
 def serve(home: Path, **env: str) -> Iterator[str]:
     """A real `bnlab serve` (see embedded_serve); `env` adds settings (e.g. BNLAB_API_KEYS).
     Yields the base URL."""
-    with embedded_serve(home, **env) as (base_url, _):
+    # show_logs (its default) named, else mypy matches **env against that bool
+    with embedded_serve(home, show_logs=True, **env) as (base_url, _):
         yield base_url
 
 

@@ -83,7 +83,7 @@ def poll(what: str, fn: Callable[[], T | None], *, timeout: float,
          logs: Callable[[], str], every: float = 0.2) -> T:
     """fn() until it returns something other than None/False, or fail with the logs."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
         last = fn()
         if last is not None and last is not False:

@@ -74,7 +74,7 @@ def cnn_job(client: httpx.Client) -> dict[str, Any]:
                              "training": {"epochs": 30, "batch_size": 64, "split": "stratified",
                                           "seed": 0, "optimizer": {"lr": 0.003}}})
     wait_done(client, [job_id], timeout=900)
-    job = client.get(f"/v1/jobs/{job_id}").json()
+    job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded", job
     return job
 

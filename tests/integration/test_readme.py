@@ -8,6 +8,7 @@ import re
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import onnx
@@ -29,7 +30,7 @@ def walkthrough() -> str:
     return match.group(1)
 
 
-def json_objects(text: str) -> list[dict]:
+def json_objects(text: str) -> list[dict[str, Any]]:
     """Every JSON object in curl's output (its bodies end without a newline, so they run on)."""
     decoder, found, at = json.JSONDecoder(), [], 0
     while (at := text.find("{", at)) != -1:

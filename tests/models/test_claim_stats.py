@@ -251,7 +251,7 @@ def test_censored_by_hand_and_against_scipy() -> None:
     limit = 10
     a = [3, 4, None, 2, 5, 6, None]     # BN: epochs to reach the threshold
     b = [6, None, None, 9, 4, 10, 8]    # plain
-    r = censored_paired(a, b, limit=limit)  # type: ignore[arg-type]
+    r = censored_paired(a, b, limit=limit)
     # substituted: None -> 11; d = b - a = 3, 7, 0, 7, -1, 4, -3
     # nonzero |d| 3, 7, 7, 1, 4, 3 -> mid-ranks 2.5, 5.5, 5.5, 1, 4, 2.5
     # T+ = 2.5 + 5.5 + 5.5 + 4 = 17.5, T- = 1 + 2.5 = 3.5 (sum 21 = 6*7/2)
@@ -352,7 +352,7 @@ def test_holm_against_reference_and_procedure() -> None:
                 == holm_rejects(p, alpha)
         order = np.argsort(p, kind="stable")
         ordered = [adj[i] for i in order]
-        assert ordered == sorted(ordered)  # type: ignore[type-var]
+        assert ordered == sorted(ordered)
 
 
 def test_holm_against_statsmodels() -> None:
@@ -441,7 +441,7 @@ def test_seeds_needed_degenerate() -> None:
 
 def test_spread() -> None:
     v = [0.81, 0.75, 0.9, 0.62, 0.88, 0.7]
-    s = spread([*v, None, float("nan")])  # type: ignore[list-item]
+    s = spread([*v, None, float("nan")])
     assert s["n"] == 6
     assert s["n_dropped"] == 2
     assert s["std"] == pytest.approx(np.std(v, ddof=1))

@@ -19,7 +19,7 @@ from models.export import to_onnx
 from models.inference import InferenceInputError, load_predictor, serving_network
 from models.network import build_network, fold_batchnorm
 from models.resolution import resolve_job, train_rows
-from models.spec import JobSpec, Limits, SpecError
+from models.spec import GroupNormLayer, JobSpec, Limits, SpecError
 from models.stacked import stacked_network
 from models.trainer import TrainingDiverged, train_job, train_many
 
@@ -113,7 +113,9 @@ def test_shorthand_builds_conv_blocks_with_the_chosen_norm() -> None:
         "dense", "groupnorm", "activation", "dense"]
     assert [r.output_shape for r in net.summary()][:5] == [
         (None, 16, 8, 8), (None, 16, 8, 8), (None, 16, 8, 8), (None, 16, 4, 4), (None, 32, 4, 4)]
-    assert net.layers[1].groups == 8
+    norm = net.layers[1]
+    assert isinstance(norm, GroupNormLayer)
+    assert norm.groups == 8
     none = JobSpec.model_validate({"dataset": {"name": "digits"}, "network": {
         "conv": [4], "norm": "none", "batchnorm": "before_activation", "reduce": "flatten"}})
     layers = resolve_job(none, input_shape=(1, 8, 8), n_classes=10, n_rows=1797).network.layers

@@ -3,6 +3,8 @@ input with the line and column of the problem."""
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 import pytest
 
@@ -29,9 +31,17 @@ from models.spec import (
     generated_shape,
 )
 
-LIMITS = {"max_rows": 1000, "max_columns": 10, "max_bytes": 100_000}
 
-GENERATED = [
+class _Limits(TypedDict):
+    max_rows: int
+    max_columns: int
+    max_bytes: int
+
+
+LIMITS: _Limits = {"max_rows": 1000, "max_columns": 10, "max_bytes": 100_000}
+
+GeneratorSpec = CirclesDataset | MoonsDataset | XorDataset | SpiralsDataset | BlobsDataset
+GENERATED: list[GeneratorSpec] = [
     CirclesDataset(name="concentric_circles", n_samples=301, noise=0.05, factor=0.4, seed=3),
     MoonsDataset(name="moons", n_samples=200, seed=1),
     XorDataset(name="xor", n_samples=203, seed=2),
@@ -41,7 +51,7 @@ GENERATED = [
 
 
 @pytest.mark.parametrize("ds", GENERATED, ids=lambda d: d.name)
-def test_generators_are_deterministic_and_shaped(ds) -> None:
+def test_generators_are_deterministic_and_shaped(ds: GeneratorSpec) -> None:
     a, b = generate(ds), generate(ds)
     assert a.X.tobytes() == b.X.tobytes()
     assert a.y.tobytes() == b.y.tobytes()

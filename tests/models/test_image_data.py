@@ -9,6 +9,7 @@ import io
 import struct
 import zipfile
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pytest
@@ -39,7 +40,15 @@ from models.spec import (
 )
 
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-SMALL = {"max_rows": 1_000, "max_bytes": 1_000_000, "max_values": 100_000}
+
+
+class _Limits(TypedDict):
+    max_rows: int
+    max_bytes: int
+    max_values: int
+
+
+SMALL: _Limits = {"max_rows": 1_000, "max_bytes": 1_000_000, "max_values": 100_000}
 
 
 def idx(arr: np.ndarray, code: int = 0x08) -> bytes:
@@ -51,7 +60,8 @@ def idx(arr: np.ndarray, code: int = 0x08) -> bytes:
 
 def npz(compressed: bool = False, **arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    (np.savez_compressed if compressed else np.savez)(buf, **arrays)  # type: ignore[operator]
+    # allow_pickle (its default) named, else mypy matches **arrays against that bool
+    (np.savez_compressed if compressed else np.savez)(buf, allow_pickle=True, **arrays)
     return buf.getvalue()
 
 

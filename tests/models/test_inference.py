@@ -56,7 +56,7 @@ def test_a_row_does_not_depend_on_the_others(blob: bytes) -> None:
     ([[1e300, 1.0]], "overflows float32"),
     ([["a", 1.0]], "list of lists"),
 ])
-def test_bad_rows_are_refused(blob: bytes, rows: list, message: str) -> None:
+def test_bad_rows_are_refused(blob: bytes, rows: list[list[object]], message: str) -> None:
     with pytest.raises(InferenceInputError, match=message):
         load_predictor(blob).predict(rows)
     assert issubclass(InferenceInputError, ValueError)

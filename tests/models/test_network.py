@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -10,12 +10,28 @@ import torch
 from models.devices import DeviceError, select_device
 from models.network import build_network, fold_batchnorm
 from models.resolution import ResolvedNetwork, resolve_job, resolve_network
-from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec, NetworkSpec
-from models.stacked import stacked_network
+from models.spec import (
+    NOTEBOOK_BN_LAYERS,
+    NOTEBOOK_PLAIN_LAYERS,
+    BatchNormPlacement,
+    JobSpec,
+    NetworkSpec,
+)
+from models.stacked import _BatchNorm, stacked_network
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
-def _net(layers: list[dict], n_features: int = 2, n_classes: int = 2) -> ResolvedNetwork:
-    return resolve_network(NetworkSpec(layers=layers), n_features, n_classes)
+def _net(layers: list[dict[str, Any]], n_features: int = 2, n_classes: int = 2
+         ) -> ResolvedNetwork:
+    return resolve_network(NetworkSpec.model_validate({"layers": layers}), n_features, n_classes)
+
+
+def _at(modules: torch.nn.Sequential | torch.nn.ModuleList, i: int, kind: type[M]) -> M:
+    """`modules[i]`, narrowed to the module class the test relies on."""
+    module = modules[i]
+    assert isinstance(module, kind)
+    return module
 
 
 def _counts(model: torch.nn.Module) -> tuple[int, int]:
@@ -49,7 +65,7 @@ def test_module_layout_and_head_left_out() -> None:
 
 
 def test_layer_options_reach_the_modules() -> None:
-    layers = [
+    layers: list[dict[str, Any]] = [
         {"type": "dense", "units": 4, "use_bias": False},
         {"type": "batchnorm", "momentum": 0.01, "eps": 1e-3, "affine": False},
         {"type": "activation", "activation": "leaky_relu", "negative_slope": 0.2},
@@ -74,16 +90,18 @@ def test_keras_init_is_glorot_with_zero_bias_and_seeded() -> None:
     a = build_network(net, init="keras", seed=7)
     b = build_network(net, init="keras", seed=7)
     c = build_network(net, init="pytorch", seed=7)
-    assert torch.equal(a[0].weight, b[0].weight)
-    assert not torch.equal(a[0].weight, c[0].weight)
-    assert torch.count_nonzero(a[0].bias) == 0
+    a0 = _at(a, 0, torch.nn.Linear)
+    assert torch.equal(a0.weight, _at(b, 0, torch.nn.Linear).weight)
+    assert not torch.equal(a0.weight, _at(c, 0, torch.nn.Linear).weight)
+    assert torch.count_nonzero(a0.bias) == 0
     limit = (6 / (2 + 3)) ** 0.5
-    assert a[0].weight.abs().max() <= limit
+    assert a0.weight.abs().max() <= limit
 
 
 @pytest.mark.parametrize("init", ["pytorch", "keras"])
 def test_variants_sharing_dense_layers_start_from_the_same_weights(init: str) -> None:
-    nets = {bn: resolve_network(NetworkSpec(hidden=[3, 2], batchnorm=bn), 2, 2)
+    nets = {bn: resolve_network(NetworkSpec(hidden=[3, 2], batchnorm=BatchNormPlacement(bn)),
+                                 2, 2)
             for bn in ("none", "before_activation", "after_activation")}
     no_bias = _net([{"type": "dense", "units": 3, "activation": "relu", "use_bias": False},
                     {"type": "dropout", "rate": 0.5}, {"type": "batchnorm"},
@@ -98,10 +116,12 @@ def test_variants_sharing_dense_layers_start_from_the_same_weights(init: str) ->
                 if a.bias is not None and b.bias is not None:
                     assert torch.equal(a.bias, b.bias)
         assert dense[3][0].bias is None
-    a, b = build_network(nets["none"], init=init, seed=0), build_network(nets["none"], init=init,
-                                                                          seed=1)
-    assert not torch.equal(a[0].weight, b[0].weight)  # seeds differ
-    assert not torch.equal(a[0].weight.flatten()[:4], a[2].weight.flatten()[:4])  # layers differ
+    seed0 = build_network(nets["none"], init=init, seed=0)
+    seed1 = build_network(nets["none"], init=init, seed=1)
+    first = _at(seed0, 0, torch.nn.Linear).weight
+    assert not torch.equal(first, _at(seed1, 0, torch.nn.Linear).weight)  # seeds differ
+    assert not torch.equal(first.flatten()[:4],
+                           _at(seed0, 2, torch.nn.Linear).weight.flatten()[:4])  # layers differ
 
 
 def test_default_init_keeps_nn_linear_distribution_and_the_global_rng() -> None:
@@ -110,7 +130,7 @@ def test_default_init_keeps_nn_linear_distribution_and_the_global_rng() -> None:
     state = torch.get_rng_state()
     model = build_network(net, seed=3)
     assert torch.equal(torch.get_rng_state(), state)  # seeded: the global RNG is untouched
-    w, b = model[0].weight, model[0].bias
+    w, b = _at(model, 0, torch.nn.Linear).weight, _at(model, 0, torch.nn.Linear).bias
     bound = 1 / 50 ** 0.5  # kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)), bias too
     assert w.abs().max() <= bound
     assert w.abs().max() > 0.95 * bound
@@ -119,11 +139,12 @@ def test_default_init_keeps_nn_linear_distribution_and_the_global_rng() -> None:
     assert abs(w.mean().item()) < 0.01
     assert w.std().item() == pytest.approx(bound / 3 ** 0.5,
                                                                             rel=0.05)
-    keras = build_network(net, init="keras", seed=3)[0].weight
+    keras = _at(build_network(net, init="keras", seed=3), 0, torch.nn.Linear).weight
     limit = (6 / (50 + 200)) ** 0.5
     assert keras.abs().max() <= limit
     assert keras.abs().max() > 0.95 * limit
-    assert torch.count_nonzero(build_network(net, init="keras", seed=3)[0].bias) == 0
+    assert torch.count_nonzero(
+        _at(build_network(net, init="keras", seed=3), 0, torch.nn.Linear).bias) == 0
     with pytest.raises(ValueError, match="unknown init"):
         build_network(net, init="lecun")
 
@@ -140,11 +161,13 @@ def test_batchnorm_running_stats_follow_the_momentum_formula() -> None:
     mean, var = h.mean(0), h.var(0, unbiased=True)
     expect_mean = 0.7 * torch.zeros(3) + 0.3 * mean
     expect_var = 0.7 * torch.ones(3) + 0.3 * var
-    for rm, rv in ((model[1].running_mean, model[1].running_var),
-                   (stacked.layers[1].running_mean[0], stacked.layers[1].running_var[0])):
+    bn = _at(model, 1, torch.nn.BatchNorm1d)
+    stacked_bn = _at(stacked.layers, 1, _BatchNorm).buffers_state()
+    for rm, rv in ((bn.running_mean, bn.running_var),
+                   (stacked_bn["running_mean"][0], stacked_bn["running_var"][0])):
         torch.testing.assert_close(rm, expect_mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(rv, expect_var, rtol=1e-5, atol=1e-6)
-    assert int(stacked.layers[1].num_batches_tracked[0]) == 1
+    assert int(stacked_bn["num_batches_tracked"][0]) == 1
 
 
 def test_eval_output_does_not_depend_on_batch_composition() -> None:
@@ -171,7 +194,7 @@ def test_stacked_network_matches_the_plain_modules(mode: str) -> None:
     seeds = [3, 4, 5]
     stacked = stacked_network(net, seeds=seeds, init="keras", device=torch.device("cpu"))
     x = torch.randn(3, 20, 2)
-    out = stacked(x, mode)  # type: ignore[arg-type]
+    out = stacked(x, mode)
     for k, seed in enumerate(seeds):
         ref = build_network(net, init="keras", seed=seed)
         ref.train(mode == "train")

@@ -4,6 +4,7 @@ APIs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -85,7 +86,11 @@ def test_fast_step_calls_torchs_step_only_for_the_first(name: str) -> None:
     assert opt.param_groups[0]["fused"]
     calls = []
     torch_step = opt.step
-    opt.step = lambda *a, **kw: calls.append(1) or torch_step(*a, **kw)  # type: ignore[method-assign]
+
+    def counted_step(*a: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return torch_step(*a, **kw)
+    opt.step = counted_step  # type: ignore[method-assign]
     step = fast_step(opt)
     for i in range(4):
         p.grad = _grad(p, i)
@@ -166,7 +171,7 @@ def test_fast_backward_is_bitwise_loss_backward() -> None:
 
 def _count_public_backward(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    public = torch.Tensor.backward
+    public: Callable[..., None] = torch.Tensor.backward
 
     def counted(self: torch.Tensor, *a: Any, **kw: Any) -> None:
         calls.append(1)

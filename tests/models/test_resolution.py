@@ -7,8 +7,15 @@ from typing import Any
 
 import pytest
 
-from models.resolution import resolve_job
-from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec, Limits, SpecError
+from models.resolution import ResolvedJob, resolve_job
+from models.spec import (
+    NOTEBOOK_BN_LAYERS,
+    NOTEBOOK_PLAIN_LAYERS,
+    DenseLayer,
+    JobSpec,
+    Limits,
+    SpecError,
+)
 
 
 def job(network: dict[str, Any], training: dict[str, Any] | None = None,
@@ -20,7 +27,7 @@ def job(network: dict[str, Any], training: dict[str, Any] | None = None,
     })
 
 
-def resolve(spec: JobSpec, n_classes: int = 2, n_rows: int = 499, **kw: Any):
+def resolve(spec: JobSpec, n_classes: int = 2, n_rows: int = 499, **kw: Any) -> ResolvedJob:
     return resolve_job(spec, n_features=2, n_classes=n_classes, n_rows=n_rows, **kw)
 
 
@@ -51,6 +58,7 @@ def test_shorthand_placements_expand_to_the_seed_examples() -> None:
     after = resolve(job({"hidden": [3, 2], "batchnorm": "after_activation"})).network
     assert [layer.type for layer in after.layers] == [
         "dense", "batchnorm", "dense", "batchnorm", "dense"]
+    assert isinstance(after.layers[0], DenseLayer)
     assert after.layers[0].activation == "relu"
     before = resolve(job({"hidden": [3, 2], "batchnorm": "before_activation"})).network
     assert [m.type for m in before.modules()] == [

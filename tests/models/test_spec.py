@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from models.spec import NOTEBOOK_PLAIN_LAYERS, JobSpec
+from models.spec import NOTEBOOK_PLAIN_LAYERS, BatchNormLayer, JobSpec, UploadedDataset
 
 
 def job(network: dict[str, Any], training: dict[str, Any] | None = None,
@@ -28,7 +28,10 @@ def test_keras_momentum_is_stored_in_pytorch_convention() -> None:
                                {"type": "batchnorm", "momentum": 0.99, "eps": 1e-3},
                                {"type": "dense", "units": 1, "activation": "sigmoid"}],
                     "momentum_convention": "keras"})
-    assert explicit.network.layers[1].momentum == pytest.approx(0.01)
+    layers = explicit.network.layers
+    assert layers is not None
+    assert isinstance(layers[1], BatchNormLayer)
+    assert layers[1].momentum == pytest.approx(0.01)
     # The normalised spec re-validates to itself: stored specs are stable.
     assert JobSpec.model_validate(explicit.model_dump(mode="json")) == explicit
 
@@ -52,6 +55,7 @@ def test_structural_errors_are_validation_errors(body: dict[str, Any], needle: s
 def test_generated_datasets_discriminate_by_name() -> None:
     spec = JobSpec.model_validate({"dataset": {"name": "blobs", "n_classes": 4, "n_features": 3},
                                    "network": {"hidden": [8]}})
+    assert not isinstance(spec.dataset, UploadedDataset)
     assert spec.dataset.name == "blobs"
     with pytest.raises(ValidationError):
         JobSpec.model_validate({"dataset": {"name": "imagenet"}, "network": {"hidden": [8]}})

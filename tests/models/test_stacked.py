@@ -17,7 +17,7 @@ CPU = torch.device("cpu")
 
 def _net(layers: list[dict[str, Any]], n_features: int = 2, n_classes: int = 2
          ) -> ResolvedNetwork:
-    return resolve_network(NetworkSpec(layers=layers), n_features, n_classes)
+    return resolve_network(NetworkSpec.model_validate({"layers": layers}), n_features, n_classes)
 
 
 def _bn_net(**bn: Any) -> ResolvedNetwork:
@@ -109,7 +109,7 @@ def test_dropout_layers_draw_different_masks_and_none_outside_training() -> None
     assert not torch.equal(a == 0, b == 0)
     assert set(a.unique().tolist()) == {0.0, 2.0}  # kept units scaled by 1 / (1 - rate)
     for mode in ("eval", "batch_stats"):
-        assert torch.equal(stacked.layers[1](ones, mode, None), ones)  # type: ignore[arg-type]
+        assert torch.equal(stacked.layers[1](ones, mode, None), ones)
 
 
 def test_state_round_trip_and_optimizer_slots() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,12 +33,12 @@ def runs_with(offset_b: float, noise_b: float = 0.0) -> list[Run]:
     return runs
 
 
-def summary_of(runs: list[Run], **kw: object) -> dict:
+def summary_of(runs: list[Run], **kw: object) -> dict[str, Any]:
     return summarize(runs, variants=["plain", "bn"], metrics=["val_accuracy", "val_loss"],
                      thresholds={"val_accuracy": 0.6}, **kw)  # type: ignore[arg-type]
 
 
-def comparison(summary: dict, metric: str = "val_accuracy") -> dict:
+def comparison(summary: dict[str, Any], metric: str = "val_accuracy") -> dict[str, Any]:
     return next(c for c in summary["comparisons"] if c["metric"] == metric)
 
 

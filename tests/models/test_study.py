@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.datasets import load_table
-from models.experiment import ExperimentSpec, expand, stack_groups
+from models.experiment import ExperimentSpec, NamedVariant, expand, stack_groups
 from models.resolution import resolve_job
 from models.stats import Run
 from models.study import Claim, StudyError, StudySpec, analyze_claim, decide, plan
@@ -71,7 +71,7 @@ def test_plans_refuse_what_cannot_test_a_claim() -> None:
         plan(StudySpec(base=explicit, claims=[Claim.placement]))
     # the other claims take explicit layers: "none" is the same list without its BN layers
     ((_, exp),) = plan(StudySpec(base=explicit, claims=[Claim.regularization]))
-    none = next(v for v in exp.variants if v.name == "none")  # type: ignore[union-attr]
+    none = next(v for v in exp.variants if isinstance(v, NamedVariant) and v.name == "none")
     assert [la["type"] for la in none.overrides()["network"]["layers"]] == ["dense", "dense"]
 
 

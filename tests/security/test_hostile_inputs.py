@@ -20,8 +20,10 @@ from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
-from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 from kombu.exceptions import ContentDisallowed
+from kombu.messaging import Consumer, Producer
 
 from api.settings import ApiSettings
 from devtools.procs import PYTHON, Procs, clean_env, free_port, wait_ready

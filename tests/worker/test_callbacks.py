@@ -8,8 +8,22 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import repository as repo
+from models.db.tables import Job
 from models.trainer import EpochRecord
 from worker.callbacks import NO_FLAGS, DbCallbacks, Flags, LeaseLost, StackWriter, stack_callbacks
+
+
+def _job(session: Session, job_id: str) -> Job:
+    job = repo.get_job(session, job_id=job_id)
+    assert job is not None
+    return job
+
+
+def _last(session: Session, job_id: str) -> bytes:
+    """The content of the job's last checkpoint, which the test has written."""
+    ckpt = repo.get_checkpoint(session, job_id=job_id, kind="last")
+    assert ckpt is not None
+    return bytes(ckpt.content)
 
 
 def test_a_zombie_writes_nothing_into_a_job_someone_else_runs(
@@ -29,11 +43,11 @@ def test_a_zombie_writes_nothing_into_a_job_someone_else_runs(
     with sessions() as session:
         assert repo.history(session, job_id=job_id) == []
         assert repo.list_checkpoints(session, job_id=job_id) == []
-        assert repo.get_job(session, job_id=job_id).epochs_done == 0
+        assert _job(session, job_id).epochs_done == 0
     assert not owner.should_stop()
     owner.on_epoch_end(EpochRecord(1, {"loss": 0.5}, 0.1, {}, {"last": b"real"}))
     with sessions() as session:
-        assert bytes(repo.get_checkpoint(session, job_id=job_id, kind="last").content) == b"real"
+        assert _last(session, job_id) == b"real"
 
 
 def test_should_stop_says_why(sessions: sessionmaker[Session]) -> None:
@@ -94,9 +108,8 @@ def test_a_stack_writes_an_epoch_once_every_member_reported_it(
     callbacks[2].on_epoch_end(EpochRecord(1, {"loss": 0.4}, 0.1, {}, {}))
     assert [_epochs(sessions, j) for j in ids] == [[1], [1], [1]]
     with sessions() as session:
-        assert bytes(repo.get_checkpoint(session, job_id=ids[0], kind="last").content) \
-            == ids[0].encode()
-        assert [repo.get_job(session, job_id=j).epochs_done for j in ids] == [1, 1, 1]
+        assert _last(session, ids[0]) == ids[0].encode()
+        assert [_job(session, j).epochs_done for j in ids] == [1, 1, 1]
 
     # Member 1 stops (it reports no epoch 2): the others' epoch 2 waits until one of them
     # moves on, then is written without it.

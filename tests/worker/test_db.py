@@ -59,8 +59,12 @@ def test_epoch_write_survives_a_dropped_connection_and_is_recorded_once(
     callbacks.on_epoch_end(record)  # a replay (e.g. after a lost commit reply) is harmless
     with sessions() as session:
         assert [r.epoch for r in repo.history(session, job_id=job_id)] == [1]
-        assert repo.get_checkpoint(session, job_id=job_id, kind="last").epoch == 1
-        assert repo.get_job(session, job_id=job_id).epochs_done == 1
+        last = repo.get_checkpoint(session, job_id=job_id, kind="last")
+        assert last is not None
+        assert last.epoch == 1
+        job = repo.get_job(session, job_id=job_id)
+        assert job is not None
+        assert job.epochs_done == 1
 
 
 def test_retrying_gives_up_after_its_deadline() -> None:

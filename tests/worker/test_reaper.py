@@ -102,6 +102,7 @@ def test_stale_running_job_is_released_and_enqueued_but_a_live_one_is_not(
     assert str(job.status) == "queued"
     assert job.attempts == 1
     assert job.lease_owner is None
+    assert job.error is not None
     assert job.error.startswith("worker lost 1 times (last seen on gone@host at ")
     assert len(queue_files(settings)) == 1
     assert stale in reaper.broker_messages()
@@ -124,6 +125,7 @@ def test_a_dead_process_jobs_are_released_at_once_and_due_for_the_next_sweep(
     assert str(job.status) == "queued"
     assert job.attempts == 1
     assert job.lease_owner is None
+    assert job.error is not None
     assert job.error.startswith("worker lost 1 times (last seen on gone@host at ")
     assert str(get(sessions, sibling).status) == "running"
     assert reaper.sweep().requeued_orphans == [dead]  # due at once, not after the grace
@@ -140,6 +142,7 @@ def test_a_job_lost_max_attempts_times_fails_with_that_reason(
     job = get(sessions, job_id)
     assert str(job.status) == "failed"
     assert job.finished_at is not None
+    assert job.error is not None
     assert job.error.startswith("worker lost 2 times (last seen on gone@host at "), job.error
     assert len(queue_files(settings)) == 1  # only the first loss was re-enqueued
 

@@ -57,7 +57,8 @@ def notebook_body(dataset_id: str, *, layers: list[dict[str, Any]], epochs: int
                          "split": "tail", "seed": 1}}
 
 
-def job_state(sessions: sessionmaker[Session], job_id: str) -> tuple[Any, list[int], dict]:
+def job_state(sessions: sessionmaker[Session], job_id: str
+              ) -> tuple[Any, list[int], dict[str, int]]:
     with sessions() as session:
         job = repo.get_job(session, job_id=job_id)
         epochs = [row.epoch for row in repo.history(session, job_id=job_id)]

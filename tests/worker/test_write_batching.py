@@ -54,6 +54,13 @@ def _record(epoch: int, **blobs: bytes) -> EpochRecord:
     return EpochRecord(epoch, {"loss": 1.0 / epoch}, 0.01, {}, dict(blobs))
 
 
+def _content(session: Session, job_id: str, kind: str) -> bytes:
+    """The content of a checkpoint that list_checkpoints has just listed."""
+    ckpt = repo.get_checkpoint(session, job_id=job_id, kind=kind)
+    assert ckpt is not None
+    return bytes(ckpt.content)
+
+
 def test_the_first_epoch_is_written_at_once_and_the_rest_wait_for_the_interval(
         sessions: sessionmaker[Session]) -> None:
     [job_id] = _claimed(sessions)
@@ -67,10 +74,11 @@ def test_the_first_epoch_is_written_at_once_and_the_rest_wait_for_the_interval(
     cb.stack.flush()  # what _train does when training ends
     assert _epochs(sessions, job_id) == [1, 2, 3, 4, 5]
     with sessions() as session:
-        assert repo.get_job(session, job_id=job_id).epochs_done == 5
-        ckpts = {c.kind: (c.epoch, bytes(repo.get_checkpoint(
-            session, job_id=job_id, kind=c.kind).content))
-            for c in repo.list_checkpoints(session, job_id=job_id)}
+        job = repo.get_job(session, job_id=job_id)
+        assert job is not None
+        assert job.epochs_done == 5
+        ckpts = {c.kind: (c.epoch, _content(session, job_id, c.kind))
+                 for c in repo.list_checkpoints(session, job_id=job_id)}
     assert ckpts == {"best": (5, b"best5"), "last": (5, b"last5")}  # the newest of each
 
 
