@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,6 +210,7 @@ def test_bnlab_serve_writes_json_lines_from_api_and_worker(tmp_path: Path) -> No
     a request and a job trained by the worker process, then every line of its output parsed."""
     import httpx
 
+    from devtools.poll import poll_until
     from devtools.procs import embedded_serve
 
     with embedded_serve(tmp_path, BNLAB_LOG_FORMAT="json") as (base_url, procs), \
@@ -220,11 +220,10 @@ def test_bnlab_serve_writes_json_lines_from_api_and_worker(tmp_path: Path) -> No
                       headers={"X-Request-ID": "serve-trace-1"})
         assert r.status_code == 202, r.text
         job = r.json()["id"]
-        deadline = time.monotonic() + 300  # a hang guard: the worker may still be starting
-        while http.get(f"/v1/jobs/{job}").json()["status"] != "succeeded":
-            if time.monotonic() > deadline:
-                pytest.fail(f"job {job} did not finish\n{procs.dump_logs()}")
-            time.sleep(0.1)
+        # a hang guard: the worker may still be starting
+        poll_until(lambda: http.get(f"/v1/jobs/{job}").json()["status"],
+                   lambda status: status == "succeeded", what=f"success of job {job}",
+                   timeout=300, describe=lambda status: f"{status}\n{procs.dump_logs()}")
         output = procs.procs[0].log_tail(10**8)
     records = []
     for line in output.splitlines():

@@ -19,6 +19,7 @@ from models.db import upgrade
 from models.spec import NOTEBOOK_BN_LAYERS
 from tests.support.bodies import CIRCLES
 from tests.support.broker import queued_messages
+from tests.support.sse import sse
 from worker.training_run import RunContext, run_job
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -296,8 +297,6 @@ def test_another_key_gets_404(authed: TestClient) -> None:
 
 def test_study_events_report_progress_then_the_verdicts(client: TestClient,
                                                         ctx: RunContext) -> None:
-    from tests.api.test_experiments import sse
-
     study = client.post("/v1/studies", json=small_study(claims=["regularization"],
                                                        seeds=2)).json()
     train(client, ctx, children(client, study))

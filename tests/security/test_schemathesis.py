@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 from api.main import create_app
 from api.settings import ApiSettings
 from models.db import upgrade
-from tests.security.conftest import API_KEY, AUTH, MAX_PREDICT_ROWS, TINY_JOB, train
+from tests.support.security import API_KEY, AUTH, MAX_PREDICT_ROWS, TINY_JOB, train
 
 MAX_EXAMPLES = 12
 SQL_INT_MAX = 2**63 - 1
