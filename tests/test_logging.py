@@ -18,8 +18,9 @@ from api.main import create_app
 from api.settings import ApiSettings
 from config.logging import configure_logging, log_context, resolve_format
 from config.settings import BaseBnlabSettings
-from models.db import make_engine, session_factory, upgrade
+from models.db import make_engine, session_factory
 from models.spec import Limits
+from tests.support.db import migrated_sqlite
 from worker.training_run import RunContext, run_job
 
 log = logging.getLogger("tests.logging")
@@ -50,7 +51,7 @@ def json_logs() -> Iterator[Captured]:
 @pytest.fixture
 def app_settings(tmp_path: Path) -> ApiSettings:
     s = ApiSettings(home=tmp_path, database_url=None, broker_url=None)
-    upgrade(s.sqlalchemy_url)
+    migrated_sqlite(s.sqlalchemy_url)
     return s
 
 

@@ -9,8 +9,9 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from api.settings import ApiSettings
-from models.db import make_engine, session_factory, upgrade
+from models.db import make_engine, session_factory
 from models.spec import Limits
+from tests.support.db import migrated_sqlite
 from worker.training_run import RunContext, run_job
 
 API_KEY = "k-test-security-0123456789abcdef"
@@ -26,7 +27,7 @@ TINY_JOB: dict[str, Any] = {
 def make_settings(home: Path) -> ApiSettings:
     s = ApiSettings(home=home, database_url=None, broker_url=None,
                     api_keys=API_KEY, max_predict_rows=MAX_PREDICT_ROWS)
-    upgrade(s.sqlalchemy_url)
+    migrated_sqlite(s.sqlalchemy_url)
     return s
 
 

@@ -18,16 +18,15 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, session_factory, upgrade
+from tests.support import db as support_db
 
 # The PostgreSQL runs need a server: integration, so `make check` leaves them out.
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 
 
 @pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("db-template") / "template.sqlite3"
-    upgrade(f"sqlite:///{path}")
-    return path
+def sqlite_template() -> Path:
+    return support_db.sqlite_template()
 
 
 @pytest.fixture
