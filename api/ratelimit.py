@@ -1,9 +1,9 @@
 """Per-key rate limits (token buckets) and the active-jobs cap.
 
 The buckets live in the API process: with several API processes each allows the full rate,
-so the effective limit is N times the setting (documented in docs/security.md). That keeps
-Redis out of the request path; a shared limiter can replace `RateLimiter` behind the same
-middleware if that ever matters.
+so the effective limit is N times the setting (README.md, "Authentication, ownership and rate
+limits"). That keeps Redis out of the request path; a shared limiter can replace
+`RateLimiter` behind the same middleware if that ever matters.
 
 `RateLimit` is plain ASGI and sits after authentication, so it knows the key, and before the
 body cap and the routes, so a refused upload is answered without reading its body.

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from devtools.poll import poll_until
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 BNLAB = str(Path(PYTHON).with_name("bnlab"))
@@ -112,12 +114,9 @@ class Hold:
     def wait_held(self, job_id: str, *, logs: Callable[[], str] = str,
                   timeout: float = HANG_S) -> None:
         """Until the job's training holds after epoch `epoch` (fails only on a hang)."""
-        deadline = time.monotonic() + timeout
-        while not self.is_held(job_id):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} not held at epoch {self.epoch} after "
-                                     f"{timeout:.0f}s\n{logs()}")
-            time.sleep(0.1)
+        poll_until(lambda: self.is_held(job_id), bool,
+                   what=f"hold of job {job_id} at epoch {self.epoch}", timeout=timeout,
+                   describe=lambda _: f"not held\n{logs()}")
 
     def release(self, job_id: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -126,33 +125,29 @@ class Hold:
 
 def wait_ready(base_url: str, procs: Procs, *, timeout: float = HANG_S) -> None:
     """Poll /readyz until 200; fail early if a process died."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
+
+    def readyz() -> tuple[bool, str]:
         for p in procs.procs:
             if p.popen.poll() is not None:
                 raise AssertionError(f"{p.name} exited with {p.popen.returncode}\n"
                                      f"{procs.dump_logs()}")
         try:
             r = httpx.get(f"{base_url}/readyz", timeout=2)
-            if r.status_code == 200:
-                return
-            last = r.text
         except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.3)
-    raise AssertionError(f"{base_url} not ready after {timeout}s: {last}\n{procs.dump_logs()}")
+            return False, repr(exc)
+        return r.status_code == 200, r.text
+
+    poll_until(readyz, lambda answer: answer[0], what=f"ready {base_url}", timeout=timeout,
+               interval=0.3, describe=lambda answer: f"{answer[1]}\n{procs.dump_logs()}")
 
 
 def wait_for_log(proc: Proc, needle: str, *, timeout: float = HANG_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if needle in proc.log_tail(200_000):
-            return
-        if proc.popen.poll() is not None:
-            break
-        time.sleep(0.3)
-    raise AssertionError(f"{proc.name}: no {needle!r} after {timeout}s\n{proc.log_tail()}")
+    tail = poll_until(lambda: proc.log_tail(200_000),
+                      lambda tail: needle in tail or proc.popen.poll() is not None,
+                      what=f"{needle!r} in {proc.name}'s log", timeout=timeout, interval=0.3,
+                      describe=lambda _: f"\n{proc.log_tail()}")
+    if needle not in tail:
+        raise AssertionError(f"{proc.name} exited with no {needle!r}\n{proc.log_tail()}")
 
 
 def celery_worker_argv(name: str, queues: str = "cpu", pool: str = "solo") -> list[str]:

@@ -5,20 +5,14 @@ Under CI=true a missing PostgreSQL or Redis fails the run; elsewhere those tests
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-# The seed notebook's dataset, shipped inside the repository (models/data/).
-NOTEBOOK_CSV = REPO / "models" / "data" / "concertriccir2.csv"
-PG_ADMIN_URL = os.environ.get("BNLAB_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-IN_CI = os.environ.get("CI", "").lower() == "true"
+from tests.support.paths import NOTEBOOK_CSV
+from tests.support.services import IN_CI, PG_ADMIN_URL, REDIS_HOST, REDIS_PORT
 
 
 def _unavailable(what: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ from api.main import create_app
 from api.settings import ApiSettings
 from config.logging import configure_logging, log_context, resolve_format
 from config.settings import BaseBnlabSettings
-from models.db import make_engine, session_factory, upgrade
+from models.db import make_engine, session_factory
 from models.spec import Limits
+from tests.support.db import migrated_sqlite
 from worker.training_run import RunContext, run_job
 
 log = logging.getLogger("tests.logging")
@@ -51,7 +51,7 @@ def json_logs() -> Iterator[Captured]:
 @pytest.fixture
 def app_settings(tmp_path: Path) -> ApiSettings:
     s = ApiSettings(home=tmp_path, database_url=None, broker_url=None)
-    upgrade(s.sqlalchemy_url)
+    migrated_sqlite(s.sqlalchemy_url)
     return s
 
 
@@ -211,6 +211,7 @@ def test_bnlab_serve_writes_json_lines_from_api_and_worker(tmp_path: Path) -> No
     a request and a job trained by the worker process, then every line of its output parsed."""
     import httpx
 
+    from devtools.poll import poll_until
     from devtools.procs import embedded_serve
 
     with embedded_serve(tmp_path, BNLAB_LOG_FORMAT="json") as (base_url, procs), \
@@ -220,11 +221,10 @@ def test_bnlab_serve_writes_json_lines_from_api_and_worker(tmp_path: Path) -> No
                       headers={"X-Request-ID": "serve-trace-1"})
         assert r.status_code == 202, r.text
         job = r.json()["id"]
-        deadline = time.monotonic() + 300  # a hang guard: the worker may still be starting
-        while http.get(f"/v1/jobs/{job}").json()["status"] != "succeeded":
-            if time.monotonic() > deadline:
-                pytest.fail(f"job {job} did not finish\n{procs.dump_logs()}")
-            time.sleep(0.1)
+        # a hang guard: the worker may still be starting
+        poll_until(lambda: http.get(f"/v1/jobs/{job}").json()["status"],
+                   lambda status: status == "succeeded", what=f"success of job {job}",
+                   timeout=300, describe=lambda status: f"{status}\n{procs.dump_logs()}")
         output = procs.procs[0].log_tail(10**8)
     records = []
     for line in output.splitlines():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_self_contained import REPO, tracked_files
+from tests.support.paths import REPO, tracked_files
 
 SERVER_PACKAGES = {"api", "cli", "config", "migrations", "models", "worker"}
 SERVER_STACK = ("torch", "fastapi", "celery", "sqlalchemy", "starlette", "uvicorn", "numpy")

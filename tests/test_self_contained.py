@@ -6,31 +6,15 @@ nothing beside it; this test keeps the tree from naming the folder our machines 
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.paths import REPO, tracked_files
+
 # The reference folder beside our checkouts, however it is spelled: a relative path up into it,
 # or a Path walk out of the repository into it (from `.parent` or `parents[N]`); the spellings
 # are in test_the_check_sees_each_spelling.
 OUTSIDE = re.compile(r"\.\./" + "shared" + r"|(?:parent|parents\[\d\])\s*/\s*['\"]" + "shared")
-# What a checkout holds beside the tracked files when there is no .git to ask (the CI copy).
-UNTRACKED = {".git", ".venv", "artifacts", "build", "dist", "__pycache__", ".mypy_cache",
-             ".ruff_cache", ".pytest_cache", "wheels"}
-
-
-def tracked_files() -> list[Path]:
-    if (REPO / ".git").exists():
-        out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True,
-                             capture_output=True).stdout
-        return [REPO / name for name in out.decode().split("\0") if name]
-    files: list[Path] = []
-    for root, dirs, names in os.walk(REPO):
-        dirs[:] = [d for d in dirs if d not in UNTRACKED and not d.endswith(".egg-info")]
-        files.extend(Path(root) / n for n in names)
-    return files
 
 
 def names_outside(path: Path) -> list[str]:

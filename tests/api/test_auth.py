@@ -15,10 +15,11 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import ApiSettings
-from models.db import make_engine, session_factory, upgrade
+from models.db import make_engine, session_factory
 from models.db import repository as repo
 from models.spec import Limits
 from tests.support.bodies import generated_body
+from tests.support.db import migrated_sqlite
 from worker.training_run import RunContext, run_job
 
 KEY_A = "bnlab_test-key-a-0123456789abcdef0123456789"
@@ -32,7 +33,7 @@ MISSING = "0" * 32
 def auth_settings(tmp_path: Path) -> ApiSettings:
     s = ApiSettings(home=tmp_path, database_url=None, broker_url=None,
                     api_keys=f"{KEY_A}, {KEY_B}")
-    upgrade(s.sqlalchemy_url)
+    migrated_sqlite(s.sqlalchemy_url)
     return s
 
 

@@ -14,6 +14,7 @@ from api.settings import ApiSettings
 from models.db import repository as repo
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS
 from tests.support.broker import queued_messages
+from tests.support.sse import sse
 from worker.training_run import RunContext, run_job
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -228,24 +229,6 @@ def test_cancel_cancels_queued_children(client: TestClient, dataset_id: str) -> 
     assert body["status"] == "cancelled"
     assert body["counts"]["cancelled"] == 4
     assert client.get("/v1/experiments/nope").status_code == 404
-
-
-def sse(text: str) -> list[dict[str, Any]]:
-    """Parse a finished event stream into [{"event", "id", "data"}] (comments dropped)."""
-    import json
-
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        fields: dict[str, Any] = {}
-        for line in block.splitlines():
-            if line.startswith(":") or ":" not in line:
-                continue
-            key, _, value = line.partition(":")
-            fields[key] = value[1:] if value.startswith(" ") else value
-        if "event" in fields or "data" in fields:
-            fields["data"] = json.loads(fields["data"]) if "data" in fields else None
-            events.append(fields)
-    return events
 
 
 def test_experiment_events_replay_and_resume(client: TestClient, dataset_id: str,

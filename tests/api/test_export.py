@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import ApiSettings
-from models.db import upgrade
 from models.export import read_safetensors_zip, rebuild
 from tests.support.bodies import generated_body
+from tests.support.db import migrated_sqlite
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
@@ -136,7 +136,7 @@ KEY_B = "bnlab_test-key-b-0123456789abcdef0123456789"
 def test_no_checkpoint_is_409_and_another_keys_job_is_404(tmp_path: Path) -> None:
     settings = ApiSettings(home=tmp_path, database_url=None, broker_url=None,
                            api_keys=f"{KEY_A},{KEY_B}")
-    upgrade(settings.sqlalchemy_url)
+    migrated_sqlite(settings.sqlalchemy_url)
     a, b = ({"Authorization": f"Bearer {k}"} for k in (KEY_A, KEY_B))
     with TestClient(create_app(settings)) as client:
         job_id = client.post("/v1/jobs", json=generated_body(), headers=a).json()["id"]

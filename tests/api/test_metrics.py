@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import api.metrics
 from api.main import create_app
 from api.settings import ApiSettings
-from models.db import upgrade
 from tests.support.bodies import generated_body
+from tests.support.db import migrated_sqlite
 from worker.training_run import RunContext, run_job
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -72,7 +72,7 @@ def test_requests_are_counted_and_timed_by_route_template(client: TestClient) ->
 
 def test_a_server_error_counts_as_5xx(tmp_path: Path) -> None:
     settings = ApiSettings(home=tmp_path, database_url=None, broker_url=None)
-    upgrade(settings.sqlalchemy_url)
+    migrated_sqlite(settings.sqlalchemy_url)
     app = create_app(settings)
 
     def boom() -> None:
@@ -116,7 +116,7 @@ def test_jobs_queue_and_epochs_follow_a_real_job(client: TestClient, ctx: RunCon
 def test_metrics_need_no_key_and_are_not_rate_limited(tmp_path: Path) -> None:
     settings = ApiSettings(home=tmp_path, database_url=None, broker_url=None, api_keys="k-1",
                            rate_limit_submissions="1/hour", rate_limit_predictions="1/hour")
-    upgrade(settings.sqlalchemy_url)
+    migrated_sqlite(settings.sqlalchemy_url)
     with TestClient(create_app(settings)) as client:
         assert client.get("/v1/jobs").status_code == 401
         for _ in range(5):
@@ -128,7 +128,7 @@ def test_metrics_need_no_key_and_are_not_rate_limited(tmp_path: Path) -> None:
 
 def test_queue_depth_reads_redis(tmp_path: Path, redis_url: str) -> None:
     settings = ApiSettings(home=tmp_path, database_url=None, broker_url=redis_url)
-    upgrade(settings.sqlalchemy_url)
+    migrated_sqlite(settings.sqlalchemy_url)
     with TestClient(create_app(settings)) as client:
         before = value(scrape(client), "bnlab_queue_depth", queue="cpu")
         for _ in range(2):
@@ -141,7 +141,7 @@ def test_queue_depth_reads_redis(tmp_path: Path, redis_url: str) -> None:
 def test_an_unreachable_broker_is_reported_not_fatal(tmp_path: Path) -> None:
     settings = ApiSettings(home=tmp_path, database_url=None,
                            broker_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
-    upgrade(settings.sqlalchemy_url)
+    migrated_sqlite(settings.sqlalchemy_url)
     with TestClient(create_app(settings)) as client:
         samples = scrape(client)
     assert value(samples, "bnlab_metrics_source_up", source="broker") == 0

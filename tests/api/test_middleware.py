@@ -11,12 +11,12 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import ApiSettings
-from models.db import upgrade
+from tests.support.db import migrated_sqlite
 
 
 def make_client(tmp_path: Path, **overrides: Any) -> TestClient:
     s = ApiSettings(home=tmp_path, database_url=None, broker_url=None, **overrides)
-    upgrade(s.sqlalchemy_url)
+    migrated_sqlite(s.sqlalchemy_url)
     return TestClient(create_app(s), raise_server_exceptions=False)
 
 

@@ -17,8 +17,8 @@ from api.main import create_app
 from api.ratelimit import Rate, RateLimiter, limited_kind, parse_rate
 from api.settings import ApiSettings
 from cli.main import is_loopback
-from models.db import upgrade
 from tests.support.bodies import generated_body
+from tests.support.db import migrated_sqlite
 
 A = {"Authorization": "Bearer key-a-for-rate-limit-tests"}
 B = {"Authorization": "Bearer key-b-for-rate-limit-tests"}
@@ -66,7 +66,7 @@ def limited(tmp_path: Path) -> Iterator[TestClient]:
                     api_keys=f"{A['Authorization'][7:]},{B['Authorization'][7:]}",
                     rate_limit_submissions="2/minute", rate_limit_predictions="1/hour",
                     max_active_jobs_per_key=3)
-    upgrade(s.sqlalchemy_url)
+    migrated_sqlite(s.sqlalchemy_url)
     with TestClient(create_app(s)) as c:
         yield c
 
@@ -104,7 +104,7 @@ def test_active_jobs_per_key_are_capped(tmp_path: Path) -> None:
     s = ApiSettings(home=tmp_path, database_url=None, broker_url=None,
                     api_keys="key-a-for-rate-limit-tests", rate_limit_submissions="",
                     max_active_jobs_per_key=3)
-    upgrade(s.sqlalchemy_url)
+    migrated_sqlite(s.sqlalchemy_url)
     with TestClient(create_app(s)) as c:
         ids = [c.post("/v1/jobs", json=generated_body(), headers=A).json()["id"]
                for _ in range(2)]

@@ -15,10 +15,11 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.settings import ApiSettings
 from models.db import repository as repo
-from models.db import upgrade
 from models.spec import NOTEBOOK_BN_LAYERS
 from tests.support.bodies import CIRCLES
 from tests.support.broker import queued_messages
+from tests.support.db import migrated_sqlite
+from tests.support.sse import sse
 from worker.training_run import RunContext, run_job
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -275,7 +276,7 @@ B = {"Authorization": f"Bearer {KEY_B}"}
 def authed(tmp_path: Path) -> Iterator[TestClient]:
     s = ApiSettings(home=tmp_path / "auth", database_url=None, broker_url=None,
                     api_keys=f"{KEY_A}, {KEY_B}")
-    upgrade(s.sqlalchemy_url)
+    migrated_sqlite(s.sqlalchemy_url)
     with TestClient(create_app(s)) as c:
         yield c
 
@@ -296,8 +297,6 @@ def test_another_key_gets_404(authed: TestClient) -> None:
 
 def test_study_events_report_progress_then_the_verdicts(client: TestClient,
                                                         ctx: RunContext) -> None:
-    from tests.api.test_experiments import sse
-
     study = client.post("/v1/studies", json=small_study(claims=["regularization"],
                                                        seeds=2)).json()
     train(ctx, children(client, study))

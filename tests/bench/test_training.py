@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.training import keras_available, keras_fit, load_table, measure, notebook_job
-from tests.conftest import IN_CI
+from tests.support.services import IN_CI
 
 CPU = torch.device("cpu")
 

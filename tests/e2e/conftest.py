@@ -7,7 +7,6 @@ Under CI=true a missing chromium or playwright fails the run; elsewhere these te
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -17,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from devtools.procs import Hold, embedded_serve
-from tests.conftest import IN_CI
+from devtools.procs import Hold
+from tests.support.dashboard import serve
+from tests.support.services import IN_CI
 
 CHROMIUM = os.environ.get("BNLAB_CHROMIUM", "/usr/bin/chromium")
 
@@ -38,15 +38,6 @@ def chromium() -> str:
     except ImportError:
         _unavailable("the playwright package is not installed (pip install -e '.[dev]')")
     return CHROMIUM
-
-
-@contextlib.contextmanager
-def serve(home: Path, **env: str) -> Iterator[str]:
-    """A real `bnlab serve` (see embedded_serve); `env` adds settings (e.g. BNLAB_API_KEYS).
-    Yields the base URL."""
-    # show_logs (its default) named, else mypy matches **env against that bool
-    with embedded_serve(home, show_logs=True, **env) as (base_url, _):
-        yield base_url
 
 
 @pytest.fixture(scope="module")

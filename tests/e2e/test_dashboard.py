@@ -6,7 +6,6 @@ two jobs, open an experiment. Screenshots of each view are kept; no JavaScript e
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,36 +13,17 @@ import httpx
 import pytest
 
 from devtools.procs import Hold
+from tests.support.dashboard import WAIT_MS, wait_done, wait_points
 
 pytestmark = pytest.mark.integration
 
 EPOCHS = 30
 # 20k rows: an epoch takes a few hundred ms, so the curve is seen growing epoch by epoch
 SAMPLES = 20_000
-WAIT_MS = 240_000  # hang guards for a loaded CI machine; nothing here measures speed
-
-
-def wait_done(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return dict(job)
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def points(page: Any, testid: str) -> int:
     return int(page.get_by_test_id(testid).get_attribute("data-points"))
-
-
-def wait_points(page: Any, testid: str, op: str, n: int, timeout: int = 30_000) -> None:
-    """Wait until the chart's plotted epoch count compares to n (op: '>=', '>' or '===')."""
-    page.wait_for_function(
-        "([testid, op, n]) => { const el = document.querySelector(`[data-testid=${testid}]`);"
-        " const p = el ? +el.dataset.points : -1;"
-        " return op === '>' ? p > n : op === '>=' ? p >= n : p === n; }",
-        arg=[testid, op, n], timeout=timeout)
 
 
 def canvas_colours(page: Any) -> dict[str, int]:

@@ -10,8 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import serve
-from tests.e2e.test_dashboard import WAIT_MS, wait_points
+from tests.support.dashboard import WAIT_MS, serve, wait_points
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.routes.dashboard import STATIC
 from api.settings import ApiSettings
-from models.db import upgrade
+from tests.support.db import migrated_sqlite
 
 IMPORT = re.compile(r"""^\s*import\s+(?:[^'"]+\s+from\s+)?["']([^"']+)["']""", re.M)
 
@@ -22,7 +22,7 @@ IMPORT = re.compile(r"""^\s*import\s+(?:[^'"]+\s+from\s+)?["']([^"']+)["']""", r
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     settings = ApiSettings(home=tmp_path, database_url=None, broker_url=None)
-    upgrade(settings.sqlalchemy_url)
+    migrated_sqlite(settings.sqlalchemy_url)
     with TestClient(create_app(settings)) as c:
         yield c
 

@@ -7,7 +7,6 @@ page shows mid-training is certain however fast the machine is."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +14,13 @@ import httpx
 import pytest
 
 from devtools.procs import Hold
+from tests.support.dashboard import WAIT_MS, wait_done
 
 pytestmark = pytest.mark.integration
 
-WAIT_MS = 240_000  # hang guards for a loaded CI machine; nothing here measures speed
 EPOCHS = 4
 TRAINING = {"epochs": EPOCHS, "batch_size": 64, "validation_split": 0.2, "split": "stratified",
             "seed": 1, "optimizer": {"name": "adam", "lr": 0.01}}
-
-
-def wait_done(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT_MS / 1000
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def submit(client: httpx.Client, body: dict[str, Any]) -> str:

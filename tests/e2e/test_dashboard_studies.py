@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from devtools.procs import Hold
+from tests.support.dashboard import WAIT_MS
 
 pytestmark = pytest.mark.integration
 
-WAIT_MS = 240_000  # hang guards for a loaded 2-core machine; nothing here measures speed
 CLAIMS = ["regularization", "placement"]
 BASE = {"dataset": {"name": "moons", "n_samples": 120},
         "network": {"hidden": [4], "batchnorm": "before_activation"},

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 from safetensors.torch import load as load_safetensors
 
+from devtools.poll import poll_until
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -43,16 +43,12 @@ def submit(client: httpx.Client, body: dict[str, Any]) -> str:
 
 def wait_done(client: httpx.Client, job_ids: list[str], *, timeout: float = 300.0,
               logs: Callable[[], str] = str) -> dict[str, dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    jobs: dict[str, dict[str, Any]] = {}
-    while time.monotonic() < deadline:
-        jobs = {j: client.get(f"/v1/jobs/{j}").json() for j in job_ids}
-        if all(job["status"] in TERMINAL for job in jobs.values()):
-            return jobs
-        time.sleep(0.5)
-    raise AssertionError(f"jobs not finished after {timeout}s: "
-                         f"{ {j: (v['status'], v['epoch']) for j, v in jobs.items()} }\n"
-                         f"{logs()}")
+    return poll_until(
+        lambda: {j: client.get(f"/v1/jobs/{j}").json() for j in job_ids},
+        lambda jobs: all(job["status"] in TERMINAL for job in jobs.values()),
+        what="finish of every job", timeout=timeout, interval=0.5,
+        describe=lambda jobs: f"{ {j: (v['status'], v['epoch']) for j, v in jobs.items()} }\n"
+                              f"{logs()}")
 
 
 def check_history(client: httpx.Client, job_id: str, epochs: int) -> dict[str, list[Any]]:
@@ -123,15 +119,11 @@ def notebook_flow(client: httpx.Client, content: bytes, *, epochs: int = 5,
 
 def wait_experiment(client: httpx.Client, exp_id: str, *, timeout: float = 300.0,
                     logs: Callable[[], str] = str) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        body = client.get(f"/v1/experiments/{exp_id}").json()
-        if body["status"] in TERMINAL:
-            return body
-        time.sleep(0.5)
-    raise AssertionError(f"experiment not finished after {timeout}s: {body.get('counts')}\n"
-                         f"{logs()}")
+    body: dict[str, Any] = poll_until(
+        lambda: client.get(f"/v1/experiments/{exp_id}").json(),
+        lambda body: body["status"] in TERMINAL, what="finished experiment", timeout=timeout,
+        interval=0.5, describe=lambda body: f"{body.get('counts')}\n{logs()}")
+    return body
 
 
 def experiment_flow(client: httpx.Client, content: bytes, *, seeds: int, epochs: int,

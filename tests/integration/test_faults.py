@@ -31,6 +31,7 @@ import psycopg
 import pytest
 import redis
 
+from devtools.poll import poll_until
 from devtools.procs import (
     BNLAB,
     HANG_S,
@@ -82,15 +83,11 @@ def job_body(name: str, epochs: int, *, seed: int = 1) -> dict[str, Any]:
 def poll(what: str, fn: Callable[[], T | None], *, timeout: float,
          logs: Callable[[], str], every: float = 0.2) -> T:
     """fn() until it returns something other than None/False, or fail with the logs."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last is not None and last is not False:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})"
-                         f"\n{logs()}")
+    value = poll_until(fn, lambda last: last is not None and last is not False, what=what,
+                       timeout=timeout, interval=every,
+                       describe=lambda last: f"{last!r}\n{logs()}")
+    assert value is not None
+    return value
 
 
 def kill_group(proc: Proc, sig: signal.Signals) -> None:

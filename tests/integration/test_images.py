@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from sklearn.datasets import load_digits
 
+from devtools.poll import poll_until
 from devtools.procs import (
     PYTHON,
     Proc,
@@ -27,7 +27,7 @@ from devtools.procs import (
     wait_for_log,
     wait_ready,
 )
-from tests.integration.flow import check_history, submit, wait_done, wait_experiment
+from tests.integration.flow import TERMINAL, check_history, submit, wait_done, wait_experiment
 
 pytestmark = pytest.mark.integration
 
@@ -209,11 +209,10 @@ def test_a_study_on_breast_cancer(client: httpx.Client) -> None:
     study = r.json()
     # regularization: bn, none and none + dropout; placement: before, after; batch: 2 x 2
     assert study["cost"]["children"] == 3 * (3 + 2 + 4)
-    deadline = time.monotonic() + 900
-    while study["status"] not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, study
-        time.sleep(0.5)
-        study = client.get(f"/v1/studies/{study['id']}").json()
+    study_id = study["id"]
+    study = poll_until(lambda: client.get(f"/v1/studies/{study_id}").json(),
+                       lambda study: study["status"] in TERMINAL, what="finished study",
+                       timeout=900, interval=0.5)
     assert study["status"] == "succeeded", study
     report = client.get(f"/v1/studies/{study['id']}/report").json()
     assert [c["claim"] for c in report["claims"]] == ["regularization", "placement", "batch_size"]

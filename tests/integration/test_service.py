@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools.poll import poll_until
 from devtools.procs import (
     HANG_S,
     PYTHON,
@@ -134,10 +134,9 @@ def test_two_concurrent_jobs_on_two_workers(redis_stack: Stack) -> None:
         # runs, on the other worker (one runs one task at a time: prefetch 1, acks late).
         first = submit(client, {**body, "name": "first",
                                 "training": {**training, "epochs": ENDLESS}})
-        deadline = time.monotonic() + HANG_S
-        while client.get(f"/v1/jobs/{first}").json()["epoch"] < 1:
-            assert time.monotonic() < deadline, logs()
-            time.sleep(0.1)
+        poll_until(lambda: client.get(f"/v1/jobs/{first}").json()["epoch"],
+                   lambda epoch: epoch >= 1, what="first epoch of the first job",
+                   timeout=HANG_S, describe=lambda epoch: f"{epoch}\n{logs()}")
         second = submit(client, {**body, "name": "second"})
         b = wait_done(client, [second], logs=logs)[second]
         assert b["status"] == "succeeded", b

@@ -17,10 +17,9 @@ from models.network import build_network
 from models.resolution import ResolvedJob, resolve_job
 from models.spec import NOTEBOOK_BN_LAYERS, JobSpec
 from models.trainer import train_job
-from tests.conftest import NOTEBOOK_CSV
+from tests.support.paths import NOTEBOOK_CSV, REPO
 
 CPU = torch.device("cpu")
-REPO = Path(__file__).resolve().parents[2]
 
 # Runs in a fresh interpreter: resume from a checkpoint file, write history and final weights.
 RESUME = """

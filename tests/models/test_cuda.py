@@ -19,7 +19,7 @@ from models.inference import load_predictor
 from models.resolution import resolve_job
 from models.spec import JobSpec
 from models.trainer import train_many
-from tests.models.test_conv import NORMS, images, job
+from tests.support.conv import NORMS, images, job
 
 pytestmark = [
     pytest.mark.cuda,

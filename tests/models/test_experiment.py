@@ -19,7 +19,7 @@ from models.experiment import (
     variant_names,
 )
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, SpecError
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 BN_PLACEMENT: dict[str, Any] = {
     "name": "bn-placement",

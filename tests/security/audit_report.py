@@ -4,7 +4,7 @@ Fails (exit 1) on any known vulnerability. pip-audit reports a dependency it cou
 as skipped and still says "No known vulnerabilities found", so this also lists the skipped ones
 and fails when a security-relevant package (the issue's list) was not audited, unless
 BNLAB_AUDIT_ALLOW_UNAUDITED=1 (for a network where the advisory API is unreachable; see
-docs/hardening.md).
+README.md, "Dependency audit").
 
     python -m tests.security.audit_report pip-audit.json
 """

@@ -28,7 +28,7 @@ from kombu.messaging import Consumer, Producer
 from api.settings import ApiSettings
 from devtools.procs import PYTHON, Procs, clean_env, free_port, wait_ready
 from models.queueing import TRAIN_TASK
-from tests.security.conftest import API_KEY, MAX_PREDICT_ROWS, TINY_JOB, make_settings
+from tests.support.security import API_KEY, MAX_PREDICT_ROWS, TINY_JOB, make_settings
 from worker.celery_app import create_app as create_celery
 from worker.settings import WorkerSettings
 

@@ -30,8 +30,8 @@ from schemathesis.specs.openapi.checks import (
 
 from api.main import create_app
 from api.settings import ApiSettings
-from models.db import upgrade
-from tests.security.conftest import API_KEY, AUTH, MAX_PREDICT_ROWS, TINY_JOB, train
+from tests.support.db import migrated_sqlite
+from tests.support.security import API_KEY, AUTH, MAX_PREDICT_ROWS, TINY_JOB, train
 
 MAX_EXAMPLES = 12
 SQL_INT_MAX = 2**63 - 1
@@ -68,7 +68,7 @@ class RealIds:
 
 @pytest.fixture(scope="module")
 def real_ids(notebook_csv: bytes) -> Iterator[RealIds]:
-    upgrade(SETTINGS.sqlalchemy_url)
+    migrated_sqlite(SETTINGS.sqlalchemy_url)
     try:
         with TestClient(APP, headers=AUTH) as c:
             job_id = train(c, SETTINGS, TINY_JOB)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.db import make_engine, session_factory, upgrade
 from models.db import repository as repo
 from models.trainer import EpochRecord
-from tests.conftest import PG_ADMIN_URL
+from tests.support.services import PG_ADMIN_URL
 from worker.callbacks import DbCallbacks
 from worker.db import retrying
 

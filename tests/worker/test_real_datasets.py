@@ -16,7 +16,7 @@ from models.datasets import class_counts
 from models.db import repository as repo
 from models.image_data import parse_npz
 from models.spec import Limits
-from tests.worker.test_training_run import WORKER, add_job, job_state
+from tests.support.runs import WORKER, add_job, job_state
 from worker.training_run import RunContext, run_job
 
 CONV = {"conv": [2], "hidden": [4]}

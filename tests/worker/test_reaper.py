@@ -12,10 +12,11 @@ from celery import Celery
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.db import make_engine, session_factory, upgrade
+from models.db import make_engine, session_factory
 from models.db import repository as repo
 from models.db.tables import Job, utcnow
 from models.queueing import TRAIN_TASK
+from tests.support.db import migrated_sqlite
 from worker.celery_app import create_app
 from worker.reaper import Reaper, broker_messages, redis_messages, release_dead_process
 from worker.settings import WorkerSettings
@@ -35,7 +36,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WorkerSettings:
 
 @pytest.fixture
 def sessions(settings: WorkerSettings) -> Iterator[sessionmaker[Session]]:
-    upgrade(settings.sqlalchemy_url)
+    migrated_sqlite(settings.sqlalchemy_url)
     engine = make_engine(settings.sqlalchemy_url)
     yield session_factory(engine)
     engine.dispose()

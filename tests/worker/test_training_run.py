@@ -6,7 +6,6 @@ import _thread
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -15,15 +14,15 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from devtools.poll import poll_until
 from models.datasets import class_counts, parse_csv
 from models.db import repository as repo
 from models.db.tables import Job
 from models.resolution import activation_bytes, resolve_network
 from models.spec import NOTEBOOK_BN_LAYERS, NOTEBOOK_PLAIN_LAYERS, JobSpec, Limits
 from tests.support.epochs import store_epoch
+from tests.support.runs import WORKER, add_job, job_state, nb_body, run_at_epoch
 from worker.training_run import RunContext, failure_reason, run_job
-
-WORKER = "test@host"
 
 
 @pytest.fixture
@@ -42,66 +41,9 @@ def dataset_id(sessions: sessionmaker[Session], notebook_csv: bytes) -> str:
         return row.id
 
 
-def add_job(sessions: sessionmaker[Session], body: dict[str, Any]) -> str:
-    spec = JobSpec.model_validate(body)
-    with sessions.begin() as session:
-        job = repo.create_job(session, spec=spec.model_dump(mode="json"), name=spec.name,
-                              epochs_total=spec.training.epochs, device=spec.device)
-        return job.id
-
-
-def notebook_body(dataset_id: str, *, layers: list[dict[str, Any]], epochs: int
-                  ) -> dict[str, Any]:
-    return {"name": "nb", "dataset": {"id": dataset_id}, "network": {"layers": layers},
-            "training": {"epochs": epochs, "batch_size": 32, "validation_split": 0.2,
-                         "split": "tail", "seed": 1}}
-
-
-def job_state(sessions: sessionmaker[Session], job_id: str
-              ) -> tuple[Any, list[int], dict[str, int]]:
-    with sessions() as session:
-        job = repo.get_job(session, job_id=job_id)
-        epochs = [row.epoch for row in repo.history(session, job_id=job_id)]
-        ckpts = {c.kind: c.epoch for c in repo.list_checkpoints(session, job_id=job_id)}
-        return job, epochs, ckpts
-
-
-class AtEpoch:
-    """A RunContext.on_epoch_written hook: the first time an epoch >= `epoch` of `job_id` is
-    stored, `then()` runs in the training thread, which goes on only once it returns. So the
-    test acts on a job that is certainly still running, whatever the machine's speed."""
-
-    def __init__(self, job_id: str, epoch: int, then: Callable[[], None]) -> None:
-        self.job_id, self.epoch, self.then = job_id, epoch, then
-        self.fired_at: int | None = None
-
-    def __call__(self, job_id: str, epoch: int) -> None:
-        if job_id == self.job_id and epoch >= self.epoch and self.fired_at is None:
-            self.fired_at = epoch
-            self.then()
-
-
-def run_at_epoch(ctx: RunContext, job_id: str, epoch: int, then: Callable[[], None],
-                 *, watch: str | None = None) -> str | None:
-    """run_job, calling `then()` once epoch `epoch` of `watch` (default: the job) is stored
-    and before training goes on; fails if that never happened."""
-    hook = AtEpoch(watch or job_id, epoch, then)
-    outcome = run_job(job_id, replace(ctx, on_epoch_written=hook))
-    assert hook.fired_at is not None, f"the job ended ({outcome}) before epoch {epoch}"
-    return outcome
-
-
-def eventually(what: str, cond: Callable[[], bool], *, timeout: float = 120.0) -> None:
-    """Poll cond() until true; the timeout only guards against a hang."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f}s"
-        time.sleep(0.02)
-
-
 def test_succeeded_job_has_every_epoch_checkpoints_and_metrics(
         ctx: RunContext, sessions: sessionmaker[Session], dataset_id: str) -> None:
-    job_id = add_job(sessions, notebook_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=4))
+    job_id = add_job(sessions, nb_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=4))
 
     assert run_job(job_id, ctx) == "succeeded"
 
@@ -124,8 +66,8 @@ def test_succeeded_job_has_every_epoch_checkpoints_and_metrics(
 
 def test_the_builtin_notebook_dataset_trains_as_its_uploaded_csv(
         ctx: RunContext, sessions: sessionmaker[Session], dataset_id: str) -> None:
-    uploaded = add_job(sessions, notebook_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=3))
-    builtin_body = notebook_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=3)
+    uploaded = add_job(sessions, nb_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=3))
+    builtin_body = nb_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=3)
     builtin_body["dataset"] = {"name": "concertriccir2"}
     builtin = add_job(sessions, builtin_body)
 
@@ -141,7 +83,7 @@ def test_the_builtin_notebook_dataset_trains_as_its_uploaded_csv(
 
 def test_second_delivery_of_the_same_job_does_nothing(
         ctx: RunContext, sessions: sessionmaker[Session], dataset_id: str) -> None:
-    job_id = add_job(sessions, notebook_body(dataset_id, layers=NOTEBOOK_PLAIN_LAYERS, epochs=2))
+    job_id = add_job(sessions, nb_body(dataset_id, layers=NOTEBOOK_PLAIN_LAYERS, epochs=2))
     assert run_job(job_id, ctx) == "succeeded"
     before = job_state(sessions, job_id)
 
@@ -333,8 +275,8 @@ def test_the_lease_heartbeat_moves_while_training(
         # The training waits here, writing nothing: only the lease keeper moves the heartbeat.
         seen.append(heartbeat())
         for _ in range(2):
-            eventually("renewed heartbeat", lambda: heartbeat() > seen[-1])
-            seen.append(heartbeat())
+            seen.append(poll_until(heartbeat, lambda at: at > seen[-1], what="renewed heartbeat",
+                                   timeout=120.0, interval=0.02))
         with sessions.begin() as session:
             repo.request_cancel(session, job_id=job_id)
 
@@ -385,7 +327,7 @@ def add_stack(sessions: sessionmaker[Session], body: dict[str, Any], seeds: list
 
 def test_a_stack_trains_together_and_each_member_ends_on_its_own(
         sessions: sessionmaker[Session], ctx: RunContext, dataset_id: str) -> None:
-    body = notebook_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=3)
+    body = nb_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=3)
     ids = add_stack(sessions, body, [0, 1, 2, 3])
     with sessions.begin() as session:  # one member was cancelled before it started
         repo.request_cancel(session, job_id=ids[3])
@@ -403,7 +345,7 @@ def test_a_stack_trains_together_and_each_member_ends_on_its_own(
 
 def test_a_stack_claims_only_siblings_that_resume_from_the_same_epoch(
         sessions: sessionmaker[Session], ctx: RunContext, dataset_id: str) -> None:
-    body = notebook_body(dataset_id, layers=NOTEBOOK_PLAIN_LAYERS, epochs=3)
+    body = nb_body(dataset_id, layers=NOTEBOOK_PLAIN_LAYERS, epochs=3)
     ids = add_stack(sessions, body, [0, 1, 2])
     # ids[0] ran 2 epochs on a worker that died; ids[1] ran 1; ids[2] never started
     with sessions.begin() as session:

@@ -14,13 +14,7 @@ from models.datasets import class_counts, parse_csv
 from models.db import repository as repo
 from models.spec import NOTEBOOK_BN_LAYERS, Limits
 from models.trainer import EpochRecord
-from tests.worker.test_training_run import (
-    WORKER,
-    add_job,
-    job_state,
-    notebook_body,
-    run_at_epoch,
-)
+from tests.support.runs import WORKER, add_job, job_state, nb_body, run_at_epoch
 from worker.callbacks import DbCallbacks, stack_callbacks
 from worker.settings import WorkerSettings
 from worker.training_run import RunContext, run_job
@@ -143,7 +137,7 @@ def test_a_batched_stack_writes_each_member_whole_and_drops_a_lost_one(
 @pytest.mark.parametrize("interval", [0.0, 0.05])
 def test_a_job_trained_with_batched_writes_stores_every_epoch_once(
         sessions: sessionmaker[Session], dataset_id: str, interval: float) -> None:
-    job_id = add_job(sessions, notebook_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=40))
+    job_id = add_job(sessions, nb_body(dataset_id, layers=NOTEBOOK_BN_LAYERS, epochs=40))
     ctx = RunContext(sessions=sessions, worker=WORKER, limits=Limits(),
                      write_interval=interval, small_checkpoint_interval=3600)
     assert run_job(job_id, ctx) == "succeeded"
@@ -156,7 +150,7 @@ def test_a_job_trained_with_batched_writes_stores_every_epoch_once(
 
 def test_a_batched_job_cancelled_midway_keeps_a_history_that_ends_at_its_checkpoint(
         sessions: sessionmaker[Session], dataset_id: str) -> None:
-    job_id = add_job(sessions, notebook_body(dataset_id, layers=NOTEBOOK_BN_LAYERS,
+    job_id = add_job(sessions, nb_body(dataset_id, layers=NOTEBOOK_BN_LAYERS,
                                              epochs=5000))
     ctx = RunContext(sessions=sessions, worker=WORKER, limits=Limits(), write_interval=0.1,
                      small_checkpoint_interval=3600)
@@ -177,7 +171,7 @@ def test_a_job_that_shows_an_epoch_has_a_last_checkpoint(
         sessions: sessionmaker[Session], dataset_id: str) -> None:
     """The dashboard draws the boundary from "last" as soon as an epoch shows: the first
     epoch, written at once, carries one even when checkpoints and writes are rare."""
-    job_id = add_job(sessions, notebook_body(dataset_id, layers=NOTEBOOK_BN_LAYERS,
+    job_id = add_job(sessions, nb_body(dataset_id, layers=NOTEBOOK_BN_LAYERS,
                                              epochs=30))
     ctx = RunContext(sessions=sessions, worker=WORKER, limits=Limits(), write_interval=3600,
                      small_checkpoint_interval=3600)

@@ -9,6 +9,7 @@ must commit (concurrency) use `engine` and clean up after themselves.
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,16 +18,32 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, session_factory, upgrade
+from tests.support import db as support_db
 
 # The PostgreSQL runs need a server: integration, so `make check` leaves them out.
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 
 
 @pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("db-template") / "template.sqlite3"
-    upgrade(f"sqlite:///{path}")
-    return path
+def sqlite_template() -> Path:
+    return support_db.sqlite_template()
+
+
+@pytest.fixture
+def fresh_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of an empty database (never migrated) on `backend`."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'sub' / 'fresh.sqlite3'}"
+        return
+    import psycopg
+
+    server = request.getfixturevalue("postgres_url").rsplit("/", 1)[0]
+    name = f"bnlab_mig_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"{server}/{name}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

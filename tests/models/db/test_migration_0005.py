@@ -14,10 +14,9 @@ from sqlalchemy.orm import Session
 from models.db import make_engine, upgrade
 from models.db import repository as repo
 from models.db.migrate import alembic_config
-from tests.models.db.test_migrations import fresh_url  # noqa: F401 - a fixture
 
 
-def test_existing_rows_become_csv_of_their_width(fresh_url: str) -> None:  # noqa: F811
+def test_existing_rows_become_csv_of_their_width(fresh_url: str) -> None:
     command.upgrade(alembic_config(fresh_url), "0004")
     engine = make_engine(fresh_url)
     try:

@@ -18,11 +18,10 @@ from models.db import repository as repo
 from models.db.migrate import alembic_config
 from models.db.tables import JobStatus, Study
 from tests.models.db.helpers import make_job
-from tests.models.db.test_migrations import fresh_url  # noqa: F401 - a fixture
 
 
 def test_existing_experiments_belong_to_no_study_and_studies_cascade(
-        fresh_url: str) -> None:  # noqa: F811
+        fresh_url: str) -> None:
     command.upgrade(alembic_config(fresh_url), "0005")
     engine = make_engine(fresh_url)
     now = datetime.now(UTC)

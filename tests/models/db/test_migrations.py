@@ -4,11 +4,8 @@ import io
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -20,21 +17,6 @@ from models.db.migrate import alembic_config, head_revision
 from models.db.tables import Base
 
 TABLES = {"dataset", "job", "epoch_metric", "checkpoint", "worker_heartbeat"}
-
-
-@pytest.fixture
-def fresh_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
-    """The URL of an empty database (never migrated) on `backend`."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'sub' / 'fresh.sqlite3'}"
-        return
-    server = request.getfixturevalue("postgres_url").rsplit("/", 1)[0]
-    name = f"bnlab_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{server}/{name}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _diffs(url: str) -> list[object]:
