@@ -122,6 +122,20 @@ class Hold:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"{job_id}@{self.epoch}.go").touch()
 
+    def sweeps(self, pid: int) -> int:
+        """Reaper sweeps done so far by the worker process `pid` (started with `env()`)."""
+        path = self.folder / f"sweeps-{pid}"
+        return int(path.read_text()) if path.exists() else 0
+
+    def wait_sweeps(self, pid: int, more: int, *, logs: Callable[[], str] = str,
+                    timeout: float = HANG_S) -> None:
+        """Until worker `pid`'s reaper has swept `more` times again: whatever it would do to a
+        job, it has had the chance."""
+        before = self.sweeps(pid)
+        poll_until(lambda: self.sweeps(pid), lambda now: now >= before + more,
+                   what=f"{more} more reaper sweeps of worker {pid}", timeout=timeout,
+                   describe=lambda now: f"{before} -> {now}\n{logs()}")
+
 
 def wait_ready(base_url: str, procs: Procs, *, timeout: float = HANG_S) -> None:
     """Poll /readyz until 200; fail early if a process died."""

@@ -11,7 +11,9 @@ signal still reaches the worker. Never set in production: nothing reads these fi
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from worker.callbacks import EpochWritten
@@ -46,3 +48,27 @@ def epoch_hold(folder: Path | None, epoch: int | None, *, poll_s: float = 0.02
         log.warning("test seam: job %s goes on after epoch %d", job_id, epoch)
 
     return hold
+
+
+def sweeps_file(folder: Path, pid: int) -> Path:
+    return folder / f"sweeps-{pid}"
+
+
+def counted_sweeps(folder: Path | None, sweep: Callable[[], object]) -> Callable[[], object]:
+    """The reaper's sweep, and with the seam on (a hold folder set) the count of sweeps done so
+    far in <dir>/sweeps-<pid> after each one: a test that asserts the reaper leaves a job alone
+    waits for sweeps, not for a guessed number of seconds."""
+    if folder is None:
+        return sweep
+    path, count = sweeps_file(folder, os.getpid()), 0
+
+    def counted() -> object:
+        nonlocal count
+        result = sweep()
+        count += 1
+        part = path.with_name(path.name + ".part")
+        part.write_text(str(count))
+        part.replace(path)  # a reader never sees a half-written count
+        return result
+
+    return counted

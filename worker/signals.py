@@ -16,6 +16,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from models.queueing import TRAIN_TASK
 from worker.heartbeat import Periodic, clean_processed, worker_device
+from worker.hold import counted_sweeps
 
 log = logging.getLogger(__name__)
 _threads: list[Periodic] = []
@@ -67,7 +68,8 @@ def start_background(sender: Any = None, **_: Any) -> None:
     reaper = Reaper(sessions(url), enqueue, broker_messages(settings),
                     lease_timeout=settings.lease_timeout, requeue_grace=settings.requeue_grace)
     _threads.append(Periodic("bnlab-heartbeat", settings.heartbeat_interval, beat))
-    _threads.append(Periodic("bnlab-reaper", settings.reaper_interval, reaper.sweep))
+    _threads.append(Periodic("bnlab-reaper", settings.reaper_interval,
+                             counted_sweeps(settings.test_hold_dir, reaper.sweep)))
     if settings.embedded:
         processed = Path(settings.celery_transport_options()["processed_folder"])
         _threads.append(Periodic(

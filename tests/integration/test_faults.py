@@ -18,7 +18,6 @@ import os
 import re
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -466,8 +465,8 @@ def test_cancel_running_within_an_epoch_and_queued_never_starts(stack: Stack) ->
     assert behind["started_at"] is None, behind
     assert behind["worker"] is None, behind
     assert stack.epoch_rows(queued_id) == []
-    # The reaper (every second) never resurrects either of them.
-    time.sleep(3)
+    # The reaper never resurrects either of them: three more sweeps leave both cancelled.
+    hold.wait_sweeps(worker.popen.pid, 3, logs=stack.logs)
     assert stack.job(queued_id)["status"] == "cancelled"
     assert stack.job(busy_id)["status"] == "cancelled"
 

@@ -3,10 +3,11 @@ when on it waits for its go file, however long that takes."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
-from worker.hold import epoch_hold, go_file, held_file
+from worker.hold import counted_sweeps, epoch_hold, go_file, held_file, sweeps_file
 from worker.settings import WorkerSettings
 
 
@@ -42,3 +43,19 @@ def test_holds_at_its_epoch_until_the_go_file_exists(tmp_path: Path) -> None:
     worker.join(60)
     assert done.is_set()
     hold("j", 2)  # a go file already there: no wait
+
+
+def test_sweeps_are_counted_only_with_the_seam_on(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def sweep() -> int:
+        calls.append(1)
+        return len(calls)
+
+    assert counted_sweeps(None, sweep) is sweep  # off: the reaper's own method, untouched
+    counted = counted_sweeps(tmp_path, sweep)
+    assert counted() == 1
+    assert counted() == 2
+    (path,) = tmp_path.iterdir()
+    assert path == sweeps_file(tmp_path, os.getpid())
+    assert path.read_text() == "2"
