@@ -43,9 +43,10 @@ test: lint chromium
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # The fast tier: no PostgreSQL, Redis, worker process or chromium (tests marked integration,
-# which include the PostgreSQL runs of tests/models/db and the browser tests, are left out).
+# which include the PostgreSQL runs of tests/models/db and the browser tests, are left out), and
+# none of the slow ones (fresh venvs, fuzzing, ONNX exports, benchmark commands).
 check: lint
-	$(BIN)/pytest -q -p no:cacheprovider -m "not integration"
+	$(BIN)/pytest -q -p no:cacheprovider -m "not integration and not slow"
 
 bench: venv
 	$(BIN)/python -m bench

@@ -23,6 +23,8 @@ import pytest
 
 from tests.support.paths import REPO, tracked_files
 
+pytestmark = pytest.mark.slow
+
 SERVER_PACKAGES = {"api", "cli", "config", "migrations", "models", "worker"}
 SERVER_STACK = ("torch", "fastapi", "celery", "sqlalchemy", "starlette", "uvicorn", "numpy")
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")

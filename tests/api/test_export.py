@@ -22,7 +22,7 @@ from models.export import read_safetensors_zip, rebuild
 from tests.support.bodies import generated_body
 from tests.support.db import migrated_sqlite
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")]
 
 
 def _rows(n: int) -> list[list[float]]:

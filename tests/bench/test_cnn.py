@@ -17,6 +17,8 @@ from bench.report import Row
 from bench.run_all import MODULES, REPO, select
 from models.network import build_network
 
+pytestmark = pytest.mark.slow
+
 CPU = torch.device("cpu")
 NAMES = ["bnlab trainer (K=1)", "plain DataLoader loop", "hand-tuned PyTorch loop",
          "2 seeds one job after another", "2 seeds stacked (train_many)"]

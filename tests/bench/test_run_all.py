@@ -14,6 +14,8 @@ import pytest
 from bench.report import markdown
 from bench.run_all import MODULES, REPO, all_rows, run_module, select, write_json
 
+pytestmark = pytest.mark.slow
+
 FAKE = "tests.bench.fake"
 
 

@@ -10,6 +10,8 @@ import torch
 from bench.training import keras_available, keras_fit, load_table, measure, notebook_job
 from tests.support.services import IN_CI
 
+pytestmark = pytest.mark.slow
+
 CPU = torch.device("cpu")
 
 

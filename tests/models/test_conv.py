@@ -327,6 +327,7 @@ def test_one_channel_images_may_omit_the_channel_axis() -> None:
     assert with_axis.probabilities == without.probabilities
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(NORMS))
 @pytest.mark.parametrize("fold", [False, True])
 def test_onnx_matches_predict_for_every_norm(trained: dict[str, bytes], name: str,

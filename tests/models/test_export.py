@@ -33,7 +33,7 @@ from models.trainer import train_job
 
 BATCHES = (1, 3, 257)
 # torch.export's own deprecation noise (its pytree internals), not something bnlab calls.
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")]
 
 
 def _table(n_classes: int, d: int = 2, n: int = 120) -> Table:

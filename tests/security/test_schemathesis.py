@@ -33,6 +33,8 @@ from api.settings import ApiSettings
 from tests.support.db import migrated_sqlite
 from tests.support.security import API_KEY, AUTH, MAX_PREDICT_ROWS, TINY_JOB, train
 
+pytestmark = pytest.mark.slow
+
 MAX_EXAMPLES = 12
 SQL_INT_MAX = 2**63 - 1
 # DELETE would remove the shared objects the other operations are meant to reach.
