@@ -16,15 +16,7 @@ from models.spec import (
     Limits,
     SpecError,
 )
-
-
-def job(network: dict[str, Any], training: dict[str, Any] | None = None,
-        dataset: dict[str, Any] | None = None) -> JobSpec:
-    return JobSpec.model_validate({
-        "dataset": dataset or {"id": "abc123"},
-        "network": network,
-        "training": training or {},
-    })
+from tests.support.specs import job
 
 
 def resolve(spec: JobSpec, n_classes: int = 2, n_rows: int = 499, **kw: Any) -> ResolvedJob:

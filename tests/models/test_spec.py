@@ -8,15 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from models.spec import NOTEBOOK_PLAIN_LAYERS, BatchNormLayer, JobSpec, UploadedDataset
-
-
-def job(network: dict[str, Any], training: dict[str, Any] | None = None,
-        dataset: dict[str, Any] | None = None) -> JobSpec:
-    return JobSpec.model_validate({
-        "dataset": dataset or {"id": "abc123"},
-        "network": network,
-        "training": training or {},
-    })
+from tests.support.specs import job
 
 
 def test_keras_momentum_is_stored_in_pytorch_convention() -> None:
