@@ -44,9 +44,10 @@ test: lint chromium
 
 # The fast tier: no PostgreSQL, Redis, worker process or chromium (tests marked integration,
 # which include the PostgreSQL runs of tests/models/db and the browser tests, are left out), and
-# none of the slow ones (fresh venvs, fuzzing, ONNX exports, benchmark commands).
+# none of the slow ones (fresh venvs, fuzzing, ONNX exports, benchmark commands). One pytest-xdist
+# process per core, each on one torch thread: N processes on N threads each would fight for cores.
 check: lint
-	$(BIN)/pytest -q -p no:cacheprovider -m "not integration and not slow"
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -p no:cacheprovider -n auto -m "not integration and not slow"
 
 bench: venv
 	$(BIN)/python -m bench

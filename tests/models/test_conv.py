@@ -162,9 +162,11 @@ def test_stacked_models_equal_their_lone_runs(name: str) -> None:
     n_train = train_rows(resolved.n_rows, resolved.spec.training.validation_split)
     for seed, stacked in zip(seeds, together, strict=True):
         alone = train_many(resolved, table, seeds=[seed], device=CPU)[0]
+        # Losses agree to float noise that training amplifies; how much depends on the
+        # summation order, which changes with torch's thread count (one thread: up to ~2.5e-3).
         for key in ("loss", "val_loss"):
             np.testing.assert_allclose(stacked.history[key], alone.history[key], rtol=0,
-                                       atol=2e-3, err_msg=f"{name} seed {seed} {key}")
+                                       atol=5e-3, err_msg=f"{name} seed {seed} {key}")
         # Grouped and lone convolutions sum in different orders, so a prediction sitting on
         # a near-tie may flip: an accuracy may move by one row of its split, never more.
         for key, rows in (("accuracy", n_train), ("val_accuracy", resolved.n_rows - n_train)):
