@@ -6,6 +6,9 @@ after job J's epoch N row is committed, creates <dir>/<J>@<N>.held and waits unt
 running (kill or stop its worker, cancel it, flush the broker) however fast or slow the
 machine is, instead of racing a short job. Its lease keeps being renewed meanwhile, and a
 signal still reaches the worker. Never set in production: nothing reads these files otherwise.
+
+N=0 holds before the claim instead: the worker has taken the job's message from the broker
+(unacknowledged) and not yet claimed the job, the moment a SIGKILL leaves a message stranded.
 """
 
 from __future__ import annotations
@@ -29,25 +32,38 @@ def go_file(folder: Path, job_id: str, epoch: int) -> Path:
     return folder / f"{job_id}@{epoch}.go"
 
 
+def _wait_for_go(folder: Path, job_id: str, epoch: int, poll_s: float) -> None:
+    go = go_file(folder, job_id, epoch)
+    held_file(folder, job_id, epoch).touch()
+    if go.exists():
+        return
+    log.warning("test seam: job %s held at epoch %d until %s exists", job_id, epoch, go)
+    while not go.exists():
+        time.sleep(poll_s)
+    log.warning("test seam: job %s goes on at epoch %d", job_id, epoch)
+
+
 def epoch_hold(folder: Path | None, epoch: int | None, *, poll_s: float = 0.02
                ) -> EpochWritten | None:
-    """The RunContext.on_epoch_written hook that holds at `epoch`; None unless both are set."""
-    if folder is None or epoch is None:
+    """The RunContext.on_epoch_written hook that holds after `epoch` (>= 1) is stored; None
+    unless both are set."""
+    if folder is None or not epoch:
         return None
 
     def hold(job_id: str, written: int) -> None:
-        if written != epoch:
-            return
-        go = go_file(folder, job_id, epoch)
-        held_file(folder, job_id, epoch).touch()
-        if go.exists():
-            return
-        log.warning("test seam: job %s held after epoch %d until %s exists", job_id, epoch, go)
-        while not go.exists():
-            time.sleep(poll_s)
-        log.warning("test seam: job %s goes on after epoch %d", job_id, epoch)
+        if written == epoch:
+            _wait_for_go(folder, job_id, epoch, poll_s)
 
     return hold
+
+
+def claim_hold(folder: Path | None, epoch: int | None, *, poll_s: float = 0.02
+               ) -> Callable[[str], None] | None:
+    """The RunContext.before_claim hook: with epoch 0, every job waits after its message is
+    taken and before it is claimed; None otherwise."""
+    if folder is None or epoch != 0:
+        return None
+    return lambda job_id: _wait_for_go(folder, job_id, 0, poll_s)
 
 
 def sweeps_file(folder: Path, pid: int) -> Path:

@@ -3,7 +3,10 @@
 (a) Running jobs whose lease heartbeat is older than lease_timeout lost their worker (killed,
 OOM, machine gone): released to queued and re-enqueued, or failed once their attempts are
 spent. (b) Queued jobs no broker holds any more (Redis lost its data, a local transport dropped
-an in-flight message) are enqueued again. Every worker runs one; they may race, so every
+an in-flight message) are enqueued again, and so are queued jobs whose only message was
+delivered longer than the lease timeout ago to a consumer that never claimed the job (killed
+between taking the message and the claim: Redis would keep it unacknowledged for the whole
+visibility timeout, 12 h). Every worker runs one; they may race, so every
 transition is a conditional update, and a duplicate message is harmless (the claim is
 conditional too). Cancelled and finished jobs are never touched.
 """
@@ -14,6 +17,7 @@ import base64
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,9 +35,24 @@ log = logging.getLogger(__name__)
 
 Enqueue = Callable[[str, str], None]  # (job id, queue)
 # kombu's Redis transport: a list per queue and priority step (key "<queue>\x06\x16<step>"
-# for steps above 0), and one hash of messages delivered but not acknowledged yet.
+# for steps above 0), one hash of messages delivered but not acknowledged yet, and a sorted
+# set of their delivery tags scored by when they were delivered.
 _REDIS_PRIORITY_SEP = "\x06\x16"
 _REDIS_UNACKED = "unacked"
+_REDIS_UNACKED_INDEX = "unacked_index"
+
+
+@dataclass(frozen=True)
+class BrokerView:
+    """What a broker holds for our queues, as searchable text: `held`, messages waiting or
+    delivered recently (`job_id in view` asks this), and `stranded`, messages delivered long
+    ago and never acknowledged, whose consumer died before it claimed the job."""
+
+    held: str
+    stranded: str = ""
+
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self.held
 
 
 def _message_text(raw: str | bytes) -> str:
@@ -52,8 +71,9 @@ def _message_text(raw: str | bytes) -> str:
     return "\n".join(parts)
 
 
-def redis_messages(url: str) -> str:
-    """Every message the Redis broker holds for our queues, waiting or unacknowledged."""
+def redis_messages(url: str, *, stranded_after_s: float | None = None) -> BrokerView:
+    """Every message the Redis broker holds for our queues, waiting or unacknowledged; with
+    `stranded_after_s`, those unacknowledged for longer than that count as stranded."""
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
@@ -63,14 +83,26 @@ def redis_messages(url: str) -> str:
         pipe = client.pipeline(transaction=False)
         for key in keys:
             pipe.lrange(key, 0, -1)
-        pipe.hvals(_REDIS_UNACKED)
-        chunks: list[list[bytes]] = pipe.execute()
-        return "\n".join(_message_text(m) for chunk in chunks for m in chunk)
+        pipe.hgetall(_REDIS_UNACKED)
+        pipe.zrangebyscore(_REDIS_UNACKED_INDEX, "-inf", "+inf", withscores=True)
+        *chunks, unacked, delivered = pipe.execute()
     finally:
         client.close()
+    waiting = [_message_text(m) for chunk in chunks for m in chunk]
+    # kombu scores a delivery with the consumer's time.time(); the lease timeout is far
+    # larger than any clock skew between our hosts is allowed to be.
+    cutoff = None if stranded_after_s is None else time.time() - stranded_after_s
+    since = dict(delivered)
+    fresh: list[str] = []
+    stranded: list[str] = []
+    for tag, raw in unacked.items():
+        at = since.get(tag)
+        old = cutoff is not None and at is not None and at < cutoff
+        (stranded if old else fresh).append(_message_text(raw))
+    return BrokerView("\n".join(waiting + fresh), "\n".join(stranded))
 
 
-def folder_messages(folder: Path) -> str:
+def folder_messages(folder: Path) -> BrokerView:
     """Every message waiting in the filesystem transport's queue folder."""
     texts = []
     for path in folder.glob("*.msg"):
@@ -78,18 +110,20 @@ def folder_messages(folder: Path) -> str:
             texts.append(_message_text(path.read_bytes()))
         except FileNotFoundError:  # consumed meanwhile
             continue
-    return "\n".join(texts)
+    # A consumed message file is gone: nothing is ever unacknowledged here.
+    return BrokerView("\n".join(texts))
 
 
-def broker_messages(settings: WorkerSettings) -> Callable[[], str]:
-    """What the configured broker holds, as searchable text."""
+def broker_messages(settings: WorkerSettings) -> Callable[[], BrokerView]:
+    """What the configured broker holds; a message delivered longer than the lease timeout
+    ago and still unacknowledged, for a job still queued, is stranded."""
     if settings.embedded:
         folder = Path(settings.celery_transport_options()["data_folder_in"])
         return lambda: folder_messages(folder)
     url = settings.celery_broker_url
     if not url.startswith(("redis://", "rediss://")):
         raise ValueError(f"the reaper cannot look into broker {url.split(':', 1)[0]!r}")
-    return lambda: redis_messages(url)
+    return lambda: redis_messages(url, stranded_after_s=settings.lease_timeout)
 
 
 def lost_reason(attempts: int, worker: str | None, seen: datetime | None) -> str:
@@ -125,7 +159,7 @@ class Sweep:
 class Reaper:
     sessions: sessionmaker[Session]
     enqueue: Enqueue
-    broker_messages: Callable[[], str]
+    broker_messages: Callable[[], BrokerView]
     lease_timeout: float = 60.0
     requeue_grace: float = 30.0
 
@@ -173,8 +207,9 @@ class Reaper:
                 # Only one of several racing reapers wins the touch, so one message is sent.
                 mine = repo.touch_queued(session, job_id=job_id, untouched_since=cutoff)
             if mine:
-                log.warning("reaper: job %s is queued but no broker holds its message; "
-                            "re-enqueued", job_id)
+                why = ("its message was taken by a consumer that never claimed it"
+                       if job_id in held.stranded else "no broker holds its message")
+                log.warning("reaper: job %s is queued but %s; re-enqueued", job_id, why)
                 done.requeued_orphans.append(job_id)
                 self._send(job_id, queue)
 

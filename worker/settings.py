@@ -54,8 +54,9 @@ class WorkerSettings(BaseBnlabSettings):
     broker_retention: float = Field(default=24 * 3600, gt=0)
     broker_cleanup_interval: float = Field(default=600, gt=0)
     # Test seam, unset in production (see worker.hold): every job this worker trains waits
-    # after its epoch test_hold_epoch is stored until test_hold_dir/<job id>@<epoch>.go exists.
-    test_hold_epoch: int | None = Field(default=None, ge=1)
+    # after its epoch test_hold_epoch is stored until test_hold_dir/<job id>@<epoch>.go exists
+    # (0: after its message is taken, before the job is claimed).
+    test_hold_epoch: int | None = Field(default=None, ge=0)
     test_hold_dir: Path | None = None
 
     @property

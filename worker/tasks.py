@@ -8,7 +8,7 @@ from celery import Task
 from models.queueing import TRAIN_TASK
 from worker.celery_app import app, settings
 from worker.db import sessions
-from worker.hold import epoch_hold
+from worker.hold import claim_hold, epoch_hold
 from worker.signals import STOPPING, sigterm_stops_training
 from worker.training_run import RunContext, run_job
 
@@ -31,6 +31,8 @@ def train_job(self: Task, job_id: str) -> str | None:
                      write_interval=settings.epoch_write_interval,
                      stopping=STOPPING,
                      on_epoch_written=epoch_hold(settings.test_hold_dir,
-                                                 settings.test_hold_epoch))
+                                                 settings.test_hold_epoch),
+                     before_claim=claim_hold(settings.test_hold_dir,
+                                             settings.test_hold_epoch))
     with sigterm_stops_training():
         return run_job(job_id, ctx)

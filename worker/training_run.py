@@ -71,6 +71,8 @@ class RunContext:
     # right after that epoch's row is committed; training waits for it to return, so a test
     # can act on a job that is certainly still running (see worker.hold).
     on_epoch_written: Callable[[str, int], None] | None = None
+    # Test seam too: called with the job id after its message is taken, before the claim.
+    before_claim: Callable[[str], None] | None = None
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -135,6 +137,8 @@ def _run_job(job_id: str, ctx: RunContext) -> str | None:
         with ctx.sessions.begin() as session:
             repo.make_due(session, job_id=job_id)
         return None
+    if ctx.before_claim is not None:
+        ctx.before_claim(job_id)
     owner = lease_owner_id(ctx.worker)
     stack = retrying(lambda: _claim(job_id, stack_key if early_error is None else None, ctx,
                                     owner, device_name),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -194,3 +195,49 @@ def test_redis_messages_sees_waiting_messages(redis_url: str, tmp_path: Path) ->
         assert "e" * 32 not in broker_messages(settings)()
     finally:
         app.close()
+
+
+def test_redis_messages_tells_a_stranded_delivery_from_a_recent_one(
+        redis_url: str, tmp_path: Path) -> None:
+    """A message taken and never acknowledged (its consumer died before the claim) counts as
+    held while it is younger than the bound and as stranded after it."""
+    settings = WorkerSettings(home=tmp_path, broker_url=redis_url)
+    app = create_app(settings)
+    job_id = "a" * 32
+    try:
+        app.send_task(TRAIN_TASK, args=[job_id], queue="cpu")
+        with app.connection_for_read() as conn:
+            taken = conn.SimpleQueue("cpu").get(timeout=10)  # delivered, not acknowledged
+            recent = redis_messages(redis_url, stranded_after_s=3600)
+            assert job_id in recent
+            assert job_id not in recent.stranded
+            stranded = redis_messages(redis_url, stranded_after_s=0)
+            assert job_id not in stranded
+            assert job_id in stranded.stranded
+            taken.ack()
+        assert job_id not in redis_messages(redis_url, stranded_after_s=0).stranded
+    finally:
+        app.close()
+        redis.Redis.from_url(redis_url).flushdb()
+
+
+def test_a_queued_job_whose_message_is_stranded_is_enqueued_again(
+        redis_url: str, tmp_path: Path, sessions: sessionmaker[Session]) -> None:
+    settings = WorkerSettings(home=tmp_path, broker_url=redis_url)
+    app = create_app(settings)
+    job_id = new_job(sessions)
+    age(sessions, job_id, updated_at=120)
+    reaper = Reaper(sessions, send(app), lambda: redis_messages(redis_url, stranded_after_s=0),
+                    lease_timeout=60, requeue_grace=30)
+    try:
+        send(app)(job_id, "cpu")
+        with app.connection_for_read() as conn:
+            taken = conn.SimpleQueue("cpu").get(timeout=10)
+            done = reaper.sweep()
+            assert done.requeued_orphans == [job_id]
+            assert job_id in redis_messages(redis_url, stranded_after_s=3600)  # sent again
+            assert reaper.sweep().requeued_orphans == []  # touched: not sent twice
+            taken.ack()
+    finally:
+        app.close()
+        redis.Redis.from_url(redis_url).flushdb()
