@@ -18,219 +18,53 @@ import os
 import re
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 import httpx
 import psycopg
 import pytest
 import redis
 
-from devtools.poll import poll_until
 from devtools.procs import (
     BNLAB,
     HANG_S,
-    PYTHON,
     Hold,
     Proc,
     Procs,
-    celery_worker_argv,
     clean_env,
     free_port,
     wait_for_log,
     wait_ready,
 )
 from models.queueing import TRAIN_TASK
-from tests.integration.flow import TERMINAL
+from tests.support.fault_stack import (
+    FAST_ENV,
+    MAX_ATTEMPTS,
+    METRICS,
+    RECOVERY_S,
+    RESUMED,
+    Stack,
+    api_on,
+    assert_exact_history,
+    job_body,
+    kill_group,
+    pid_alive,
+    poll,
+    redis_server,
+    resume_epochs,
+)
 
 pytestmark = pytest.mark.integration
-
-T = TypeVar("T")
-
-MAX_ATTEMPTS = 2
-LEASE_TIMEOUT = 3.0
-# Fast lease, reaper and requeue settings; the API reads BNLAB_MAX_ATTEMPTS at submission.
-FAST_ENV = {"BNLAB_HEARTBEAT_INTERVAL": "0.5", "BNLAB_LEASE_TIMEOUT": str(LEASE_TIMEOUT),
-            "BNLAB_REAPER_INTERVAL": "1", "BNLAB_REQUEUE_GRACE": "2",
-            "BNLAB_MAX_ATTEMPTS": str(MAX_ATTEMPTS), "BNLAB_TORCH_THREADS": "1",
-            "BNLAB_CHECKPOINT_EVERY": "1",
-            # Epoch-exact semantics (a checkpoint and a flag read every epoch), which these
-            # tests pin down; the batched defaults are covered by tests/worker.
-            "BNLAB_EPOCH_WRITE_INTERVAL": "0", "BNLAB_SMALL_CHECKPOINT_INTERVAL": "0"}
-METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
-# A lost worker is noticed after the lease times out, at the next sweep of a live worker's
-# reaper (which itself may need to start: torch import on a busy 2-core machine). A hang
-# guard, like every timeout here.
-RECOVERY_S = HANG_S
-RESUMED = re.compile(r"resuming job (\S+) from epoch (\d+)")
-
-
-def job_body(name: str, epochs: int, *, seed: int = 1) -> dict[str, Any]:
-    """A small BatchNorm network on a generated dataset: ~10 steps an epoch, shuffled, so a
-    resume must restore weights, BN buffers, optimizer and RNG state to match exactly."""
-    return {"name": name,
-            "dataset": {"name": "concentric_circles", "n_samples": 300, "seed": 3},
-            "network": {"hidden": [8, 8], "batchnorm": "after_activation"},
-            "training": {"epochs": epochs, "batch_size": 32, "seed": seed,
-                         "optimizer": {"name": "adam", "lr": 0.01}}}
-
-
-def poll(what: str, fn: Callable[[], T | None], *, timeout: float,
-         logs: Callable[[], str], every: float = 0.2) -> T:
-    """fn() until it returns something other than None/False, or fail with the logs."""
-    value = poll_until(fn, lambda last: last is not None and last is not False, what=what,
-                       timeout=timeout, interval=every,
-                       describe=lambda last: f"{last!r}\n{logs()}")
-    assert value is not None
-    return value
-
-
-def kill_group(proc: Proc, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.popen.pid, sig)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-@dataclass
-class Stack:
-    """uvicorn on PostgreSQL + Redis, shared by the module; workers are started per test."""
-
-    base_url: str
-    db_url: str
-    redis_url: str
-    env: dict[str, str]
-    api: Procs
-    client: httpx.Client
-    workers: Procs | None = None
-    _nodes: dict[str, Proc] = field(default_factory=dict)
-
-    def hold(self, epoch: int) -> Hold:
-        """A hold at `epoch` for workers started with it (this test's folder)."""
-        assert self.workers is not None, "workers are started inside a test"
-        return Hold(self.workers.log_dir / "hold", epoch)
-
-    def start_worker(self, tag: str, *, pool: str = "solo", hold: Hold | None = None) -> Proc:
-        """A real `celery worker` node "<tag>-<random>@host"; stopped at the test's end.
-        With `hold`, every job it trains waits after that epoch until released."""
-        assert self.workers is not None, "workers are started inside a test"
-        node = f"{tag}-{uuid.uuid4().hex[:6]}"
-        env = {**self.env, **(hold.env() if hold is not None else {})}
-        proc = self.workers.start(node, celery_worker_argv(f"{node}@%h", pool=pool), env)
-        self._nodes[node] = proc
-        return proc
-
-    def worker_of(self, job: dict[str, Any]) -> Proc:
-        node = str(job["worker"]).split("@")[0]
-        assert node in self._nodes, (job, sorted(self._nodes))
-        return self._nodes[node]
-
-    def logs(self) -> str:
-        return self.api.dump_logs() + "\n" + (self.workers.dump_logs() if self.workers else "")
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        r = self.client.get(f"/v1/jobs/{job_id}")
-        assert r.status_code == 200, r.text
-        return dict(r.json())
-
-    def submit(self, body: dict[str, Any]) -> str:
-        r = self.client.post("/v1/jobs", json=body)
-        assert r.status_code == 202, r.text
-        return str(r.json()["id"])
-
-    def wait_job(self, job_id: str, what: str, cond: Callable[[dict[str, Any]], bool], *,
-                 timeout: float = HANG_S) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            job = self.job(job_id)
-            return job if cond(job) else None
-        return poll(f"job {job_id} {what}", check, timeout=timeout, logs=self.logs)
-
-    def wait_held(self, hold: Hold, job_id: str) -> dict[str, Any]:
-        """The job, held running at the hold's epoch (its worker waits for the test)."""
-        hold.wait_held(job_id, logs=self.logs)
-        job = self.job(job_id)
-        assert job["status"] == "running", (job, self.logs())
-        assert job["epoch"] == hold.epoch, (job, self.logs())
-        return job
-
-    def release_requested(self, job_id: str) -> bool:
-        """Whether the job's worker asked it to stop at its epoch end (shutting down)."""
-        with psycopg.connect(self.db_url) as conn:
-            row = conn.execute("SELECT release_requested FROM job WHERE id = %s",
-                               (job_id,)).fetchone()
-        return bool(row and row[0])
-
-    def wait_done(self, job_id: str, *, timeout: float = HANG_S) -> dict[str, Any]:
-        return self.wait_job(job_id, "finished", lambda j: j["status"] in TERMINAL,
-                             timeout=timeout)
-
-    def history(self, job_id: str) -> dict[str, list[Any]]:
-        r = self.client.get(f"/v1/jobs/{job_id}/history")
-        assert r.status_code == 200, r.text
-        return dict(r.json())
-
-    def epoch_written_at(self, job_id: str) -> dict[int, datetime]:
-        """When each epoch row was written (the worker's clock: this machine's)."""
-        with psycopg.connect(self.db_url) as conn:
-            rows = conn.execute("SELECT epoch, created_at FROM epoch_metric WHERE job_id = %s",
-                                (job_id,)).fetchall()
-        return {int(e): at for e, at in rows}
-
-    def epoch_rows(self, job_id: str) -> list[int]:
-        """The job's epoch rows straight from the database, in insertion-independent order."""
-        with psycopg.connect(self.db_url) as conn:
-            rows = conn.execute("SELECT epoch FROM epoch_metric WHERE job_id = %s ORDER BY epoch",
-                                (job_id,)).fetchall()
-        return [int(r[0]) for r in rows]
-
-
-def assert_exact_history(stack: Stack, job_id: str, epochs: int) -> dict[str, list[Any]]:
-    """Epochs exactly 1..N in the API and in the table: no gap, no duplicate."""
-    h = stack.history(job_id)
-    assert h["epoch"] == list(range(1, epochs + 1)), (h["epoch"], stack.logs())
-    for key in METRICS:
-        assert len(h[key]) == epochs, key
-    assert stack.epoch_rows(job_id) == list(range(1, epochs + 1))
-    return h
-
-
-def resume_epochs(proc: Proc, job_id: str) -> list[int]:
-    """Epochs this worker resumed the job from, per its log."""
-    return [int(e) for j, e in RESUMED.findall(proc.log_tail(10**8)) if j == job_id]
-
 
 @pytest.fixture(scope="module")
 def pg_stack(new_postgres_database: Callable[[], str], redis_url: str,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from models.db.migrate import upgrade
-
-    db_url = new_postgres_database()
-    upgrade(db_url)
-    home = tmp_path_factory.mktemp("faults")
-    env = clean_env(BNLAB_BROKER_URL=redis_url, BNLAB_DATABASE_URL=db_url,
-                    BNLAB_HOME=str(home), **FAST_ENV)
-    api = Procs(home)
-    port = free_port()
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        api.start("api", [PYTHON, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
-                          "--port", str(port)], env)
-        wait_ready(str(client.base_url), api)
-        yield Stack(str(client.base_url), db_url, redis_url, env, api, client)
-    finally:
-        client.close()
-        api.stop_all()
-        print(api.dump_logs())
+    with api_on(new_postgres_database(), redis_url, tmp_path_factory.mktemp("faults")) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -392,6 +226,93 @@ def test_broker_data_loss_runs_every_job_once(stack: Stack) -> None:
     log = worker.log_tail(10**8)
     for job_id in waiting:  # they ran because the reaper noticed the loss
         assert f"reaper: job {job_id} is queued but no broker holds its message" in log, log
+
+
+def test_worker_killed_between_taking_the_message_and_the_claim(stack: Stack) -> None:
+    """The message sits unacknowledged (Redis would keep it for the 12 h visibility timeout);
+    once it has for longer than the lease timeout, a live worker's reaper sends it again."""
+    epochs = 10
+    hold = stack.hold(0)  # after the message is taken, before the claim
+    taker = stack.start_worker("taker", hold=hold)
+    job_id = stack.submit(job_body("stranded", epochs))
+    hold.wait_held(job_id, logs=stack.logs)
+    r = redis.Redis.from_url(stack.redis_url)
+    assert r.hlen("unacked") == 1, stack.logs()  # taken, not acknowledged
+    assert r.llen("cpu") == 0
+    assert stack.job(job_id)["status"] == "queued"
+    kill_group(taker, signal.SIGKILL)
+    taker.popen.wait(10)
+    assert r.hlen("unacked") == 1  # stranded: nothing gives it back before 12 h
+
+    heir = stack.start_worker("heir")
+    job = stack.wait_done(job_id, timeout=RECOVERY_S)
+    assert job["status"] == "succeeded", (job, stack.logs())
+    assert job["attempts"] == 1, job  # the killed worker never claimed it
+    assert stack.worker_of(job) is heir
+    assert_exact_history(stack, job_id, epochs)
+    assert (f"reaper: job {job_id} is queued but its message was taken by a consumer that "
+            "never claimed it; re-enqueued") in heir.log_tail(10**8), heir.log_tail()
+
+
+def test_redis_restarted_empty_runs_every_job_once(
+        new_postgres_database: Callable[[], str], tmp_path: Path) -> None:
+    """Redis dies with two jobs running and two waiting in its queue and comes back empty:
+    the workers reconnect by themselves, the reaper sends the lost messages again, and every
+    job succeeds once. Recovery (restart to both lost jobs re-enqueued) is measured."""
+    port = free_port()
+    servers = Procs(tmp_path)
+    server = redis_server(servers, "redis", port)
+    try:
+        with api_on(new_postgres_database(), f"redis://127.0.0.1:{port}/0",
+                    tmp_path / "home") as stack:
+            stack.workers = Procs(tmp_path)
+            try:
+                _restart_redis_under_load(stack, servers, server, port)
+            finally:
+                stack.workers.stop_all(grace=10)
+                print(stack.workers.dump_logs())
+    finally:
+        servers.stop_all()
+
+
+def _restart_redis_under_load(stack: Stack, servers: Procs, server: Proc, port: int) -> None:
+    hold = stack.hold(3)
+    workers = [stack.start_worker(f"redis{i}", hold=hold) for i in (1, 2)]
+    running = [stack.submit(job_body(f"running{i}", 20, seed=i)) for i in (1, 2)]
+    for job_id in running:
+        stack.wait_held(hold, job_id)
+    waiting = [stack.submit(job_body(f"waiting{i}", 10, seed=i)) for i in (3, 4)]
+    for job_id in waiting:
+        hold.release(job_id)  # only the running jobs wait for the restart
+    r = redis.Redis(port=port)
+    poll("two waiting messages", lambda: r.llen("cpu") == 2, timeout=HANG_S, logs=stack.logs)
+
+    kill_group(server, signal.SIGKILL)
+    server.popen.wait(10)
+    redis_server(servers, "redis-again", port)
+    restarted = time.monotonic()
+    assert r.dbsize() == 0  # it came back empty
+    for job_id in running:
+        hold.release(job_id)
+
+    def requeued() -> bool:
+        logs = "".join(w.log_tail(10**8) for w in workers)
+        return all(f"reaper: job {j} is queued but no broker holds its message" in logs
+                   for j in waiting)
+    poll("the reaper to re-enqueue the lost messages", requeued, timeout=HANG_S,
+         logs=stack.logs)
+    recovery = time.monotonic() - restarted
+    for w in workers:  # each saw the loss and reconnected by itself (the waiting jobs ran)
+        assert "Connection to broker lost" in w.log_tail(10**8), w.log_tail()
+    print(f"redis restart: lost messages re-enqueued {recovery:.1f} s after the restart")
+    for job_id, epochs in (*((j, 20) for j in running), *((j, 10) for j in waiting)):
+        job = stack.wait_done(job_id, timeout=RECOVERY_S)
+        assert job["status"] == "succeeded", (job, stack.logs())
+        assert job["attempts"] == 1, job  # none ran twice
+        assert_exact_history(stack, job_id, epochs)
+    # The reaper's interval (1 s here) plus 10 s: the grace before a queued job counts as
+    # lost (2 s here) and a sweep's own time fit inside it.
+    assert recovery < float(FAST_ENV["BNLAB_REAPER_INTERVAL"]) + 10, (recovery, stack.logs())
 
 
 def test_duplicate_delivery_while_running_trains_once(stack: Stack) -> None:
