@@ -1,7 +1,8 @@
 """Domain errors and the one translator that turns them into JSON.
 
 Every error body is `{"error": <class name>, "detail": <message or list of messages>}`; nothing
-from a traceback reaches a client.
+from a traceback reaches a client. A database outage is a 503 DatabaseUnavailable with
+Retry-After, wherever it is met (a route, or authentication's key lookup), never a 500.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.middleware import request_id_of
 from models.datasets import DatasetError
+from models.db.errors import driver_message, is_disk_full, is_transient
 from models.spec import SpecError
 
 log = logging.getLogger(__name__)
@@ -132,6 +136,58 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                         headers={"X-Request-ID": rid} if rid is not None else None)
 
 
+# What a client is told to wait during a database outage: a restart or failover takes seconds.
+DATABASE_RETRY_AFTER_S = 5
+
+
+def database_unavailable(scope: Scope, exc: BaseException) -> JSONResponse:
+    """The 503 for a database outage (507 when its disk is full): the driver's first line,
+    never the SQL, its parameters or a traceback; logged as one warning line (an outage is not
+    a bug to trace). Nothing was written: the transaction never committed."""
+    rid = request_id_of(scope)
+    reason = driver_message(exc)[:300]
+    if is_disk_full(exc):
+        status, error = 507, "InsufficientStorage"
+        detail = (f"the server's disk is full ({reason}); nothing was stored: retry once "
+                  "space is freed")
+    else:
+        status, error = 503, "DatabaseUnavailable"
+        detail = f"the database is unreachable ({reason}); retry shortly"
+    log.warning("%s on %s %s (request %s): %s", error, scope.get("method"), scope.get("path"),
+                rid, reason, extra={"request_id": rid})
+    return JSONResponse({**error_body(error, detail), "request_id": rid}, status_code=status,
+                        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+
+
+class DatabaseOutage:
+    """Plain ASGI: a transient database error raised below it (a route, a dependency, or a
+    middleware such as authentication's key lookup) becomes the 503. Exception handlers
+    cannot do that for middleware: an error raised there reaches only the server error handler,
+    a 500 that is re-raised to the server, which logs its traceback. A response already
+    under way (an event stream) cannot change its status: that error goes on as before."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except DBAPIError as exc:
+            if started or not is_transient(exc):
+                raise  # a bad statement is a bug: the unexpected-error handler traces it
+            await database_unavailable(scope, exc)(scope, receive, send)
+
+
 class ErrorOut(BaseModel):
     """Every error body (and the schema /openapi.json documents for each error status)."""
 
@@ -160,7 +216,9 @@ def document_errors(app: FastAPI) -> None:
                 continue
             for method, op in operations.items():
                 codes = {"422": "invalid parameters or body; `detail` lists what to change",
-                         "500": "an unexpected failure; the body names the request id"}
+                         "500": "an unexpected failure; the body names the request id",
+                         "503": "the database is unreachable (DatabaseUnavailable): retry "
+                                "after Retry-After seconds"}
                 if "{" in path or path == "/v1/curves.png":
                     codes["404"] = "no such id (or another key's)"
                 if path.endswith(("/cancel", "/retry")) or method == "delete":

@@ -76,6 +76,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(RateLimit, limiters=limiters)
     app.add_middleware(Authenticate,
                        authenticator=Authenticator(settings.api_key_list, app.state.sessions))
+    # Around authentication and the routes (both read the database), inside the layers below
+    # that never do: an outage's 503 carries the request id, is counted, and has CORS headers.
+    app.add_middleware(errors.DatabaseOutage)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
                            allow_methods=["GET", "POST", "DELETE"],

@@ -41,8 +41,11 @@ class ApiSettings(BaseBnlabSettings):
     export_cache_bytes: int = Field(default=128 * 1024 * 1024, ge=0)
     # A GPU worker counts as alive if it beat within this many seconds (device "auto").
     worker_alive_within_s: float = Field(default=60.0, gt=0)
-    # /readyz gives up on the broker after this long.
+    # /readyz gives up on the broker after this long ...
     ready_timeout_s: float = Field(default=2.0, gt=0)
+    # ... and says not ready when the disk under a SQLite database or the embedded broker has
+    # less free space than this (MiB).
+    ready_min_free_mb: float = Field(default=8.0, ge=0)
 
     @field_validator("rate_limit_submissions", "rate_limit_predictions")
     @classmethod

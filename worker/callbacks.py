@@ -19,8 +19,9 @@ from typing import NamedTuple
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import repository as repo
+from models.db.errors import is_transient
 from models.trainer import EpochRecord, TrainingCallbacks
-from worker.db import is_transient, retrying
+from worker.db import retrying
 
 log = logging.getLogger(__name__)
 

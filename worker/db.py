@@ -8,10 +8,11 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db.engine import make_engine, session_factory
+from models.db.errors import driver_message, is_disk_full, is_transient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,13 +31,6 @@ def sessions(url: str) -> sessionmaker[Session]:
     return _factories[pid]
 
 
-def is_transient(exc: BaseException) -> bool:
-    """A database error worth retrying: unreachable, restarted, locked (not a bad statement)."""
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-
-
 def retrying(fn: Callable[[], T], *, what: str, deadline_s: float = 120.0,
              first_delay: float = 0.5, max_delay: float = 10.0) -> T:
     """Run `fn` (one whole transaction) until it succeeds, retrying transient database errors
@@ -53,8 +47,9 @@ def retrying(fn: Callable[[], T], *, what: str, deadline_s: float = 120.0,
         except DBAPIError as exc:
             if not is_transient(exc) or time.monotonic() - start + delay > deadline_s:
                 raise
-            first = str(exc.orig or exc).strip().splitlines()
-            log.warning("%s: database unavailable (%s); retrying in %.1fs", what,
-                        first[0] if first else type(exc).__name__, delay)
+            # A full disk pauses the job's writes like an outage does, until space is freed.
+            trouble = "the disk is full" if is_disk_full(exc) else "database unavailable"
+            log.warning("%s: %s (%s); retrying in %.1fs", what, trouble, driver_message(exc),
+                        delay)
             time.sleep(delay)
             delay = min(delay * 2, max_delay)

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from models.db.errors import driver_message, is_transient
+
 log = logging.getLogger(__name__)
 
 
@@ -30,9 +32,10 @@ class Periodic(threading.Thread):
         while True:
             try:
                 self.fn()
-            except Exception:  # a flaky database must not kill the thread
-                log.warning("%s failed; retrying in %.0fs", self.name, self.interval,
-                            exc_info=True)
+            except Exception as exc:  # a flaky database must not kill the thread
+                # An outage is one line a tick (its cause); anything else is a bug: traced.
+                log.warning("%s failed (%s); retrying in %.1fs", self.name, driver_message(exc),
+                            self.interval, exc_info=not is_transient(exc))
             if self._stopped.wait(self.interval):
                 return
 

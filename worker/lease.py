@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import repository as repo
+from models.db.errors import driver_message, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,10 @@ class LeaseKeeper(threading.Thread):
             try:
                 with self.sessions.begin() as session:
                     renewed = repo.heartbeat_many(session, job_ids=live, worker=self.owner)
-            except Exception:
-                log.warning("jobs %s: lease renewal failed; retrying in %.0fs",
-                            ",".join(j[:8] for j in live), self.interval, exc_info=True)
+            except Exception as exc:
+                log.warning("jobs %s: lease renewal failed (%s); retrying in %.1fs",
+                            ",".join(j[:8] for j in live), driver_message(exc), self.interval,
+                            exc_info=not is_transient(exc))
                 continue
             for job_id in live:
                 if job_id not in renewed and not self._stopped.is_set():

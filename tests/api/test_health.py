@@ -15,7 +15,7 @@ def test_healthz_and_readyz_embedded(client: TestClient, settings: ApiSettings) 
     assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert r.json()["checks"] == {"database": "ok", "broker": "ok", "disk": "ok"}
     shutil.rmtree(settings.broker_folder)
     r = client.get("/readyz")
     assert r.status_code == 503
@@ -26,7 +26,9 @@ def test_readyz_with_redis(redis_url: str, settings: ApiSettings) -> None:
     up = settings.model_copy(update={"broker_url": redis_url,
                                      "database_url": settings.sqlalchemy_url})
     with TestClient(create_app(up)) as client:
-        assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
+        # a SQLite database: its disk is checked too
+        assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok",
+                                                          "disk": "ok"}
     down = up.model_copy(update={"broker_url": "redis://127.0.0.1:1/0", "ready_timeout_s": 0.5})
     with TestClient(create_app(down)) as client:
         r = client.get("/readyz")
@@ -41,3 +43,15 @@ def test_readyz_database_down(tmp_path: Path) -> None:
         r = client.get("/readyz")
         assert r.status_code == 503
         assert r.json()["checks"]["database"] != "ok"
+
+
+def test_readyz_says_the_disk_is_full(settings: ApiSettings) -> None:
+    # More free space asked for than any disk has: what a full disk looks like to the probe.
+    full = settings.model_copy(update={"ready_min_free_mb": 2.0**40})
+    with TestClient(create_app(full)) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503
+        disk = r.json()["checks"]["disk"]
+        assert disk.startswith("OSError: the disk is full: "), disk
+        assert str(settings.home) in disk
+        assert r.json()["checks"]["database"] == "ok"
