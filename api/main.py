@@ -20,7 +20,7 @@ from api.metrics import router as metrics_router
 from api.middleware import BodyLimit, RequestId
 from api.predictors import ExportCache, PredictorCache
 from api.queue import JobQueue
-from api.ratelimit import RateLimit, RateLimiter, parse_rate
+from api.ratelimit import RateLimit, parse_rate
 from api.routes import (
     checkpoints,
     dashboard,
@@ -35,6 +35,7 @@ from api.routes import (
     visuals,
 )
 from api.settings import ApiSettings
+from api.shared_buckets import RedisBuckets, limiters_for
 from models.db import make_engine, session_factory
 
 DESCRIPTION = """Train small PyTorch networks described as JSON, with BatchNorm wherever you
@@ -49,12 +50,18 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     engine = make_engine(settings.sqlalchemy_url)
     queue = JobQueue(settings)
     metrics = Metrics(session_factory(engine), settings)
+    limiters = limiters_for(settings.broker_url, {kind: rate for kind, text in (
+        ("submissions", settings.rate_limit_submissions),
+        ("predictions", settings.rate_limit_predictions)) if (rate := parse_rate(text))})
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         queue.close()
         metrics.close()
+        for limiter in limiters.values():
+            if isinstance(limiter, RedisBuckets):
+                limiter.close()
         engine.dispose()
 
     app = FastAPI(title="bnlab", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
@@ -70,9 +77,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     # answers preflights before authentication; a request is authenticated, then rate limited,
     # then its body capped, all before a route reads the body.
     app.add_middleware(BodyLimit, limit_for=settings.body_limit)
-    limiters = {kind: RateLimiter(rate) for kind, text in (
-        ("submissions", settings.rate_limit_submissions),
-        ("predictions", settings.rate_limit_predictions)) if (rate := parse_rate(text))}
     app.add_middleware(RateLimit, limiters=limiters)
     app.add_middleware(Authenticate,
                        authenticator=Authenticator(settings.api_key_list, app.state.sessions))

@@ -1,9 +1,9 @@
 """Per-key rate limits (token buckets) and the active-jobs cap.
 
-The buckets live in the API process: with several API processes each allows the full rate,
-so the effective limit is N times the setting (README.md, "Authentication, ownership and rate
-limits"). That keeps Redis out of the request path; a shared limiter can replace
-`RateLimiter` behind the same middleware if that ever matters.
+With a Redis broker the buckets live in Redis (api/shared_buckets.py), so the limit holds
+across every API process; the embedded default has one API process and keeps them in memory
+(`RateLimiter`). The active-jobs cap counts under a per-owner lock (repo.lock_submissions), so
+two simultaneous submissions cannot both pass it.
 
 `RateLimit` is plain ASGI and sits after authentication, so it knows the key, and before the
 body cap and the routes, so a refused upload is answered without reading its body.
@@ -16,7 +16,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,9 +58,26 @@ def parse_rate(text: str) -> Rate | None:
     return Rate(int(match.group(1)), PERIODS[match.group(2)], text.strip())
 
 
-class RateLimiter:
+class Buckets:
     """A token bucket per key: `count` tokens, refilled evenly over `period_s`, so a burst of
-    `count` is allowed and then one request per period/count."""
+    `count` is allowed and then one request per period/count.
+
+    `spend(key)` takes a token: 0.0 if there was one, else the seconds until the next one
+    (nothing is spent). The middleware awaits `take`, which a limiter that does I/O runs off
+    the event loop.
+    """
+
+    rate: Rate
+
+    def spend(self, key: str) -> float:
+        raise NotImplementedError
+
+    async def take(self, key: str) -> float:
+        return self.spend(key)
+
+
+class RateLimiter(Buckets):
+    """The buckets in this process's memory."""
 
     def __init__(self, rate: Rate, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
@@ -68,9 +85,7 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
         self._lock = threading.Lock()
 
-    def take(self, key: str) -> float:
-        """Spend a token of `key`'s bucket: 0.0 if there was one, else the seconds until the
-        next one (nothing is spent)."""
+    def spend(self, key: str) -> float:
         refill = self.rate.count / self.rate.period_s  # tokens per second
         with self._lock:
             now = self.clock()
@@ -99,7 +114,7 @@ class RateLimit:
     principal Authenticate left in the scope's state.
     """
 
-    def __init__(self, app: ASGIApp, limiters: dict[str, RateLimiter]) -> None:
+    def __init__(self, app: ASGIApp, limiters: Mapping[str, Buckets]) -> None:
         self.app = app
         self.limiters = limiters
 
@@ -111,7 +126,7 @@ class RateLimit:
                 state: dict[str, Any] = scope.get("state") or {}
                 principal = state.get("principal")
                 owner = getattr(principal, "owner", "anonymous")
-                wait = limiter.take(owner)
+                wait = await limiter.take(owner)
                 if wait > 0:
                     await _too_many(send, scope, kind or "", limiter.rate, wait)
                     return
@@ -140,7 +155,12 @@ ACTIVE_RETRY_AFTER_S = 30
 
 
 def check_active_jobs(session: Session, *, owner: str, adding: int, limit: int) -> None:
-    """Refuse a submission that would take `owner` past `limit` queued + running jobs."""
+    """Refuse a submission that would take `owner` past `limit` queued + running jobs.
+
+    Takes the owner's submission lock first, held until the session commits the new jobs (or
+    rolls back), so the count and the insert are one step across requests and API processes.
+    """
+    repo.lock_submissions(session, owner=owner)
     active = repo.count_active(session, owner=owner)
     if active + adding > limit:
         raise TooManyActiveJobs(

@@ -12,7 +12,8 @@ class ApiSettings(BaseBnlabSettings):
     # Authentication is on when this lists keys (comma-separated raw keys, e.g. compose's .env)
     # or once any key was made with `bnlab keys create`; then /v1 needs `Authorization: Bearer`.
     api_keys: str = Field(default="", repr=False)  # never in a logged repr
-    # Per key and per API process: "N/second|minute|hour", or "" for no limit.
+    # Per key: "N/second|minute|hour", or "" for no limit. With a Redis broker the buckets are
+    # in Redis and the limit holds across API processes; embedded, per (the one) process.
     # Submissions: POST /v1/jobs, /v1/experiments, /v1/datasets.
     rate_limit_submissions: str = "60/minute"
     # Predictions: POST /v1/jobs/{id}/predict and GET /v1/jobs/{id}/boundary.

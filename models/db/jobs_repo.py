@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import false, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from models.db._sql import forget
@@ -59,6 +59,23 @@ def find_by_idempotency_key(session: Session, *, idempotency_key: str,
     """The job `owner` created with this Idempotency-Key, or None (keys are per owner)."""
     return session.scalar(select(Job).where(Job.idempotency_key == idempotency_key,
                                             Job.owner == owner))
+
+
+def lock_submissions(session: Session, *, owner: str) -> None:
+    """Serialise `owner`'s submissions until the session's transaction ends, so that counting
+    the active jobs and adding new ones is one step: without it two concurrent requests both
+    count below the cap and both insert.
+
+    PostgreSQL: a transaction-scoped advisory lock on the owner (other owners go on; the
+    commit or rollback releases it). SQLite has one writer at a time anyway: a no-op UPDATE
+    begins the write transaction now, before the count, rather than at the first INSERT; a
+    second submitter waits in the busy timeout and then counts what the first committed.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": owner})
+    else:
+        session.execute(update(Job).where(false()).values(owner=Job.owner)
+                        .execution_options(synchronize_session=False))
 
 
 def count_active(session: Session, *, owner: str) -> int:

@@ -38,16 +38,16 @@ def test_parse_rate() -> None:
 def test_token_bucket_allows_a_burst_then_refills_evenly() -> None:
     now = [0.0]
     limiter = RateLimiter(Rate(3, 60.0, "3/minute"), clock=lambda: now[0])
-    assert [limiter.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert limiter.take("a") == pytest.approx(20.0)  # one token per 20 s
-    assert limiter.take("b") == 0.0  # buckets are per key
+    assert [limiter.spend("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.spend("a") == pytest.approx(20.0)  # one token per 20 s
+    assert limiter.spend("b") == 0.0  # buckets are per key
     now[0] = 10.0
-    assert limiter.take("a") == pytest.approx(10.0)  # half a token so far: nothing spent
+    assert limiter.spend("a") == pytest.approx(10.0)  # half a token so far: nothing spent
     now[0] = 20.0
-    assert limiter.take("a") == 0.0
-    assert limiter.take("a") > 0
+    assert limiter.spend("a") == 0.0
+    assert limiter.spend("a") > 0
     now[0] = 10_000.0
-    assert [limiter.take("a") for _ in range(4)][:3] == [0.0] * 3  # capped at the burst
+    assert [limiter.spend("a") for _ in range(4)][:3] == [0.0] * 3  # capped at the burst
 
 
 def test_which_requests_are_limited() -> None:
