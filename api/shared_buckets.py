@@ -54,11 +54,14 @@ class RedisBuckets(Buckets):
 
     def __init__(self, rate: Rate, url: str, kind: str, client: Any = None) -> None:
         import redis  # the server's dependency via celery[redis]; only Redis brokers need it
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.rate = rate
         self.prefix = f"{KEY_PREFIX}{kind}:"
         self._redis = client or redis.Redis.from_url(
-            url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+            url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0))  # one try: a miss falls back at once, never waits
         self._script = self._redis.register_script(SPEND)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._local = RateLimiter(rate)
