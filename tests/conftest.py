@@ -5,6 +5,7 @@ Under CI=true a missing PostgreSQL or Redis fails the run; elsewhere those tests
 
 from __future__ import annotations
 
+import random
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -68,13 +69,24 @@ def postgres_url(new_postgres_database: Callable[[], str]) -> str:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """redis:// URL of a Redis db index nobody else in this run uses, flushed before and after."""
+    """redis:// URL of a Redis db index no other test session uses, flushed before and after."""
     if not _port_open(REDIS_HOST, REDIS_PORT):
         _unavailable(f"Redis at {REDIS_HOST}:{REDIS_PORT}")
     import redis
 
-    db = 1 + uuid.uuid4().int % 15
+    # Claimed in db 0 (SET NX), so concurrent sessions (pytest-xdist's processes) never share
+    # a db: each would see the other's messages.
+    claims = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    token = uuid.uuid4().hex
+    free = [n for n in random.sample(range(1, 16), 15)
+            if claims.set(f"bnlab-test:db:{n}", token, nx=True, ex=3 * 3600)]
+    if not free:
+        pytest.fail("every Redis db 1-15 is claimed by another test session")
+    db = free[0]
+    for n in free[1:]:
+        claims.delete(f"bnlab-test:db:{n}")
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
     client.flushdb()
     yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
     client.flushdb()
+    claims.delete(f"bnlab-test:db:{db}")
