@@ -35,7 +35,7 @@ from api.routes import (
     visuals,
 )
 from api.settings import ApiSettings
-from api.shared_buckets import RedisBuckets, limiters_for
+from api.shared_buckets import limiters_for
 from models.db import make_engine, session_factory
 
 DESCRIPTION = """Train small PyTorch networks described as JSON, with BatchNorm wherever you
@@ -50,7 +50,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     engine = make_engine(settings.sqlalchemy_url)
     queue = JobQueue(settings)
     metrics = Metrics(session_factory(engine), settings)
-    limiters = limiters_for(settings.broker_url, {kind: rate for kind, text in (
+    limiters = limiters_for(settings.redis_url, {kind: rate for kind, text in (
         ("submissions", settings.rate_limit_submissions),
         ("predictions", settings.rate_limit_predictions)) if (rate := parse_rate(text))})
 
@@ -60,8 +60,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         queue.close()
         metrics.close()
         for limiter in limiters.values():
-            if isinstance(limiter, RedisBuckets):
-                limiter.close()
+            limiter.close()
         engine.dispose()
 
     app = FastAPI(title="bnlab", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)

@@ -81,8 +81,8 @@ class QueueDepth:
                         if entry.name.endswith(f".{queue}.msg"):
                             counts[queue] += 1
             return counts
-        url = self._settings.celery_broker_url
-        if not url.startswith(("redis://", "rediss://")):
+        url = self._settings.redis_url
+        if url is None:
             return {}
         if self._redis is None:
             import redis

@@ -75,6 +75,9 @@ class Buckets:
     async def take(self, key: str) -> float:
         return self.spend(key)
 
+    def close(self) -> None:
+        """Release what the limiter holds (a connection); memory buckets hold nothing."""
+
 
 class RateLimiter(Buckets):
     """The buckets in this process's memory."""

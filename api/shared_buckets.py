@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 import anyio.to_thread
 
@@ -52,14 +51,14 @@ return tostring(wait)
 class RedisBuckets(Buckets):
     """The buckets of one kind ("submissions", "predictions") in the Redis at `url`."""
 
-    def __init__(self, rate: Rate, url: str, kind: str, client: Any = None) -> None:
+    def __init__(self, rate: Rate, url: str, kind: str) -> None:
         import redis  # the server's dependency via celery[redis]; only Redis brokers need it
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         self.rate = rate
         self.prefix = f"{KEY_PREFIX}{kind}:"
-        self._redis = client or redis.Redis.from_url(
+        self._redis = redis.Redis.from_url(
             url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
             retry=Retry(NoBackoff(), 0))  # one try: a miss falls back at once, never waits
         self._script = self._redis.register_script(SPEND)
@@ -105,9 +104,8 @@ class RedisBuckets(Buckets):
             log.warning("rate limits: Redis answers again; the limits are shared again")
 
 
-def limiters_for(broker_url: str | None, rates: dict[str, Rate]) -> dict[str, Buckets]:
-    """Shared buckets when the broker is Redis, this process's own otherwise (embedded)."""
-    url = broker_url or ""
-    if url.startswith(("redis://", "rediss://")):
-        return {kind: RedisBuckets(rate, url, kind) for kind, rate in rates.items()}
+def limiters_for(redis_url: str | None, rates: dict[str, Rate]) -> dict[str, Buckets]:
+    """Shared buckets when the broker is Redis (`redis_url`), this process's own otherwise."""
+    if redis_url is not None:
+        return {kind: RedisBuckets(rate, redis_url, kind) for kind, rate in rates.items()}
     return {kind: RateLimiter(rate) for kind, rate in rates.items()}

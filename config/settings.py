@@ -89,6 +89,13 @@ class BaseBnlabSettings(BaseSettings):
         return self.broker_url or "filesystem://"
 
     @property
+    def redis_url(self) -> str | None:
+        """The broker's URL when it is Redis (what the reaper, the queue metrics and the
+        shared rate limits look into), else None."""
+        url = self.broker_url or ""
+        return url if url.startswith(("redis://", "rediss://")) else None
+
+    @property
     def broker_folder(self) -> Path:
         return self.home / "broker"
 

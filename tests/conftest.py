@@ -78,13 +78,10 @@ def redis_url() -> Iterator[str]:
     # a db: each would see the other's messages.
     claims = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
     token = uuid.uuid4().hex
-    free = [n for n in random.sample(range(1, 16), 15)
-            if claims.set(f"bnlab-test:db:{n}", token, nx=True, ex=3 * 3600)]
-    if not free:
+    db = next((n for n in random.sample(range(1, 16), 15)
+               if claims.set(f"bnlab-test:db:{n}", token, nx=True, ex=3 * 3600)), None)
+    if db is None:
         pytest.fail("every Redis db 1-15 is claimed by another test session")
-    db = free[0]
-    for n in free[1:]:
-        claims.delete(f"bnlab-test:db:{n}")
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
     client.flushdb()
     yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"

@@ -120,9 +120,10 @@ def broker_messages(settings: WorkerSettings) -> Callable[[], BrokerView]:
     if settings.embedded:
         folder = Path(settings.celery_transport_options()["data_folder_in"])
         return lambda: folder_messages(folder)
-    url = settings.celery_broker_url
-    if not url.startswith(("redis://", "rediss://")):
-        raise ValueError(f"the reaper cannot look into broker {url.split(':', 1)[0]!r}")
+    url = settings.redis_url
+    if url is None:
+        scheme = settings.celery_broker_url.split(":", 1)[0]
+        raise ValueError(f"the reaper cannot look into broker {scheme!r}")
     return lambda: redis_messages(url, stranded_after_s=settings.lease_timeout)
 
 
