@@ -186,7 +186,18 @@ def test_cancelled_jobs_are_never_touched(
     assert str(get(sessions, running).status) == "cancelled"  # its worker is gone: cancelled
 
 
-def test_redis_messages_sees_waiting_messages(redis_url: str, tmp_path: Path) -> None:
+@pytest.fixture
+def empty_redis(redis_url: str) -> Iterator[str]:
+    """The session's Redis db, emptied before and after: a test that takes "the" message of a
+    queue must not take one an earlier test left there."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield redis_url
+    client.flushdb()
+
+
+def test_redis_messages_sees_waiting_messages(empty_redis: str, tmp_path: Path) -> None:
+    redis_url = empty_redis
     settings = WorkerSettings(home=tmp_path, broker_url=redis_url)
     app = create_app(settings)
     try:
@@ -198,9 +209,10 @@ def test_redis_messages_sees_waiting_messages(redis_url: str, tmp_path: Path) ->
 
 
 def test_redis_messages_tells_a_stranded_delivery_from_a_recent_one(
-        redis_url: str, tmp_path: Path) -> None:
+        empty_redis: str, tmp_path: Path) -> None:
     """A message taken and never acknowledged (its consumer died before the claim) counts as
     held while it is younger than the bound and as stranded after it."""
+    redis_url = empty_redis
     settings = WorkerSettings(home=tmp_path, broker_url=redis_url)
     app = create_app(settings)
     job_id = "a" * 32
@@ -218,11 +230,11 @@ def test_redis_messages_tells_a_stranded_delivery_from_a_recent_one(
         assert job_id not in redis_messages(redis_url, stranded_after_s=0).stranded
     finally:
         app.close()
-        redis.Redis.from_url(redis_url).flushdb()
 
 
 def test_a_queued_job_whose_message_is_stranded_is_enqueued_again(
-        redis_url: str, tmp_path: Path, sessions: sessionmaker[Session]) -> None:
+        empty_redis: str, tmp_path: Path, sessions: sessionmaker[Session]) -> None:
+    redis_url = empty_redis
     settings = WorkerSettings(home=tmp_path, broker_url=redis_url)
     app = create_app(settings)
     job_id = new_job(sessions)
@@ -240,4 +252,3 @@ def test_a_queued_job_whose_message_is_stranded_is_enqueued_again(
             taken.ack()
     finally:
         app.close()
-        redis.Redis.from_url(redis_url).flushdb()
