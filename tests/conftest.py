@@ -13,13 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.support.paths import NOTEBOOK_CSV
-from tests.support.services import IN_CI, PG_ADMIN_URL, REDIS_HOST, REDIS_PORT
-
-
-def _unavailable(what: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} is not reachable and CI=true: integration tests may not skip")
-    pytest.skip(f"{what} not reachable")
+from tests.support.services import PG_ADMIN_URL, REDIS_HOST, REDIS_PORT, unavailable
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -43,7 +37,7 @@ def new_postgres_database() -> Iterator[Callable[[], str]]:
     databases, so neither sees the other's jobs. All are dropped at the end of the session.
     """
     if not _port_open("127.0.0.1", 5432):
-        _unavailable("PostgreSQL at 127.0.0.1:5432")
+        unavailable("PostgreSQL is not reachable at 127.0.0.1:5432")
     import psycopg
 
     created: list[str] = []
@@ -71,7 +65,7 @@ def postgres_url(new_postgres_database: Callable[[], str]) -> str:
 def redis_url() -> Iterator[str]:
     """redis:// URL of a Redis db index no other test session uses, flushed before and after."""
     if not _port_open(REDIS_HOST, REDIS_PORT):
-        _unavailable(f"Redis at {REDIS_HOST}:{REDIS_PORT}")
+        unavailable(f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}")
     import redis
 
     # Claimed in db 0 (SET NX), so concurrent sessions (pytest-xdist's processes) never share

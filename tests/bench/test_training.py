@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.training import keras_available, keras_fit, load_table, measure, notebook_job
-from tests.support.services import IN_CI
+from tests.support.services import unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +32,7 @@ def test_rows_compare_every_peer_with_bnlab() -> None:
 
 def test_keras_fits_the_same_job_in_a_subprocess() -> None:
     if not keras_available():  # `make` installs the bench extra: CI must run this test
-        if IN_CI:
-            pytest.fail("keras is not installed and CI=true: install the `bench` extra")
-        pytest.skip("keras is not installed (the `bench` extra)")
+        unavailable("keras is not installed (the `bench` extra)")
     table = load_table()
     job = notebook_job(table, 1)
     seconds, note = keras_fit(job, table, 1, 1, CPU)

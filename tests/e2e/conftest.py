@@ -18,25 +18,20 @@ import pytest
 
 from devtools.procs import Hold
 from tests.support.dashboard import serve
-from tests.support.services import IN_CI
+from tests.support.services import unavailable
 
 CHROMIUM = os.environ.get("BNLAB_CHROMIUM", "/usr/bin/chromium")
 
-
-def _unavailable(what: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} and CI=true: the browser tests may not skip")
-    pytest.skip(what)
 
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
     if not (os.access(CHROMIUM, os.X_OK) or shutil.which(CHROMIUM)):
-        _unavailable(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+        unavailable(f"no chromium at {CHROMIUM} (apt-get install chromium)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        _unavailable("the playwright package is not installed (pip install -e '.[dev]')")
+        unavailable("the playwright package is not installed (pip install -e '.[dev]')")
     return CHROMIUM
 
 

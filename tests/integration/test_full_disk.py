@@ -32,7 +32,7 @@ from devtools.procs import (
     wait_ready,
 )
 from tests.support.fault_stack import Stack, job_body
-from tests.support.pg_cluster import missing
+from tests.support.services import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -43,13 +43,13 @@ DISK_MB = 64
 def small_disk() -> Iterator[Path]:
     """A tmpfs of DISK_MB MiB, unmounted and removed afterwards."""
     if os.geteuid() != 0:
-        missing("root (to mount a small tmpfs)")
+        unavailable("the full-disk test needs root (to mount a small tmpfs)")
     folder = Path(tempfile.mkdtemp(prefix="bnlab-disk-"))
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs",
                            str(folder)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         folder.rmdir()
-        missing(f"a tmpfs mount ({done.stderr.strip()})")
+        unavailable(f"no tmpfs could be mounted ({done.stderr.strip()})")
     try:
         yield folder
     finally:

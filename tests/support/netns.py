@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from tests.support.pg_cluster import missing
+from tests.support.services import unavailable
 
 
 def _ip(*args: str) -> str:
@@ -58,9 +58,9 @@ def _free_net() -> ipaddress.IPv4Network:
 @contextlib.contextmanager
 def namespace_link() -> Iterator[Link]:
     if shutil.which("ip") is None:
-        missing("iproute2's ip (for a network namespace)")
+        unavailable("iproute2's ip is missing (for a network namespace)")
     if os.geteuid() != 0:
-        missing("root (ip netns needs it)")
+        unavailable("ip netns needs root")
     tag = uuid.uuid4().hex[:6]
     ns, host_if, ns_if = f"bnlab-{tag}", f"bnh{tag}", f"bnn{tag}"
     net = _free_net()

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from devtools.procs import free_port
-from tests.support.services import IN_CI
+from tests.support.services import unavailable
 
 
 def pg_bin() -> Path | None:
@@ -73,12 +72,6 @@ class Cluster:
         return ""
 
 
-def missing(what: str) -> None:
-    """A tool the test needs is absent: a failure under CI=true, a skip elsewhere."""
-    if IN_CI:
-        pytest.fail(f"{what} is missing and CI=true: integration tests may not skip")
-    pytest.skip(f"{what} is missing")
-
 
 @contextlib.contextmanager
 def private_cluster(*, listen: Sequence[str] = ("127.0.0.1",),
@@ -89,10 +82,10 @@ def private_cluster(*, listen: Sequence[str] = ("127.0.0.1",),
 
     bin_dir = pg_bin()
     if bin_dir is None:
-        missing("PostgreSQL's server binaries (/usr/lib/postgresql/<version>/bin)")
+        unavailable("PostgreSQL's server binaries are missing (/usr/lib/postgresql/<version>/bin)")
     assert bin_dir is not None
     if os.geteuid() == 0 and shutil.which("runuser") is None:
-        missing("runuser (to run PostgreSQL as the postgres user)")
+        unavailable("runuser is missing (to run PostgreSQL as the postgres user)")
     # Not under pytest's tmp_path: its folders are private to root.
     root = Path(tempfile.mkdtemp(prefix="bnlab-pg-"))
     if os.geteuid() == 0:
