@@ -30,7 +30,6 @@ import pytest
 import redis
 
 from devtools.procs import (
-    BNLAB,
     HANG_S,
     Hold,
     Proc,
@@ -38,7 +37,6 @@ from devtools.procs import (
     clean_env,
     free_port,
     wait_for_log,
-    wait_ready,
 )
 from models.queueing import TRAIN_TASK
 from tests.support.fault_stack import (
@@ -50,6 +48,7 @@ from tests.support.fault_stack import (
     Stack,
     api_on,
     assert_exact_history,
+    embedded_on,
     job_body,
     kill_group,
     pid_alive,
@@ -433,7 +432,6 @@ def test_idempotency_key_retried_concurrently_creates_one_job(stack: Stack) -> N
 
 def test_embedded_worker_killed_is_restarted_and_resumes(tmp_path: Path) -> None:
     epochs = 40
-    port = free_port()
     # The first worker waits after epoch 10 until it is killed; its successor resumes from
     # that checkpoint, so it never stores epoch 10 again and is never held.
     hold = Hold(tmp_path / "hold", 10)
@@ -441,11 +439,7 @@ def test_embedded_worker_killed_is_restarted_and_resumes(tmp_path: Path) -> None
     procs = Procs(tmp_path)
     started = re.compile(r"embedded worker started \(pid (\d+)\)")
     try:
-        serve = procs.start("serve", [BNLAB, "serve", "--port", str(port)], env)
-        base_url = f"http://127.0.0.1:{port}"
-        wait_ready(base_url, procs)
-        with httpx.Client(base_url=base_url, timeout=30) as client:
-            stack = Stack(base_url, "", "", env, procs, client)
+        with embedded_on(procs, env) as (serve, stack):
             job_id = stack.submit(job_body("embedded", epochs))
             running = stack.wait_held(hold, job_id)
             (first_pid,) = [int(p) for p in started.findall(serve.log_tail(10**8))]

@@ -18,20 +18,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from devtools.procs import (
-    BNLAB,
     HANG_S,
     Hold,
     Procs,
     clean_env,
-    free_port,
     wait_for_log,
-    wait_ready,
 )
-from tests.support.fault_stack import Stack, job_body
+from tests.support.fault_stack import embedded_on, job_body
 from tests.support.services import unavailable
 
 pytestmark = pytest.mark.integration
@@ -85,13 +81,9 @@ def test_full_disk_pauses_the_job_reads_go_on_and_it_resumes(tmp_path: Path) -> 
                         BNLAB_CHECKPOINT_EVERY="1", BNLAB_EPOCH_WRITE_INTERVAL="0",
                         BNLAB_SMALL_CHECKPOINT_INTERVAL="0", **hold.env())
         procs = Procs(tmp_path)
-        port = free_port()
         try:
-            serve = procs.start("serve", [BNLAB, "serve", "--port", str(port)], env)
-            base_url = f"http://127.0.0.1:{port}"
-            wait_ready(base_url, procs)
-            with httpx.Client(base_url=base_url, timeout=30) as client:
-                stack = Stack(base_url, "", "", env, procs, client)
+            with embedded_on(procs, env) as (serve, stack):
+                client = stack.client
                 job_id = stack.submit(job_body("full-disk", epochs))
                 stack.wait_held(hold, job_id)
                 filler = fill(home)

@@ -21,6 +21,7 @@ import redis
 
 from devtools.poll import poll_until
 from devtools.procs import (
+    BNLAB,
     HANG_S,
     PYTHON,
     Hold,
@@ -217,6 +218,18 @@ def api_on(db_url: str, redis_url: str, home: Path) -> Iterator[Stack]:
         client.close()
         api.stop_all()
         print(api.dump_logs())
+
+
+@contextlib.contextmanager
+def embedded_on(procs: Procs, env: dict[str, str]) -> Iterator[tuple[Proc, Stack]]:
+    """`bnlab serve` (embedded SQLite and the worker it starts) with `env` on a free port, and
+    a Stack on it; the caller's `procs` stops it."""
+    port = free_port()
+    serve = procs.start("serve", [BNLAB, "serve", "--port", str(port)], env)
+    base_url = f"http://127.0.0.1:{port}"
+    wait_ready(base_url, procs)
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        yield serve, Stack(base_url, "", "", env, procs, client)
 
 
 def redis_server(procs: Procs, name: str, port: int, *, bind: Sequence[str] = ("127.0.0.1",)
