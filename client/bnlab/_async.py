@@ -17,6 +17,7 @@ from bnlab._base import (
     STREAM_CALL,
     STREAM_READ_TIMEOUT,
     Call,
+    Outage,
     backoff_s,
     base_url_from,
     check_deadline,
@@ -25,11 +26,12 @@ from bnlab._base import (
     history_frame,
     replace_model,
     response_delay,
+    transient,
     transport_delay,
     transport_error,
 )
 from bnlab._sse import Comment, Decoder, Message
-from bnlab.errors import ConnectionError, NotFound
+from bnlab.errors import BnlabError, ConnectionError, NotFound
 from bnlab.progress import (
     ProgressArg,
     StudyProgressArg,
@@ -372,15 +374,20 @@ class AsyncStudies:
         deadline = None if timeout is None else time.monotonic() + timeout
         get = calls.get_study(study_id)
         etag: str | None = None
+        outage = Outage(deadline, timeout)
         while True:
-            response = checked(await self._c.send(get,
-                                                  {"If-None-Match": etag} if etag else None))
-            if response.status_code != 304:
-                study, etag = self._study(response.json()), response.headers.get("etag")
-                report(study)
-                if study.done:
-                    return study
-            check_deadline(deadline, timeout)
+            try:
+                response = checked(await self._c.send(
+                    get, {"If-None-Match": etag} if etag else None))
+                if response.status_code != 304:
+                    study, etag = self._study(response.json()), response.headers.get("etag")
+                    report(study)
+                    if study.done:
+                        return study
+            except BnlabError as exc:
+                await asyncio.sleep(outage.delay(exc))
+                continue
+            outage.over()
             await asyncio.sleep(interval)
 
 
@@ -500,25 +507,33 @@ class AsyncClient:
                     return event.data
                 check_deadline(deadline, timeout)
         except NotFound:
-            await self.run(get)
-        except ConnectionError:
-            pass
+            await self.run(get)  # raises NotFound itself when the resource does not exist
+        except BnlabError as exc:
+            if not transient(exc):  # e.g. 401: no wait helps; an outage: poll through it
+                raise
         etag: str | None = None
         status, epoch = None, 0
+        outage = Outage(deadline, timeout)
         while True:
-            response = checked(await self.send(get, {"If-None-Match": etag} if etag else None))
-            if response.status_code != 304:
-                data, etag = response.json(), response.headers.get("etag")
-                if data.get("status") != status:
-                    status = data.get("status")
-                    report(status_event(data))
-                if history_of is not None and data.get("epoch", 0) > epoch:
-                    h = await self.run(calls.history(history_of, since=epoch))
-                    for event in epoch_events(history_of, h):
-                        report(event)
-                        epoch = event.epoch
-                if done(data):
-                    report(DoneEvent(data=data))
-                    return data  # type: ignore[no-any-return]
-            check_deadline(deadline, timeout)
+            try:
+                response = checked(await self.send(
+                    get, {"If-None-Match": etag} if etag else None))
+                if response.status_code != 304:  # 304: nothing changed, nothing to read
+                    data = response.json()
+                    if data.get("status") != status:
+                        status = data.get("status")
+                        report(status_event(data))
+                    if history_of is not None and data.get("epoch", 0) > epoch:
+                        h = await self.run(calls.history(history_of, since=epoch))
+                        for event in epoch_events(history_of, h):
+                            report(event)
+                            epoch = event.epoch
+                    if done(data):
+                        report(DoneEvent(data=data))
+                        return data  # type: ignore[no-any-return]
+                    etag = response.headers.get("etag")  # once all of it is read
+            except BnlabError as exc:
+                await asyncio.sleep(outage.delay(exc))
+                continue
+            outage.over()
             await asyncio.sleep(poll_interval)

@@ -18,7 +18,14 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from bnlab.errors import ConnectionError, Timeout, WaitTimeout, error_for
+from bnlab.errors import (
+    APIError,
+    BnlabError,
+    ConnectionError,
+    Timeout,
+    WaitTimeout,
+    error_for,
+)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -31,6 +38,10 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 8.0
 RETRY_AFTER_MAX_S = 60.0
+# "Not now" answers: a wait polls on through them (a restart of the API, its database or broker).
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+# How long a wait without a timeout of its own rides out failures in a row before it gives up.
+OUTAGE_MAX_S = 300.0
 USER_AGENT = "bnlab-client/0.1"
 
 
@@ -205,6 +216,45 @@ def metrics_param(metrics: str | Sequence[str]) -> str:
 def check_deadline(deadline: float | None, timeout: float | None) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise WaitTimeout(f"not finished after {timeout} s")
+
+
+def transient(exc: BnlabError) -> bool:
+    """The server is unreachable or said "not now": worth asking again later."""
+    if isinstance(exc, APIError):
+        return exc.status_code in TRANSIENT_STATUSES
+    return isinstance(exc, ConnectionError)
+
+
+class Outage:
+    """A waiter's run of failed polls. A wait (for a job, an experiment, a study) outlives the
+    client's few quick retries: it polls on through transient failures until its own deadline,
+    or for OUTAGE_MAX_S in a row when it has none, sleeping the server's Retry-After or a
+    backoff in between. Anything else is the caller's to raise."""
+
+    def __init__(self, deadline: float | None, timeout: float | None) -> None:
+        self.deadline, self.timeout = deadline, timeout
+        self.since: float | None = None
+        self.failures = 0
+
+    def over(self) -> None:
+        """A poll went through: the outage (if any) is over; raises WaitTimeout past the
+        deadline."""
+        self.since, self.failures = None, 0
+        check_deadline(self.deadline, self.timeout)
+
+    def delay(self, exc: BnlabError) -> float:
+        """Seconds to sleep before the next poll. Raises `exc` when it is no outage or has gone
+        on too long, and WaitTimeout past the deadline (chained to `exc`, which says why)."""
+        now = time.monotonic()
+        self.since = now if self.since is None else self.since
+        if not transient(exc) or (self.deadline is None and now - self.since > OUTAGE_MAX_S):
+            raise exc
+        check_deadline(self.deadline, self.timeout)
+        response = getattr(exc, "response", None)
+        hint = retry_after_s(response) if response is not None else None
+        wait = hint if hint is not None else backoff_s(self.failures)
+        self.failures += 1
+        return wait if self.deadline is None else max(0.0, min(wait, self.deadline - now))
 
 
 STREAM_CALL: Call[None] = Call("GET", "", lambda _: None)  # the retry policy of a stream

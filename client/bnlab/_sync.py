@@ -16,6 +16,7 @@ from bnlab._base import (
     STREAM_CALL,
     STREAM_READ_TIMEOUT,
     Call,
+    Outage,
     backoff_s,
     base_url_from,
     check_deadline,
@@ -24,11 +25,12 @@ from bnlab._base import (
     history_frame,
     replace_model,
     response_delay,
+    transient,
     transport_delay,
     transport_error,
 )
 from bnlab._sse import Comment, Decoder, Message
-from bnlab.errors import ConnectionError, NotFound
+from bnlab.errors import BnlabError, ConnectionError, NotFound
 from bnlab.progress import (
     ProgressArg,
     StudyProgressArg,
@@ -379,14 +381,19 @@ class Studies:
         deadline = None if timeout is None else time.monotonic() + timeout
         get = calls.get_study(study_id)
         etag: str | None = None
+        outage = Outage(deadline, timeout)
         while True:
-            response = checked(self._c.send(get, {"If-None-Match": etag} if etag else None))
-            if response.status_code != 304:
-                study, etag = self._study(response.json()), response.headers.get("etag")
-                report(study)
-                if study.done:
-                    return study
-            check_deadline(deadline, timeout)
+            try:
+                response = checked(self._c.send(get, {"If-None-Match": etag} if etag else None))
+                if response.status_code != 304:
+                    study, etag = self._study(response.json()), response.headers.get("etag")
+                    report(study)
+                    if study.done:
+                        return study
+            except BnlabError as exc:
+                time.sleep(outage.delay(exc))
+                continue
+            outage.over()
             time.sleep(interval)
 
 
@@ -511,8 +518,9 @@ class Client:
                 check_deadline(deadline, timeout)
         except NotFound:
             self.run(get)  # raises NotFound itself when the resource does not exist
-        except ConnectionError:
-            pass
+        except BnlabError as exc:
+            if not transient(exc):  # e.g. 401: no wait helps; an outage: poll through it
+                raise
         return self._poll(get, report, deadline, timeout, poll_interval, done, history_of)
 
     def _poll(self, get: Call[Any], report: Callable[[Event], Any], deadline: float | None,
@@ -520,20 +528,26 @@ class Client:
               history_of: str | None) -> dict[str, Any]:
         etag: str | None = None
         status, epoch = None, 0
+        outage = Outage(deadline, timeout)
         while True:
-            response = checked(self.send(get, {"If-None-Match": etag} if etag else None))
-            if response.status_code != 304:  # 304: nothing changed, nothing to read
-                data, etag = response.json(), response.headers.get("etag")
-                if data.get("status") != status:
-                    status = data.get("status")
-                    report(status_event(data))
-                if history_of is not None and data.get("epoch", 0) > epoch:
-                    h = self.run(calls.history(history_of, since=epoch))
-                    for event in epoch_events(history_of, h):
-                        report(event)
-                        epoch = event.epoch
-                if done(data):
-                    report(DoneEvent(data=data))
-                    return data  # type: ignore[no-any-return]
-            check_deadline(deadline, timeout)
+            try:
+                response = checked(self.send(get, {"If-None-Match": etag} if etag else None))
+                if response.status_code != 304:  # 304: nothing changed, nothing to read
+                    data = response.json()
+                    if data.get("status") != status:
+                        status = data.get("status")
+                        report(status_event(data))
+                    if history_of is not None and data.get("epoch", 0) > epoch:
+                        h = self.run(calls.history(history_of, since=epoch))
+                        for event in epoch_events(history_of, h):
+                            report(event)
+                            epoch = event.epoch
+                    if done(data):
+                        report(DoneEvent(data=data))
+                        return data  # type: ignore[no-any-return]
+                    etag = response.headers.get("etag")  # once all of it is read
+            except BnlabError as exc:
+                time.sleep(outage.delay(exc))
+                continue
+            outage.over()
             time.sleep(interval)

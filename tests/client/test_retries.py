@@ -14,6 +14,7 @@ import pytest
 
 from bnlab import (
     AsyncClient,
+    AuthenticationError,
     Client,
     Conflict,
     ConnectionError,
@@ -21,6 +22,7 @@ from bnlab import (
     RateLimited,
     ServerError,
     ValidationError,
+    WaitTimeout,
 )
 from devtools.procs import free_port
 
@@ -146,3 +148,65 @@ def test_base_url_and_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
             assert bn.base_url == url
             bn.jobs.get("j1")
     assert seen[0]["headers"]["Authorization"] == "Bearer from-env"
+
+
+# -- a wait outlives an outage ----------------------------------------------------------------
+
+# The API restarting, or its database: 503 "not now" with a Retry-After (0 here, to be quick).
+OUTAGE: Reply = (503, {"Retry-After": "0"},
+                 {"error": "DatabaseUnavailable", "detail": "the database is unreachable"})
+SUCCEEDED: Reply = (200, {}, {**JOB, "status": "succeeded", "epoch": 0})
+STUDY_DONE: Reply = (200, {}, {"id": "s1", "status": "succeeded"})
+
+
+def test_wait_polls_through_an_outage_longer_than_the_retries() -> None:
+    # 10 answers of 503: the event stream's 3 tries and then three polls' worth of the
+    # client's retries (3 each), each of which alone would raise ServerError.
+    with server([OUTAGE] * 10 + [SUCCEEDED]) as (url, seen), Client(url) as bn:
+        job = bn.jobs.wait("j1", timeout=60, poll_interval=0)
+    assert job.status == "succeeded"
+    assert len(seen) == 11
+    assert seen[0]["path"] == "/v1/jobs/j1/events"
+    assert {r["path"] for r in seen[3:]} == {"/v1/jobs/j1"}
+
+
+def test_async_wait_polls_through_an_outage_the_same_way() -> None:
+    async def go(url: str) -> str:
+        async with AsyncClient(url) as bn:
+            return (await bn.jobs.wait("j1", timeout=60, poll_interval=0)).status
+
+    with server([OUTAGE] * 10 + [SUCCEEDED]) as (url, seen):
+        assert asyncio.run(go(url)) == "succeeded"
+    assert len(seen) == 11
+
+
+def test_wait_ends_at_its_timeout_and_says_what_it_met() -> None:
+    with server([OUTAGE]) as (url, _), Client(url) as bn, \
+            pytest.raises(WaitTimeout, match=r"not finished after 0\.3 s") as info:
+        bn.jobs.wait("j1", timeout=0.3, poll_interval=0)
+    assert isinstance(info.value.__context__, ServerError)
+    assert info.value.__context__.error == "DatabaseUnavailable"
+
+
+def test_wait_without_a_timeout_gives_up_after_the_outage_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bnlab._base.OUTAGE_MAX_S", 0.2)
+    with server([OUTAGE]) as (url, seen), Client(url) as bn, \
+            pytest.raises(ServerError, match="DatabaseUnavailable"):
+        bn.jobs.wait("j1", poll_interval=0)
+    assert len(seen) > 3  # it polled on past the first give-up of the retries
+
+
+def test_wait_raises_at_once_what_waiting_cannot_fix() -> None:
+    denied: Reply = (401, {}, {"error": "Unauthorized", "detail": "unknown API key"})
+    with server([denied]) as (url, seen), Client(url) as bn, \
+            pytest.raises(AuthenticationError, match="unknown API key"):
+        bn.jobs.wait("j1", timeout=60, poll_interval=0)
+    assert len(seen) == 1
+
+
+def test_study_wait_polls_through_an_outage() -> None:
+    with server([OUTAGE] * 4 + [STUDY_DONE]) as (url, seen), Client(url) as bn:
+        study = bn.studies.wait("s1", timeout=60, poll_interval=0)
+    assert study.done
+    assert len(seen) == 5

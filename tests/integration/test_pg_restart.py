@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import psycopg
 import pytest
 import redis
 
+from bnlab import Client
 from devtools.poll import poll_until
 from devtools.procs import (
     HANG_S,
@@ -205,6 +207,18 @@ def test_postgres_restart_loses_and_doubles_nothing(service: Service, tmp_path: 
     for job_id in held:
         assert service.job(job_id)["status"] == "running"
 
+    # A user's `job.wait()` across the outage: it must poll through the 503s, not raise.
+    waited: dict[str, Any] = {}
+
+    def wait_as_a_user() -> None:
+        with Client(str(service.client.base_url)) as bn:
+            try:
+                waited["job"] = bn.jobs.wait(held[0], timeout=HANG_S, poll_interval=0.5)
+            except Exception as exc:  # any failure: reported by the asserts below
+                waited["error"] = exc
+
+    waiter = threading.Thread(target=wait_as_a_user, daemon=True)
+    waiter.start()
     service.pg.stop()
     stopped = time.monotonic()
     for job_id in held:  # they train on: their next epoch's write meets the outage
@@ -228,6 +242,10 @@ def test_postgres_restart_loses_and_doubles_nothing(service: Service, tmp_path: 
         assert job["epoch"] == EPOCHS[name], job
         assert_exact_history(service, job_id, EPOCHS[name])
         assert_checkpoints_verify(service, job_id, EPOCHS[name])
+    waiter.join(HANG_S)
+    assert "error" not in waited, waited
+    assert "job" in waited, "job.wait() did not return"
+    assert waited["job"].status == "succeeded", waited
     # Every worker lived through it; the API said 503 with one line each, never a traceback.
     for proc in workers:
         assert proc.popen.poll() is None, proc.log_tail()
