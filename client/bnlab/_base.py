@@ -100,6 +100,12 @@ def backoff_s(attempt: int) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0 ** attempt) * (0.5 + random.random() / 2)
 
 
+def pause_s(response: httpx.Response | None, attempt: int) -> float:
+    """The server's Retry-After when it sent one, else backoff_s(attempt)."""
+    hint = retry_after_s(response) if response is not None else None
+    return hint if hint is not None else backoff_s(attempt)
+
+
 def response_delay(call: Call[Any], response: httpx.Response, attempt: int,
                    max_retries: int) -> float | None:
     """Seconds to wait before sending `call` again after `response`; None: do not retry."""
@@ -107,8 +113,7 @@ def response_delay(call: Call[Any], response: httpx.Response, attempt: int,
         return None
     if not call.idempotent and response.status_code not in (429, 503):
         return None  # the server may have done it; only "not now" answers are safe to repeat
-    hint = retry_after_s(response)
-    return hint if hint is not None else backoff_s(attempt)
+    return pause_s(response, attempt)
 
 
 def transport_delay(call: Call[Any], exc: httpx.TransportError, attempt: int,
@@ -250,9 +255,7 @@ class Outage:
         if not transient(exc) or (self.deadline is None and now - self.since > OUTAGE_MAX_S):
             raise exc
         check_deadline(self.deadline, self.timeout)
-        response = getattr(exc, "response", None)
-        hint = retry_after_s(response) if response is not None else None
-        wait = hint if hint is not None else backoff_s(self.failures)
+        wait = pause_s(exc.response if isinstance(exc, APIError) else None, self.failures)
         self.failures += 1
         return wait if self.deadline is None else max(0.0, min(wait, self.deadline - now))
 
